@@ -1,0 +1,1 @@
+"""Runners, latency and accuracy measurement, reports."""

@@ -1,0 +1,1 @@
+"""Compression stages (prune, distill, quantize). Built on the kernel in ``deepslim``."""

@@ -1,0 +1,176 @@
+"""The model bundle: one ``.safetensors`` file, weights plus a versioned JSON header.
+
+Header (``metadata["deepslim"]``)::
+
+    {"format": "deepslim.bundle", "format_version": 1,
+     "arch": {"source": "torchvision", "name": "resnet18", "kwargs": {...}},
+     "input": {"shape": [3, 32, 32], "dtype": "float32", "mean": [...], "std": [...],
+               "channel_order": "RGB"},
+     "classes": ["0", "1", ...],
+     "structure": {"modules": {"layer1.0.conv1": {"out_channels": 32}},
+                   "tensors": {"layer1.0.conv1.weight": [32, 64, 3, 3]}},
+     "lineage": [{"stage": "train", "config": {...}, "seconds": 12.3, "metrics": {...}}]}
+
+``structure`` records how the model differs from a freshly built architecture
+(pruning changes channel counts): the changed scalar attributes of each module
+and the new shapes of its tensors. Loading rebuilds the architecture, applies
+those changes, then loads the weights — bit-exact, and without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from deepslim.errors import InputFileError, ModelError
+from deepslim.fileio import atomic_path, require_file
+from deepslim.spec import ArchSpec, InputSpec, StageRecord
+
+FORMAT = "deepslim.bundle"
+FORMAT_VERSION = 1
+METADATA_KEY = "deepslim"
+
+_ATTR_TYPES = (int, float, bool, str, type(None))
+
+
+@dataclass
+class Header:
+    arch: ArchSpec
+    input_spec: InputSpec
+    classes: list[str]
+    structure: dict[str, Any] = field(default_factory=lambda: {"modules": {}, "tensors": {}})
+    lineage: list[StageRecord] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch.to_json(),
+                "input": self.input_spec.to_json(), "classes": list(self.classes),
+                "structure": self.structure, "lineage": [r.to_json() for r in self.lineage]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Header:
+        return cls(ArchSpec.from_json(data["arch"]), InputSpec.from_json(data["input"]),
+                   list(data["classes"]), data.get("structure") or {"modules": {}, "tensors": {}},
+                   [StageRecord.from_json(r) for r in data.get("lineage", [])])
+
+
+def write(path: str | Path, state_dict: dict[str, torch.Tensor], header: Header) -> Path:
+    """Write weights and header atomically to ``path``."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    metadata = {"format": "pt", METADATA_KEY: json.dumps(header.to_json(), sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_header(path: str | Path) -> Header | None:
+    """Return the deepslim header of a safetensors file, or None if it has none."""
+    raw = _read_metadata(require_file(path, "model file")).get(METADATA_KEY)
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        if data.get("format") != FORMAT:
+            raise ValueError("not a deepslim header")
+        version = int(data["format_version"])
+        if version > FORMAT_VERSION:
+            raise InputFileError(f"{path} is a bundle of format version {version}; this deepslim reads up to "
+                                 f"{FORMAT_VERSION}, so upgrade deepslim.")
+        return Header.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputFileError(f"{path} has a corrupt deepslim header ({exc}).") from exc
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read every tensor of a safetensors file (never unpickles)."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise InputFileError(f"{path} is not a readable safetensors file ({_short(exc)}).") from exc
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise InputFileError(f"{path} is not a readable safetensors file: it is corrupt or truncated "
+                             f"({_short(exc)}).") from exc
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+
+
+# --- structural changes -----------------------------------------------------------------------
+
+def capture_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
+    """Describe how ``model`` differs structurally from a freshly built ``reference``."""
+    ref_modules = dict(reference.named_modules())
+    modules: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        ref = ref_modules.get(name)
+        if ref is None or type(ref) is not type(module):
+            raise ModelError(f"Module '{name}' ({type(module).__name__}) is not part of the architecture, so the "
+                             "model cannot be saved as a rebuildable bundle.")
+        ref_attrs = _scalar_attrs(ref)
+        changed = {k: _jsonable(v) for k, v in _scalar_attrs(module).items()
+                   if ref_attrs.get(k, _MISSING) != v}
+        if changed:
+            modules[name] = changed
+    ref_state = reference.state_dict()
+    tensors = {k: list(v.shape) for k, v in model.state_dict().items()
+               if k in ref_state and tuple(ref_state[k].shape) != tuple(v.shape)}
+    return {"modules": modules, "tensors": tensors}
+
+
+def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+    """Reshape a freshly built ``model`` in place as ``structure`` describes."""
+    named = dict(model.named_modules())
+    for name, attrs in structure.get("modules", {}).items():
+        module = _lookup(named, name)
+        for key, value in attrs.items():
+            setattr(module, key, tuple(value) if isinstance(value, list) else value)
+    for name, shape in structure.get("tensors", {}).items():
+        owner, _, attr = name.rpartition(".")
+        module = _lookup(named, owner)
+        old = getattr(module, attr, None)
+        if not isinstance(old, torch.Tensor):
+            raise ModelError(f"The bundle reshapes '{name}', which the architecture does not have.")
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module._buffers[attr] = new
+    return model
+
+
+_MISSING = object()
+
+
+def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
+    out = {}
+    for key, value in vars(module).items():
+        if key == "training" or key.startswith("_forward") or key.startswith("_backward"):
+            continue
+        if isinstance(value, _ATTR_TYPES) or (isinstance(value, (tuple, list))
+                                              and all(isinstance(v, _ATTR_TYPES) for v in value)):
+            out[key] = value
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _lookup(named: dict[str, nn.Module], name: str) -> nn.Module:
+    if name not in named:
+        raise ModelError(f"The bundle changes module '{name}', which the architecture does not have.")
+    return named[name]

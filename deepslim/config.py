@@ -1,0 +1,92 @@
+"""Typed, validated configuration of the training loop (torch-free, so the CLI stays fast)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from deepslim.errors import ConfigError
+
+
+class OptimizerKind(str, Enum):
+    SGD = "sgd"
+    ADAMW = "adamw"
+
+
+class Schedule(str, Enum):
+    COSINE = "cosine"
+    ONECYCLE = "onecycle"
+    CONSTANT = "constant"
+
+
+class Init(str, Enum):
+    DEFAULT = "default"
+    KAIMING = "kaiming"
+    XAVIER = "xavier"
+    NORMAL = "normal"
+
+
+_DEFAULT_LR = {OptimizerKind.SGD: 0.05, OptimizerKind.ADAMW: 1e-3}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything the shared train loop needs; validated on creation."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: 0.05 for SGD, 1e-3 for AdamW
+    optimizer: OptimizerKind = OptimizerKind.SGD
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Schedule = Schedule.COSINE
+    warmup_epochs: int | None = None  # None: 1 when epochs > 2, else 0
+    label_smoothing: float = 0.0
+    augment: bool = True
+    init: Init = Init.DEFAULT
+    freeze_backbone: bool = False
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision, used on CUDA only
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch-size", self.batch_size)
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(f"--warmup-epochs must be between 0 and epochs - 1, got {self.warmup_epochs}.")
+        if self.num_workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.num_workers}.")
+        object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
+        object.__setattr__(self, "schedule", Schedule(self.schedule))
+        object.__setattr__(self, "init", Init(self.init))
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else _DEFAULT_LR[self.optimizer]
+
+    @property
+    def warmup(self) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 1 if self.epochs > 2 else 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(optimizer=self.optimizer.value, schedule=self.schedule.value, init=self.init.value,
+                    lr=self.learning_rate, warmup_epochs=self.warmup)
+        return data
+
+
+def _positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name} must be a positive integer, got {value}.")

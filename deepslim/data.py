@@ -1,0 +1,193 @@
+"""Datasets: built-in ``digits`` / ``digits-c``, ImageFolder, CIFAR-10 (python format), ``file.py:fn``.
+
+Every source yields ``(image, label)`` with the image resized to the model's input size,
+adapted to its channel count and normalised with its mean/std (the model's
+:class:`~deepslim.spec.InputSpec` decides; the dataset only proposes statistics for new models).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from deepslim.errors import ConfigError, DatasetError
+from deepslim.spec import InputSpec
+
+Split = Literal["train", "val", "test"]
+SPLITS = ("train", "val", "test")
+SPLIT_SEED = 0  # the fixed seed of every built-in split
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    native_size: tuple[int, int] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class DataSource(Protocol):
+    info: DatasetInfo
+
+    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset: ...
+
+
+def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
+    """Open a dataset by name (``digits``, ``digits-c``), directory, or ``path/file.py:fn``."""
+    if spec == "digits":
+        from deepslim.datasets.digits import DigitsSource
+        return DigitsSource()
+    if spec == "digits-c":
+        if not 1 <= severity <= 5:
+            raise ConfigError(f"--severity must be between 1 and 5, got {severity}.")
+        from deepslim.datasets.digits import DigitsSource
+        return DigitsSource(severity=severity)
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        return FileSource(*spec.rsplit(":", 1))
+    path = Path(spec)
+    if not path.exists():
+        raise DatasetError(f"Unknown dataset '{spec}': it is neither a built-in name (digits, digits-c), an "
+                           "existing directory, nor path/file.py:fn.")
+    if not path.is_dir():
+        raise DatasetError(f"Dataset {path} is a file; give an ImageFolder or CIFAR-10 directory.")
+    from deepslim.datasets.folders import Cifar10Source, ImageFolderSource, is_cifar10_dir
+    return Cifar10Source(path) if is_cifar10_dir(path) else ImageFolderSource(path)
+
+
+def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``count`` samples (the whole dataset when count is None or too big)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    if count < 1:
+        raise ConfigError(f"A subset needs at least 1 sample, got {count}.")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, order[:count].tolist())
+
+
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
+                     seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
+    """Indices of a fixed stratified train/val/test split."""
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    train, rest = train_test_split(idx, train_size=fractions[0], stratify=labels, random_state=seed)
+    val_share = fractions[1] / (fractions[1] + fractions[2])
+    val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+# --- preprocessing shared by every source -----------------------------------------------------
+
+def adapt_channels(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """Repeat grey to 3 channels or average RGB to grey; leaves matching images alone."""
+    have = image.shape[-3]
+    if have == channels:
+        return image
+    if have == 1:
+        return image.expand(*image.shape[:-3], channels, *image.shape[-2:]).contiguous()
+    if channels == 1:
+        return image.mean(dim=-3, keepdim=True)
+    raise DatasetError(f"Cannot feed {have}-channel images to a model that takes {channels} channels.")
+
+
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    batch = image.unsqueeze(0) if image.dim() == 3 else image
+    out = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return out.squeeze(0) if image.dim() == 3 else out
+
+
+def normalize(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    mean = torch.tensor(spec.mean, dtype=image.dtype).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=image.dtype).view(-1, 1, 1)
+    return (image - mean) / std
+
+
+class TensorImages(Dataset):
+    """Images in [0, 1] held in memory (N, C, h, w), prepared for one model per item."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.images, self.labels, self.spec, self.augment = images, labels, spec, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = resize(adapt_channels(self.images[index], self.spec.channels), self.spec.size)
+        if self.augment is not None:
+            image = self.augment(image)
+        return normalize(image, self.spec), int(self.labels[index])
+
+
+# --- user-defined datasets --------------------------------------------------------------------
+
+class FileSource:
+    """``path/file.py:fn`` where ``fn(split)`` returns a Dataset of (image in [0,1] CxHxW, label)."""
+
+    def __init__(self, path: str, fn_name: str) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise DatasetError(f"The dataset file {file} does not exist.")
+        mod_spec = importlib.util.spec_from_file_location(f"deepslim_user_data_{abs(hash(str(file.resolve())))}", file)
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:  # user code: any import failure becomes one sentence
+            raise DatasetError(f"Cannot import {file}: {type(exc).__name__}: {exc}") from exc
+        self.fn = getattr(module, fn_name, None)
+        if not callable(self.fn) or "split" not in inspect.signature(self.fn).parameters:
+            raise DatasetError(f"{file} needs a function {fn_name}(split) returning a torch Dataset.")
+        self._train = self._call("train")
+        self.info = self._describe(f"{file}:{fn_name}")
+
+    def _call(self, split: str) -> Dataset:
+        ds = self.fn(split=split)
+        if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
+            raise DatasetError(f"The dataset function returned no samples for split '{split}'.")
+        return ds
+
+    def _describe(self, name: str) -> DatasetInfo:
+        probe = [self._train[i] for i in range(min(len(self._train), 256))]
+        images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in probe])
+        classes = getattr(self._train, "classes", None)
+        if classes is None:
+            labels = [int(self._train[i][1]) for i in range(len(self._train))]
+            classes = [str(i) for i in range(max(labels) + 1)]
+        dims = tuple(range(images.dim()))
+        mean = images.mean(dim=(0, *dims[2:])).tolist()
+        std = images.std(dim=(0, *dims[2:])).clamp_min(1e-3).tolist()
+        return DatasetInfo(name, tuple(map(str, classes)), images.shape[1], tuple(mean), tuple(std),
+                           tuple(images.shape[-2:]))
+
+    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
+        return _Prepared(self._train if name == "train" else self._call(name), input_spec)
+
+
+class _Prepared(Dataset):
+    def __init__(self, base: Dataset, spec: InputSpec) -> None:
+        self.base, self.spec = base, spec
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        image = resize(adapt_channels(torch.as_tensor(image, dtype=torch.float32), self.spec.channels),
+                       self.spec.size)
+        return normalize(image, self.spec), int(label)

@@ -1,0 +1,1 @@
+"""Dataset sources behind deepslim.data.open_dataset."""

@@ -1,0 +1,71 @@
+"""Evaluate a PyTorch model on a dataset split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from deepslim.data import open_dataset, subset
+from deepslim.errors import ConfigError, DatasetError
+from deepslim.metrics import classification_metrics
+from deepslim.models import ModelBundle
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    dataset: str
+    split: str
+    metrics: dict[str, float]
+    logits: np.ndarray = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu.")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str = "auto",
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of ``model`` over ``dataset`` (eval mode; the model is put back where it was)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}.")
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    logits, labels = [], []
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            logits.append(model(x.to(dev)).float().cpu())
+            labels.append(y)
+    finally:
+        model.train(was_training)
+    if not logits:
+        raise DatasetError("The evaluation split is empty.")
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(bundle: ModelBundle, dataset: str = "digits", *, split: str = "test", limit: int | None = None,
+             batch_size: int = 256, severity: int = 3, device: str = "auto") -> EvalResult:
+    """top-1, top-5, macro ROC-AUC and macro AP of ``bundle`` on ``dataset``'s ``split``."""
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got '{split}'.")
+    source = open_dataset(dataset, severity=severity)
+    check_compatible(bundle, source.info.num_classes, dataset)
+    ds = subset(source.split(split, bundle.input_spec), limit)
+    logits, labels = predict(bundle.model, ds, batch_size=batch_size, device=device)
+    return EvalResult(source.info.name, split, classification_metrics(logits, labels), logits, labels)
+
+
+def check_compatible(bundle: ModelBundle, num_classes: int, dataset: str) -> None:
+    if bundle.num_classes != num_classes:
+        raise DatasetError(f"The model predicts {bundle.num_classes} classes but dataset '{dataset}' has "
+                           f"{num_classes}.")

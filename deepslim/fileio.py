@@ -1,0 +1,63 @@
+"""Safe output writing: temporary name, then rename; never overwrite inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from deepslim.errors import InputFileError, OutputError
+
+
+def check_output(path: str | os.PathLike, *, force: bool = False,
+                 inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+    """Validate an output path before any work starts and return it as a Path."""
+    out = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise OutputError(f"Output {out} is the same file as an input; choose another output path.")
+    if out.exists() and not force:
+        raise OutputError(f"Output {out} already exists; pass --force to overwrite it or choose another path.")
+    if out.exists() and out.is_dir():
+        raise OutputError(f"Output {out} is a directory; give a file path.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"Cannot write {out}: {parent} is not a directory.")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return ``path`` as a Path if it is an existing regular file, else raise."""
+    p = Path(path)
+    if not p.exists():
+        raise InputFileError(f"The {what} {p} does not exist.")
+    if not p.is_file():
+        raise InputFileError(f"The {what} {p} is not a regular file.")
+    return p
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,369 @@
+"""Architectures and the one loader behind every command that takes a model."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import inspect
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim import bundle as bundle_format
+from deepslim.errors import (ConfigError, InputFileError, ModelError, StateDictMismatchError,
+                             UnknownArchitectureError, UnsafePickleError)
+from deepslim.fileio import require_file, sha256_file
+from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".bin", ".ckpt", ".tar"}
+EXPORTED_SUFFIXES = {".onnx", ".xml", ".engine", ".plan"}
+
+
+@dataclass
+class ModelBundle:
+    """A model together with everything needed to rebuild, feed and trace it."""
+
+    model: nn.Module
+    arch: ArchSpec
+    input_spec: InputSpec
+    classes: list[str]
+    lineage: list[StageRecord] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def with_record(self, record: StageRecord, model: nn.Module | None = None) -> ModelBundle:
+        """A copy with ``record`` appended to the lineage (and optionally a new module)."""
+        return replace(self, model=model if model is not None else self.model,
+                       lineage=[*self.lineage, record], path=None)
+
+
+# --- the built-in CNN -------------------------------------------------------------------------
+
+class SmallCNN(nn.Module):
+    """VGG-style CNN for 8x8 to 32x32 inputs: three conv stages, global pooling, linear head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
+                 batch_norm: bool = True, dropout: float = 0.2) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4]
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for stage, cout in enumerate(chans):
+            for _ in range(2 if stage < 2 else 1):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
+                layers += [nn.BatchNorm2d(cout)] if batch_norm else []
+                layers += [nn.ReLU(inplace=True)]
+                cin = cout
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))
+
+
+BUILTIN: dict[str, Any] = {"small_cnn": SmallCNN}
+_DEFAULT_SIZE = {ArchSource.BUILTIN: 16, ArchSource.TORCHVISION: 224, ArchSource.FILE: 224}
+# Builder kwargs that make torchvision models trainable from scratch at any input size.
+_TV_FIXED_KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
+                    "googlenet": {"aux_logits": False, "init_weights": False}}
+
+
+@functools.cache
+def torchvision_names() -> tuple[str, ...]:
+    import torchvision
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def known_architectures() -> list[str]:
+    return sorted(BUILTIN) + list(torchvision_names())
+
+
+# --- resolving and building -------------------------------------------------------------------
+
+def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
+                 channels: int | None = None, kwargs: dict[str, Any] | None = None) -> tuple[ArchSpec, int, int]:
+    """Turn a user's architecture name into an :class:`ArchSpec`; return it, input size and channels."""
+    kwargs = dict(kwargs or {})
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes must be a positive integer, got {num_classes}.")
+    if input_size is not None and input_size < 1:
+        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    if ":" in name and name.rsplit(":", 1)[0].endswith(".py"):
+        path, fn = name.rsplit(":", 1)
+        file = require_file(path, "architecture file").resolve()
+        spec = ArchSpec(ArchSource.FILE, f"{file}:{fn}", {"num_classes": num_classes, **kwargs}, sha256_file(file))
+        return spec, input_size or _DEFAULT_SIZE[ArchSource.FILE], channels or 3
+    if name in BUILTIN:
+        chans = channels or 1
+        spec = ArchSpec(ArchSource.BUILTIN, name, {"num_classes": num_classes, "in_channels": chans, **kwargs})
+        return spec, input_size or _DEFAULT_SIZE[ArchSource.BUILTIN], chans
+    if name in torchvision_names():
+        if channels not in (None, 3):
+            raise ConfigError(f"torchvision architectures take 3 input channels, not {channels}; grayscale data "
+                              "is repeated to 3 channels automatically.")
+        size = input_size or _DEFAULT_SIZE[ArchSource.TORCHVISION]
+        kwargs = {**_TV_FIXED_KWARGS.get(name, {}), **_size_kwargs(name, size), **kwargs}
+        return ArchSpec(ArchSource.TORCHVISION, name, {"num_classes": num_classes, **kwargs}), size, 3
+    close = difflib.get_close_matches(name, known_architectures(), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `deepslim train --list-archs` to see them."
+    raise UnknownArchitectureError(f"Unknown architecture '{name}'; {hint}")
+
+
+def _size_kwargs(name: str, size: int) -> dict[str, Any]:
+    if name.startswith("vit_"):
+        return {"image_size": size}
+    if name.startswith("maxvit"):
+        return {"input_size": [size, size]}
+    return {}
+
+
+def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
+    """Instantiate ``spec`` (random weights unless ``pretrained`` names torchvision weights)."""
+    try:
+        if spec.source is ArchSource.BUILTIN:
+            model = BUILTIN[spec.name](**spec.kwargs)
+        elif spec.source is ArchSource.TORCHVISION:
+            model = _build_torchvision(spec, pretrained)
+        elif spec.source is ArchSource.FILE:
+            model = _build_from_file(spec)
+        else:
+            raise ModelError(f"A model of source '{spec.source.value}' cannot be rebuilt; load it from its file.")
+    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"Cannot build {spec.name} with {spec.kwargs}: {exc}") from exc
+    if pretrained is not None and spec.source is not ArchSource.TORCHVISION:
+        raise ConfigError("--pretrained works only with torchvision architectures.")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module.")
+    return model
+
+
+def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
+    import torchvision
+    kwargs = dict(spec.kwargs)
+    if pretrained is None:
+        return torchvision.models.get_model(spec.name, weights=None, **kwargs)
+    num_classes = kwargs.pop("num_classes")
+    model = torchvision.models.get_model(spec.name, weights=pretrained, **kwargs)  # downloads once
+    if num_classes != 1000:
+        replace_head(model, num_classes)
+    return model
+
+
+def _build_from_file(spec: ArchSpec) -> nn.Module:
+    path, fn_name = spec.name.rsplit(":", 1)
+    file = require_file(path, "architecture file")
+    if spec.file_sha256 and sha256_file(file) != spec.file_sha256:
+        print(f"warning: {file} changed since the model was saved; rebuilding from the current file.",
+              file=sys.stderr)
+    module_name = f"deepslim_user_arch_{abs(hash(str(file)))}"
+    mod_spec = importlib.util.spec_from_file_location(module_name, file)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as exc:  # user code: report any import failure as one sentence
+        raise ModelError(f"Cannot import {file}: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ModelError(f"{file} has no function '{fn_name}'.")
+    kwargs = dict(spec.kwargs)
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(**kwargs)
+
+
+def find_head(model: nn.Module, num_classes: int | None = None) -> tuple[str, nn.Module]:
+    """The classifier head: the last Linear (or 1x1 Conv) layer producing ``num_classes`` outputs."""
+    found = None
+    for name, module in model.named_modules():
+        out = getattr(module, "out_features", getattr(module, "out_channels", None))
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and (num_classes is None or out == num_classes):
+            found = (name, module)
+    if found is None:
+        raise ModelError("Cannot find the classifier head (a final Linear or Conv2d layer).")
+    return found
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    name, head = find_head(model)
+    if not isinstance(head, nn.Linear):
+        raise ModelError(f"Cannot replace the head '{name}' ({type(head).__name__}); only Linear heads are supported.")
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, nn.Linear(head.in_features, num_classes))
+    return model
+
+
+# --- loading and saving -----------------------------------------------------------------------
+
+def load_model(source: str | Path | None = None, *, arch: str | None = None, weights: str | Path | None = None,
+               num_classes: int | None = None, input_size: int | None = None, channels: int | None = None,
+               arch_kwargs: dict[str, Any] | None = None, pretrained: str | None = None,
+               classes: list[str] | None = None, mean: tuple[float, ...] | None = None,
+               std: tuple[float, ...] | None = None, trust_pickle: bool = False) -> ModelBundle:
+    """Load a model from a bundle, an architecture (+ state_dict), or a pickled module.
+
+    ``source`` is a deepslim bundle (``.safetensors``) or, with ``trust_pickle``, a whole
+    pickled module. Without ``source``, ``arch`` names a built-in or torchvision
+    architecture or ``path/file.py:build_fn``; ``weights`` is a state_dict file loaded with
+    ``weights_only=True`` (or a plain safetensors file). Never unpickles unless asked.
+    """
+    if source is not None and arch is not None:
+        raise ConfigError("Give either a model file or --arch (with --weights), not both.")
+    if source is None and arch is None:
+        raise ConfigError("Give a model file (bundle) or --arch NAME.")
+    if source is not None:
+        return _load_file(Path(source), trust_pickle=trust_pickle, input_size=input_size, channels=channels,
+                          mean=mean, std=std)
+    if classes is not None:
+        num_classes = num_classes or len(classes)
+    spec, size, chans = resolve_arch(arch, num_classes=num_classes or 1000, input_size=input_size,
+                                     channels=channels, kwargs=arch_kwargs)
+    model = build_model(spec, pretrained=pretrained)
+    if weights is not None:
+        load_weights(model, weights, label=spec.name)
+    if mean is None or std is None:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    n = spec.kwargs["num_classes"]
+    names = list(classes) if classes is not None else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise ConfigError(f"{len(names)} class names were given for a model with {n} classes.")
+    return ModelBundle(model.eval(), spec, InputSpec.create(chans, size, mean, std), names)
+
+
+def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channels: int | None,
+               mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> ModelBundle:
+    require_file(path, "model file")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        header = bundle_format.read_header(path)
+        if header is None:
+            raise ModelError(f"{path} holds weights without a deepslim header; load it with --arch NAME "
+                             f"--weights {path}.")
+        return _load_bundle(path, header)
+    if suffix in EXPORTED_SUFFIXES:
+        raise ModelError(f"{path} is an exported artifact; this command needs a PyTorch model (a bundle, "
+                         "--arch with --weights, or a pickled module with --trust-pickle).")
+    if suffix not in PICKLE_SUFFIXES:
+        raise InputFileError(f"{path} has an unknown model format '{suffix}'; use a .safetensors bundle, "
+                             "or --arch NAME --weights FILE.")
+    obj = _torch_load(path, trust_pickle=trust_pickle)
+    if isinstance(obj, dict):
+        raise ModelError(f"{path} is a state_dict, not a model; load it with --arch NAME --weights {path}.")
+    if not isinstance(obj, nn.Module):
+        raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module.")
+    spec = ArchSpec(ArchSource.PICKLE, f"{type(obj).__module__}.{type(obj).__qualname__}")
+    chans, size = channels or 3, input_size or 224
+    n = _guess_num_classes(obj)
+    return ModelBundle(obj.eval(), spec, InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD),
+                       [str(i) for i in range(n)], path=path)
+
+
+def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
+    model = build_model(header.arch)
+    bundle_format.apply_structure(model, header.structure)
+    _load_state(model, bundle_format.read_tensors(path), label=header.arch.name, source=path)
+    return ModelBundle(model.eval(), header.arch, header.input_spec, header.classes, header.lineage, path)
+
+
+def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafePickleError(
+                f"{path} is a pickled Python object and unpickling can run arbitrary code; pass --trust-pickle "
+                "if you trust its source, or save a state_dict and use --arch NAME --weights FILE.") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputFileError(f"{path} is corrupt or truncated and cannot be read ({_first_line(exc)}).") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # arbitrary unpickling failures of a trusted file
+        raise InputFileError(f"{path} cannot be unpickled: {type(exc).__name__}: {_first_line(exc)}") from exc
+
+
+def load_weights(model: nn.Module, weights: str | Path, *, label: str) -> nn.Module:
+    """Load a state_dict file (``weights_only=True`` or safetensors) into ``model``, strictly."""
+    path = require_file(weights, "weights file")
+    if path.suffix.lower() == ".safetensors":
+        state = bundle_format.read_tensors(path)
+    else:
+        state = _torch_load(path, trust_pickle=False)
+    state = _unwrap_state_dict(state, path)
+    return _load_state(model, state, label=label, source=path)
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path} is not a state_dict (a mapping of parameter names to tensors).")
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], *, label: str, source: Path) -> nn.Module:
+    own = model.state_dict()
+    problems = []
+    for key, value in state.items():
+        if key not in own:
+            problems.append(f"the file has '{key}', which the model does not")
+        elif tuple(own[key].shape) != tuple(value.shape):
+            problems.insert(0, f"'{key}' has shape {tuple(value.shape)} in the file but {tuple(own[key].shape)} "
+                               "in the model")
+    problems += [f"the model's '{k}' is missing from the file" for k in own if k not in state]
+    if problems:
+        more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
+        raise StateDictMismatchError(f"Weights {source} do not fit {label}: {problems[0]}{more}.")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def save_model(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write ``bundle`` as a pickle-free ``.safetensors`` bundle (atomically)."""
+    if bundle.arch.source is ArchSource.PICKLE:
+        raise ModelError("A model loaded from a pickle has no rebuildable architecture; load it with --arch NAME "
+                         "--weights FILE to save it as a bundle.")
+    if Path(path).suffix.lower() != ".safetensors":
+        raise ConfigError(f"Bundles are .safetensors files; name the output {Path(path).with_suffix('.safetensors')}.")
+    reference = _reference_model(bundle.arch)
+    header = bundle_format.Header(bundle.arch, bundle.input_spec, list(bundle.classes),
+                                  bundle_format.capture_structure(bundle.model, reference), list(bundle.lineage))
+    return bundle_format.write(path, bundle.model.state_dict(), header)
+
+
+def _reference_model(spec: ArchSpec) -> nn.Module:
+    """A freshly built model to diff against, built on the meta device (no memory, no RNG use)."""
+    try:
+        with torch.device("meta"):
+            return build_model(spec)
+    except (ModelError, NotImplementedError, RuntimeError):
+        with torch.random.fork_rng():
+            return build_model(spec)
+
+
+def _guess_num_classes(model: nn.Module) -> int:
+    name, head = find_head(model)
+    return int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__

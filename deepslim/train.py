@@ -1,0 +1,273 @@
+"""The one training loop behind train, fine-tune, distillation and QAT."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
+from deepslim.data import open_dataset
+from deepslim.errors import ConfigError, InputFileError
+from deepslim.evaluate import check_compatible, predict, resolve_device
+from deepslim.fileio import atomic_path
+from deepslim.metrics import classification_metrics
+from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
+from deepslim.spec import StageRecord
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+console = Console(stderr=True)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_top1: float = -1.0
+    seconds: float = 0.0
+
+
+def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | None = None, *, severity: int = 3,
+          checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True) -> ModelBundle:
+    """Train ``bundle`` on ``dataset``; keep the best epoch on the val split; test it; record the lineage."""
+    cfg = config or TrainConfig()
+    start = time.perf_counter()
+    source = open_dataset(dataset, severity=severity)
+    check_compatible(bundle, source.info.num_classes, dataset)
+    seed_everything(cfg.seed)
+    model = bundle.model
+    initialize(model, cfg.init)
+    if cfg.freeze_backbone:
+        freeze_backbone(model, bundle.num_classes)
+    spec = bundle.input_spec
+    result = fit(model, source.split("train", spec, augment=cfg.augment), source.split("val", spec), cfg,
+                 checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, progress=progress)
+    logits, labels = predict(model, source.split("test", spec), device=cfg.device)
+    test = classification_metrics(logits, labels)
+    record = StageRecord("train", {**cfg.to_json(), "dataset": source.info.name},
+                         round(time.perf_counter() - start, 2),
+                         {"val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
+                          "test": test, "history": result.history}, versions=versions())
+    return bundle.with_record(record, model=model.cpu().eval())
+
+
+def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
+        checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``."""
+    device = resolve_device(cfg.device)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("The model has no trainable parameters.")
+    steps = math.ceil(len(train_ds) / cfg.batch_size)
+    optimizer = _optimizer(params, cfg)
+    scheduler = _scheduler(optimizer, cfg, steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loss_fn = loss_fn or (lambda m, x, y: criterion(m(x), y))
+    state, first_epoch, best = FitResult(), 0, _cpu_state(model)
+    if resume:
+        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg)
+    begin = time.perf_counter() - state.seconds
+    with _progress(progress) as bar:
+        task = bar.add_task("train", total=steps * cfg.epochs, completed=steps * first_epoch)
+        for epoch in range(first_epoch, cfg.epochs):
+            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            row = _train_epoch(model, train_ds, cfg, epoch, optimizer, scheduler, loss_fn, device,
+                               lambda: bar.advance(task))
+            row.update(_validate(model, val_ds, cfg, criterion, device))
+            if row["val_top1"] > state.best_val_top1:
+                state.best_val_top1, state.best_epoch = row["val_top1"], epoch + 1
+                best = _cpu_state(model)
+            state.history.append(row)
+            state.seconds = time.perf_counter() - begin
+            if progress:
+                bar.console.log(_epoch_line(row, cfg.epochs))
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch)
+    model.load_state_dict(best)
+    state.seconds = time.perf_counter() - begin
+    return state
+
+
+def _train_epoch(model, train_ds, cfg, epoch, optimizer, scheduler, loss_fn, device, tick) -> dict[str, float]:
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                        drop_last=len(train_ds) > cfg.batch_size,
+                        generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
+    model.train()
+    _freeze_frozen_batchnorm(model)
+    total, count = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(device, cfg.amp):
+            loss = loss_fn(model, x, y)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(y)
+        count += len(y)
+        tick()
+    return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def _validate(model, val_ds, cfg, criterion, device) -> dict[str, float]:
+    logits, labels = predict(model, val_ds, batch_size=max(cfg.batch_size, 256), device=str(device))
+    loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    return {"val_loss": loss, "val_top1": float(np.mean(logits.argmax(1) == labels))}
+
+
+def _autocast(device: torch.device, amp: bool):
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer is OptimizerKind.ADAMW:
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def _scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = steps_per_epoch * cfg.epochs
+    if cfg.schedule is Schedule.ONECYCLE:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=total)
+    warmup = steps_per_epoch * cfg.warmup
+    cosine = cfg.schedule is Schedule.COSINE
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if not cosine:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_line(row: dict[str, float], epochs: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+            f"val top-1 {row['val_top1']:.4f}  lr {row['lr']:.2e}")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, disable=not enabled, transient=True)
+
+
+# --- checkpoints (torch.save of tensors and plain data; loaded with weights_only=True) ---------
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, state: FitResult,
+                     best: dict[str, torch.Tensor], epoch: int) -> None:
+    payload = {"epoch": epoch + 1, "config": cfg.to_json(), "model": _cpu_state(model),
+               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
+               "best_epoch": state.best_epoch, "best_val_top1": state.best_val_top1, "history": state.history,
+               "seconds": state.seconds, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig):
+    if path is None or not path.is_file():
+        raise ConfigError(f"--resume was given but there is no checkpoint {path}; run without --resume to start.")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        saved = data["config"]
+    except Exception as exc:  # any unreadable checkpoint: one sentence
+        raise InputFileError(f"Checkpoint {path} is unreadable ({type(exc).__name__}); delete it and start again.") from exc
+    differs = sorted(k for k, v in cfg.to_json().items() if saved.get(k) != v and k != "device")
+    if differs:
+        raise ConfigError(f"Checkpoint {path} was made with other settings ({', '.join(differs)}); rerun with the "
+                          "same options or without --resume.")
+    model.load_state_dict(data["model"])
+    optimizer.load_state_dict(data["optimizer"])
+    scheduler.load_state_dict(data["scheduler"])
+    torch.set_rng_state(data["torch_rng"])
+    random.setstate(_as_tuple(data["python_rng"]))
+    state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"])
+    console.log(f"resuming from {path} after epoch {data['epoch']}")
+    return state, int(data["epoch"]), data["best"]
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --- set-up helpers ---------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def initialize(model: nn.Module, init: Init) -> nn.Module:
+    """Re-initialise Conv/Linear weights (``Init.DEFAULT`` keeps the architecture's own)."""
+    if init is Init.DEFAULT:
+        return model
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            if init is Init.KAIMING:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif init is Init.XAVIER:
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                nn.init.normal_(module.weight, 0.0, 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def freeze_backbone(model: nn.Module, num_classes: int) -> str:
+    """Freeze everything but the classifier head; return the head's name."""
+    name, head = find_head(model, num_classes)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    return name
+
+
+def _freeze_frozen_batchnorm(model: nn.Module) -> None:
+    """Keep BatchNorm layers whose parameters are frozen in eval mode (their statistics too)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None \
+                and not module.weight.requires_grad:
+            module.eval()
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    import deepslim
+    return {"deepslim": deepslim.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size: int | None = None,
+                      channels: int | None = None, arch_kwargs: dict[str, Any] | None = None,
+                      weights: str | Path | None = None, pretrained: str | None = None) -> ModelBundle:
+    """A new model shaped for ``dataset``: its classes, its statistics, its channels for built-in models."""
+    info = open_dataset(dataset, severity=severity).info
+    builtin = arch in BUILTIN
+    stats = {} if pretrained else {"mean": info.mean, "std": info.std}
+    return load_model(arch=arch, classes=list(info.classes), input_size=input_size,
+                      channels=channels or (info.channels if builtin else None), arch_kwargs=arch_kwargs,
+                      weights=weights, pretrained=pretrained, **stats)

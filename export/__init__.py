@@ -1,0 +1,1 @@
+"""Exporters (ONNX, OpenVINO IR, TensorRT) and parity checks."""
