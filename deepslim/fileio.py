@@ -12,9 +12,11 @@ from deepslim.errors import InputFileError, OutputError
 
 
 def check_output(path: str | os.PathLike, *, force: bool = False,
-                 inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
+                 inputs: Sequence[str | os.PathLike | None] = (), suffix: str | None = None) -> Path:
     """Validate an output path before any work starts and return it as a Path."""
     out = Path(path)
+    if suffix is not None and out.suffix.lower() != suffix:
+        raise OutputError(f"Output {out} must end in {suffix}.")
     for src in inputs:
         if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
             raise OutputError(f"Output {out} is the same file as an input; choose another output path.")

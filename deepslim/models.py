@@ -119,7 +119,7 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
         kwargs = {**_TV_FIXED_KWARGS.get(name, {}), **_size_kwargs(name, size), **kwargs}
         return ArchSpec(ArchSource.TORCHVISION, name, {"num_classes": num_classes, **kwargs}), size, 3
     close = difflib.get_close_matches(name, known_architectures(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "run `deepslim train --list-archs` to see them."
+    hint = f"did you mean {', '.join(close)}?" if close else "`deepslim archs` lists them."
     raise UnknownArchitectureError(f"Unknown architecture '{name}'; {hint}")
 
 
@@ -336,11 +336,16 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], *, label: str,
     return model
 
 
-def save_model(bundle: ModelBundle, path: str | Path) -> Path:
-    """Write ``bundle`` as a pickle-free ``.safetensors`` bundle (atomically)."""
+def check_saveable(bundle: ModelBundle) -> None:
+    """Fail early (before long work) if ``bundle`` could not be saved as a bundle."""
     if bundle.arch.source is ArchSource.PICKLE:
         raise ModelError("A model loaded from a pickle has no rebuildable architecture; load it with --arch NAME "
                          "--weights FILE to save it as a bundle.")
+
+
+def save_model(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write ``bundle`` as a pickle-free ``.safetensors`` bundle (atomically)."""
+    check_saveable(bundle)
     if Path(path).suffix.lower() != ".safetensors":
         raise ConfigError(f"Bundles are .safetensors files; name the output {Path(path).with_suffix('.safetensors')}.")
     reference = _reference_model(bundle.arch)

@@ -92,7 +92,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
             state.history.append(row)
             state.seconds = time.perf_counter() - begin
             if progress:
-                bar.console.log(_epoch_line(row, cfg.epochs))
+                bar.console.print(_epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch)
     model.load_state_dict(best)
@@ -203,7 +203,7 @@ def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainC
     torch.set_rng_state(data["torch_rng"])
     random.setstate(_as_tuple(data["python_rng"]))
     state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"])
-    console.log(f"resuming from {path} after epoch {data['epoch']}")
+    console.print(f"resuming from {path} after epoch {data['epoch']}", highlight=False)
     return state, int(data["epoch"]), data["best"]
 
 
