@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer._click.exceptions import UsageError as _UsageError
 from typer.core import TyperGroup
 
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
@@ -27,8 +28,15 @@ class _Group(TyperGroup):
         except DeepSlimError as exc:
             if (ctx.obj or {}).get("debug"):
                 raise
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+            _fail(str(exc), exc.exit_code)
+        except _UsageError as exc:  # a mistyped option or value: one line too, not a usage panel
+            path = exc.ctx.command_path if exc.ctx else "deepslim"
+            _fail(f"{exc.format_message()} (see '{path} --help')", exc.exit_code)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo("error: " + " ".join(message.split()), err=True)
+    raise typer.Exit(code)
 
 
 app = typer.Typer(name="deepslim", cls=_Group, no_args_is_help=True, add_completion=False,

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from deepslim.errors import InputFileError, ModelError
+from deepslim.errors import InputFileError, ModelError, first_line
 from deepslim.fileio import atomic_path, require_file
 from deepslim.spec import ArchSpec, InputSpec, StageRecord
 
@@ -93,7 +93,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as fh:
             return {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, RuntimeError) as exc:
-        raise InputFileError(f"{path} is not a readable safetensors file ({_short(exc)}).") from exc
+        raise InputFileError(f"{path} is not a readable safetensors file ({first_line(exc)}).") from exc
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -102,11 +102,7 @@ def _read_metadata(path: Path) -> dict[str, str]:
             return fh.metadata() or {}
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise InputFileError(f"{path} is not a readable safetensors file: it is corrupt or truncated "
-                             f"({_short(exc)}).") from exc
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+                             f"({first_line(exc)}).") from exc
 
 
 # --- structural changes -----------------------------------------------------------------------

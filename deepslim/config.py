@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -54,11 +56,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
         _positive_int("batch-size", self.batch_size)
-        if self.lr is not None and not self.lr > 0:
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}.")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{self.device}'.")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}.")
-        if self.weight_decay < 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}.")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from deepslim.errors import ConfigError, DatasetError
+from deepslim.errors import ConfigError, DatasetError, first_line
 from deepslim.spec import InputSpec
 
 Split = Literal["train", "val", "test"]
@@ -79,14 +79,18 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     return Subset(dataset, order[:count].tolist())
 
 
-def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float],
+def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], *, name: str = "the dataset",
                      seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
     """Indices of a fixed stratified train/val/test split."""
     from sklearn.model_selection import train_test_split
     idx = np.arange(len(labels))
-    train, rest = train_test_split(idx, train_size=fractions[0], stratify=labels, random_state=seed)
-    val_share = fractions[1] / (fractions[1] + fractions[2])
-    val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
+    try:
+        train, rest = train_test_split(idx, train_size=fractions[0], stratify=labels, random_state=seed)
+        val_share = fractions[1] / (fractions[1] + fractions[2])
+        val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
+    except ValueError as exc:
+        raise DatasetError(f"Dataset {name} has too few samples ({len(labels)}) for a stratified train/val/test "
+                           "split; give each class at least 7 samples or separate split folders.") from exc
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
@@ -149,21 +153,27 @@ class FileSource:
         try:
             mod_spec.loader.exec_module(module)
         except Exception as exc:  # user code: any import failure becomes one sentence
-            raise DatasetError(f"Cannot import {file}: {type(exc).__name__}: {exc}") from exc
-        self.fn = getattr(module, fn_name, None)
+            raise DatasetError(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
+        self.fn, self.label = getattr(module, fn_name, None), f"{file}:{fn_name}"
         if not callable(self.fn) or "split" not in inspect.signature(self.fn).parameters:
             raise DatasetError(f"{file} needs a function {fn_name}(split) returning a torch Dataset.")
         self._train = self._call("train")
         self.info = self._describe(f"{file}:{fn_name}")
 
     def _call(self, split: str) -> Dataset:
-        ds = self.fn(split=split)
+        try:
+            ds = self.fn(split=split)
+        except Exception as exc:  # user code: any failure becomes one sentence
+            raise DatasetError(f"Dataset {self.label} failed for split '{split}': {type(exc).__name__}: "
+                               f"{first_line(exc)}.") from exc
         if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
             raise DatasetError(f"The dataset function returned no samples for split '{split}'.")
         return ds
 
     def _describe(self, name: str) -> DatasetInfo:
         probe = [self._train[i] for i in range(min(len(self._train), 256))]
+        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in probe):
+            raise DatasetError(f"{name} must return a Dataset of (image, label) pairs.")
         images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in probe])
         classes = getattr(self._train, "classes", None)
         if classes is None:

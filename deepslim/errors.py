@@ -8,6 +8,12 @@ traceback and exits with code 2.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+
+
 class DeepSlimError(Exception):
     """Base class of every user-facing deepslim error."""
 

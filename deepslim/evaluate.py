@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from deepslim.data import open_dataset, subset
-from deepslim.errors import ConfigError, DatasetError
+from deepslim.errors import ConfigError, DatasetError, ModelError, first_line
 from deepslim.metrics import classification_metrics
 from deepslim.models import ModelBundle
 
@@ -27,6 +28,8 @@ class EvalResult:
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got '{device}'.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but no CUDA GPU is available; use --device cpu.")
     return torch.device(device)
@@ -44,13 +47,21 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
     logits, labels = [], []
     try:
         for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits.append(model(x.to(dev)).float().cpu())
+            logits.append(_forward(model, x.to(dev)).float().cpu())
             labels.append(y)
     finally:
         model.train(was_training)
     if not logits:
         raise DatasetError("The evaluation split is empty.")
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        return model(x)
+    except RuntimeError as exc:
+        raise ModelError(f"The model fails on inputs of shape {tuple(x.shape)}: {first_line(exc)}; check "
+                         "--input-size and --channels.") from exc
 
 
 def evaluate(bundle: ModelBundle, dataset: str = "digits", *, split: str = "test", limit: int | None = None,

@@ -18,7 +18,7 @@ from torch import nn
 
 from deepslim import bundle as bundle_format
 from deepslim.errors import (ConfigError, InputFileError, ModelError, StateDictMismatchError,
-                             UnknownArchitectureError, UnsafePickleError)
+                             UnknownArchitectureError, UnsafePickleError, first_line)
 from deepslim.fileio import require_file, sha256_file
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
 
@@ -57,6 +57,8 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
                  batch_norm: bool = True, dropout: float = 0.2) -> None:
         super().__init__()
+        if min(num_classes, in_channels, width) < 1 or not 0 <= dropout < 1:
+            raise ValueError("num_classes, in_channels and width must be >= 1 and dropout in [0, 1)")
         chans = [width, width * 2, width * 4]
         layers: list[nn.Module] = []
         cin = in_channels
@@ -100,8 +102,7 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
     kwargs = dict(kwargs or {})
     if num_classes < 1:
         raise ConfigError(f"--num-classes must be a positive integer, got {num_classes}.")
-    if input_size is not None and input_size < 1:
-        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    _check_shape_options(input_size, channels)
     if ":" in name and name.rsplit(":", 1)[0].endswith(".py"):
         path, fn = name.rsplit(":", 1)
         file = require_file(path, "architecture file").resolve()
@@ -121,6 +122,13 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
     close = difflib.get_close_matches(name, known_architectures(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "`deepslim archs` lists them."
     raise UnknownArchitectureError(f"Unknown architecture '{name}'; {hint}")
+
+
+def _check_shape_options(input_size: int | None, channels: int | None) -> None:
+    if input_size is not None and input_size < 1:
+        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    if channels is not None and channels < 1:
+        raise ConfigError(f"--channels must be a positive integer, got {channels}.")
 
 
 def _size_kwargs(name: str, size: int) -> dict[str, Any]:
@@ -143,7 +151,7 @@ def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
         else:
             raise ModelError(f"A model of source '{spec.source.value}' cannot be rebuilt; load it from its file.")
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"Cannot build {spec.name} with {spec.kwargs}: {exc}") from exc
+        raise ModelError(f"Cannot build {spec.name} with {spec.kwargs}: {first_line(exc)}.") from exc
     if pretrained is not None and spec.source is not ArchSource.TORCHVISION:
         raise ConfigError("--pretrained works only with torchvision architectures.")
     if not isinstance(model, nn.Module):
@@ -175,7 +183,7 @@ def _build_from_file(spec: ArchSpec) -> nn.Module:
     try:
         mod_spec.loader.exec_module(module)
     except Exception as exc:  # user code: report any import failure as one sentence
-        raise ModelError(f"Cannot import {file}: {type(exc).__name__}: {exc}") from exc
+        raise ModelError(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise ModelError(f"{file} has no function '{fn_name}'.")
@@ -183,7 +191,10 @@ def _build_from_file(spec: ArchSpec) -> nn.Module:
     params = inspect.signature(fn).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except Exception as exc:  # user code: any failure becomes one sentence
+        raise ModelError(f"{spec.name} failed: {type(exc).__name__}: {first_line(exc)}.") from exc
 
 
 def find_head(model: nn.Module, num_classes: int | None = None) -> tuple[str, nn.Module]:
@@ -266,8 +277,9 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
         raise ModelError(f"{path} is a state_dict, not a model; load it with --arch NAME --weights {path}.")
     if not isinstance(obj, nn.Module):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module.")
+    _check_shape_options(input_size, channels)
     spec = ArchSpec(ArchSource.PICKLE, f"{type(obj).__module__}.{type(obj).__qualname__}")
-    chans, size = channels or 3, input_size or 224
+    chans, size = channels or _guess_channels(obj), input_size or 224
     n = _guess_num_classes(obj)
     return ModelBundle(obj.eval(), spec, InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD),
                        [str(i) for i in range(n)], path=path)
@@ -280,20 +292,26 @@ def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
     return ModelBundle(model.eval(), header.arch, header.input_spec, header.classes, header.lineage, path)
 
 
-def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
+def _torch_load(path: Path, *, trust_pickle: bool, weights: bool = False) -> Any:
+    """torch.load with ``weights_only=True``; full unpickling only for a module the user trusts."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "unsupported global" not in str(exc).lower():
+            raise InputFileError(f"{path} is corrupt or not a PyTorch file ({first_line(exc)}).") from exc
+        if weights:
+            raise ModelError(f"{path} holds pickled Python objects, not a plain state_dict; re-save it with "
+                             "torch.save(model.state_dict(), path).") from exc
         if not trust_pickle:
             raise UnsafePickleError(
                 f"{path} is a pickled Python object and unpickling can run arbitrary code; pass --trust-pickle "
                 "if you trust its source, or save a state_dict and use --arch NAME --weights FILE.") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputFileError(f"{path} is corrupt or truncated and cannot be read ({_first_line(exc)}).") from exc
+        raise InputFileError(f"{path} is corrupt or truncated and cannot be read ({first_line(exc)}).") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # arbitrary unpickling failures of a trusted file
-        raise InputFileError(f"{path} cannot be unpickled: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise InputFileError(f"{path} cannot be unpickled: {type(exc).__name__}: {first_line(exc)}.") from exc
 
 
 def load_weights(model: nn.Module, weights: str | Path, *, label: str) -> nn.Module:
@@ -302,7 +320,7 @@ def load_weights(model: nn.Module, weights: str | Path, *, label: str) -> nn.Mod
     if path.suffix.lower() == ".safetensors":
         state = bundle_format.read_tensors(path)
     else:
-        state = _torch_load(path, trust_pickle=False)
+        state = _torch_load(path, trust_pickle=False, weights=True)
     state = _unwrap_state_dict(state, path)
     return _load_state(model, state, label=label, source=path)
 
@@ -321,14 +339,11 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], *, label: str, source: Path) -> nn.Module:
     own = model.state_dict()
-    problems = []
-    for key, value in state.items():
-        if key not in own:
-            problems.append(f"the file has '{key}', which the model does not")
-        elif tuple(own[key].shape) != tuple(value.shape):
-            problems.insert(0, f"'{key}' has shape {tuple(value.shape)} in the file but {tuple(own[key].shape)} "
-                               "in the model")
-    problems += [f"the model's '{k}' is missing from the file" for k in own if k not in state]
+    shapes = [f"'{k}' has shape {tuple(v.shape)} in the file but {tuple(own[k].shape)} in the model"
+              for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    missing = [f"the model's '{k}' is missing from the file" for k in own if k not in state]
+    extra = [f"the file has '{k}', which the model does not" for k in state if k not in own]
+    problems = shapes + missing + extra
     if problems:
         more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
         raise StateDictMismatchError(f"Weights {source} do not fit {label}: {problems[0]}{more}.")
@@ -364,11 +379,11 @@ def _reference_model(spec: ArchSpec) -> nn.Module:
             return build_model(spec)
 
 
+def _guess_channels(model: nn.Module) -> int:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    return first.in_channels if isinstance(first, nn.Conv2d) else 3
+
+
 def _guess_num_classes(model: nn.Module) -> int:
     name, head = find_head(model)
     return int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__

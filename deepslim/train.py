@@ -65,6 +65,7 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
         checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
     """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``."""
+    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -269,5 +270,5 @@ def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size:
     builtin = arch in BUILTIN
     stats = {} if pretrained else {"mean": info.mean, "std": info.std}
     return load_model(arch=arch, classes=list(info.classes), input_size=input_size,
-                      channels=channels or (info.channels if builtin else None), arch_kwargs=arch_kwargs,
+                      channels=channels if channels is not None else (info.channels if builtin else None), arch_kwargs=arch_kwargs,
                       weights=weights, pretrained=pretrained, **stats)

@@ -42,7 +42,7 @@ class ImageFolderSource:
         first = next(iter(self.folders.values()))
         self.info = DatasetInfo(str(root), tuple(first.classes), 3, IMAGENET_MEAN, IMAGENET_STD)
         if "all" in self.folders:
-            self.indices = stratified_split(np.array(first.targets), (0.7, 0.15, 0.15))
+            self.indices = stratified_split(np.array(first.targets), (0.7, 0.15, 0.15), name=str(root))
 
     def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
         if "all" in self.folders:
@@ -135,7 +135,7 @@ class Cifar10Source:
             images, labels = self._arrays(["test_batch"])
         else:
             images, labels = self._arrays(_CIFAR_TRAIN)
-            idx = stratified_split(labels.numpy(), (0.9, 0.05, 0.05))
+            idx = stratified_split(labels.numpy(), (0.9, 0.05, 0.05), name=str(self.root))
             keep = idx["train"] if name == "train" else np.concatenate([idx["val"], idx["test"]])
             images, labels = images[torch.as_tensor(np.sort(keep))], labels[torch.as_tensor(np.sort(keep))]
         return TensorImages(images, labels, input_spec, _cifar_augment if augment else None)

@@ -1,0 +1,23 @@
+"""Shared fixtures: small models trained in seconds on the built-in digits data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def trained_cnn():
+    """small_cnn trained 3 epochs on digits at 8x8 (a few seconds)."""
+    from deepslim.config import TrainConfig
+    from deepslim.train import model_for_dataset, train
+    torch.manual_seed(0)
+    bundle = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 16})
+    return train(bundle, "digits", TrainConfig(epochs=3, seed=0), progress=False)
+
+
+@pytest.fixture()
+def cnn_bundle():
+    from deepslim.models import load_model
+    torch.manual_seed(0)
+    return load_model(arch="small_cnn", num_classes=10, input_size=8, arch_kwargs={"width": 8})

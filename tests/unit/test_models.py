@@ -1,0 +1,102 @@
+"""Model loading: torchvision zoo by name, the built-in CNN, user files, state_dicts, pickles."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from deepslim.errors import ConfigError, ModelError, StateDictMismatchError, UnknownArchitectureError, UnsafePickleError
+from deepslim.models import SmallCNN, find_head, load_model, replace_head, torchvision_names
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("mobilenet_v3_small", 32), ("efficientnet_b0", 32),
+                                       ("vit_b_16", 32), ("swin_t", 32), ("inception_v3", 75),
+                                       ("googlenet", 32), ("squeezenet1_1", 32)])
+def test_torchvision_architectures_build_with_classes_and_size(arch, size):
+    bundle = load_model(arch=arch, num_classes=7, input_size=size)
+    bundle.model.train()  # inception/googlenet must not return aux outputs
+    out = bundle.model(torch.randn(2, 3, size, size))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 7)
+    assert bundle.input_spec.shape == (3, size, size)
+
+
+def test_zoo_is_listed():
+    names = torchvision_names()
+    assert {"resnet18", "vit_b_16", "convnext_tiny", "regnet_y_400mf", "densenet121"} <= set(names)
+    assert len(names) >= 70
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_builtin_cnn_accepts_small_inputs(size):
+    model = SmallCNN(num_classes=10, in_channels=1).eval()
+    assert model(torch.randn(4, 1, size, size)).shape == (4, 10)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    plain = SmallCNN(batch_norm=False, dropout=0.0)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+def test_user_architecture_file(tmp_path):
+    file = tmp_path / "net.py"
+    file.write_text(textwrap.dedent("""
+        import torch.nn as nn
+        def build(num_classes, hidden=16):
+            return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    """))
+    bundle = load_model(arch=f"{file}:build", num_classes=4, input_size=8, arch_kwargs={"hidden": 5})
+    assert bundle.model[1].out_features == 5 and bundle.model(torch.randn(1, 3, 8, 8)).shape == (1, 4)
+    assert bundle.arch.file_sha256 and bundle.arch.name.endswith("net.py:build")
+
+
+def test_state_dict_weights_load_and_mismatch_is_named(tmp_path):
+    source = load_model(arch="small_cnn", num_classes=10, input_size=8)
+    torch.save(source.model.state_dict(), tmp_path / "w.pth")
+    loaded = load_model(arch="small_cnn", num_classes=10, input_size=8, weights=tmp_path / "w.pth")
+    assert all(torch.equal(a, b) for a, b in zip(source.model.state_dict().values(),
+                                                 loaded.model.state_dict().values()))
+    with pytest.raises(StateDictMismatchError, match=r"'features.0.weight' has shape \(32, 1, 3, 3\) in the file "
+                                                     r"but \(8, 1, 3, 3\) in the model"):
+        load_model(arch="small_cnn", num_classes=10, input_size=8, weights=tmp_path / "w.pth",
+                   arch_kwargs={"width": 8})
+
+
+def test_ddp_prefix_and_nested_checkpoints_are_unwrapped(tmp_path):
+    source = load_model(arch="small_cnn", num_classes=10, input_size=8)
+    state = {f"module.{k}": v for k, v in source.model.state_dict().items()}
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "ckpt.pth")
+    load_model(arch="small_cnn", num_classes=10, input_size=8, weights=tmp_path / "ckpt.pth")
+
+
+def test_pickled_module_needs_trust(tmp_path):
+    model = SmallCNN(num_classes=3)
+    torch.save(model, tmp_path / "whole.pt")
+    with pytest.raises(UnsafePickleError, match="--trust-pickle"):
+        load_model(tmp_path / "whole.pt")
+    bundle = load_model(tmp_path / "whole.pt", trust_pickle=True, input_size=8, channels=1)
+    assert bundle.num_classes == 3 and bundle.input_spec.shape == (1, 8, 8)
+
+
+def test_unknown_architecture_suggests_close_names():
+    with pytest.raises(UnknownArchitectureError, match="did you mean resnet18"):
+        load_model(arch="resnett18", num_classes=10)
+
+
+def test_torchvision_needs_three_channels():
+    with pytest.raises(ConfigError, match="3 input channels"):
+        load_model(arch="resnet18", num_classes=10, channels=1)
+
+
+def test_bad_build_kwargs_are_a_model_error():
+    with pytest.raises(ModelError, match="Cannot build vit_b_16"):
+        load_model(arch="vit_b_16", num_classes=10, input_size=30)
+
+
+@pytest.mark.parametrize("arch,head", [("resnet18", "fc"), ("mobilenet_v3_small", "classifier.3"),
+                                       ("vit_b_16", "heads.head"), ("small_cnn", "classifier.2")])
+def test_head_is_found_and_replaced(arch, head):
+    bundle = load_model(arch=arch, num_classes=10, input_size=32)
+    assert find_head(bundle.model, 10)[0] == head
+    replace_head(bundle.model, 3)
+    assert bundle.model.get_submodule(head).out_features == 3

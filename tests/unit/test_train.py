@@ -1,0 +1,116 @@
+"""The shared train loop: accuracy on real data, reproducibility, resume, frozen backbones, options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deepslim.config import Init, TrainConfig
+from deepslim.data import open_dataset
+from deepslim.errors import ConfigError
+from deepslim.train import fit, initialize, model_for_dataset, train
+
+
+def test_builtin_cnn_reaches_95_percent_on_digits(trained_cnn):
+    record = trained_cnn.lineage[-1]
+    assert record.stage == "train"
+    assert record.metrics["test"]["top1"] >= 0.95
+    assert record.metrics["test"]["roc_auc_macro"] >= 0.99
+    assert record.config["epochs"] == 3 and record.config["dataset"] == "digits"
+    assert len(record.metrics["history"]) == 3 and record.versions["torch"] == torch.__version__
+
+
+def _small(seed=0):
+    torch.manual_seed(seed)
+    return model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 8})
+
+
+def test_same_seed_gives_identical_weights():
+    cfg = TrainConfig(epochs=1, seed=3)
+    a = train(_small(), "digits", cfg, progress=False).model.state_dict()
+    b = train(_small(), "digits", cfg, progress=False).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    src = open_dataset("digits")
+    cfg = TrainConfig(epochs=3, seed=1)
+    spec = _small().input_spec
+    train_ds, val_ds = src.split("train", spec, augment=True), src.split("val", spec)
+
+    torch.manual_seed(1)
+    reference = _small().model
+    fit(reference, train_ds, val_ds, cfg, progress=False)
+
+    torch.manual_seed(1)
+    model = _small().model
+    calls = {"n": 0}
+    steps = len(train_ds) // cfg.batch_size
+
+    def dies_in_epoch_two(m, x, y):
+        calls["n"] += 1
+        if calls["n"] == steps + 5:
+            raise _Interrupt
+        return torch.nn.functional.cross_entropy(m(x), y)
+
+    ckpt = tmp_path / "run.ckpt"
+    torch.manual_seed(1)
+    with pytest.raises(_Interrupt):
+        fit(model, train_ds, val_ds, cfg, loss_fn=dies_in_epoch_two, checkpoint=ckpt, progress=False)
+    assert ckpt.exists()
+    resumed = _small().model
+    result = fit(resumed, train_ds, val_ds, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+    ref, got = reference.state_dict(), resumed.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    src = open_dataset("digits")
+    bundle = _small()
+    ds = src.split("val", bundle.input_spec)
+    fit(bundle.model, ds, ds, TrainConfig(epochs=1), checkpoint=tmp_path / "c.ckpt", progress=False)
+    with pytest.raises(ConfigError, match="other settings \\(epochs"):
+        fit(bundle.model, ds, ds, TrainConfig(epochs=2), checkpoint=tmp_path / "c.ckpt", resume=True, progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        fit(bundle.model, ds, ds, TrainConfig(epochs=1), checkpoint=tmp_path / "none.ckpt", resume=True)
+
+
+def test_freeze_backbone_trains_only_the_head():
+    bundle = _small()
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    trained = train(bundle, "digits", TrainConfig(epochs=1, freeze_backbone=True), progress=False)
+    after = trained.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"classifier.2.weight", "classifier.2.bias"}
+
+
+@pytest.mark.parametrize("init", [Init.KAIMING, Init.XAVIER, Init.NORMAL])
+def test_init_schemes_reinitialise_weights(init):
+    model = _small().model
+    before = model.features[0].weight.clone()
+    initialize(model, init)
+    assert not torch.equal(before, model.features[0].weight)
+    if init is Init.NORMAL:
+        assert float(model.features[0].weight.std()) == pytest.approx(0.01, rel=0.3)
+
+
+def test_label_smoothing_and_schedules_run():
+    for schedule in ("onecycle", "constant"):
+        out = train(_small(), "digits", TrainConfig(epochs=2, schedule=schedule, label_smoothing=0.1,
+                                                    optimizer="adamw", augment=False), progress=False)
+        assert out.lineage[-1].metrics["test"]["top1"] > 0.5
+
+
+@pytest.mark.parametrize("kwargs,fragment", [({"epochs": 0}, "--epochs"), ({"lr": -0.1}, "--lr"),
+                                             ({"batch_size": 0}, "--batch-size"),
+                                             ({"label_smoothing": 1.0}, "--label-smoothing"),
+                                             ({"warmup_epochs": 5, "epochs": 5}, "--warmup-epochs"),
+                                             ({"momentum": 1.0}, "--momentum")])
+def test_bad_config_values(kwargs, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        TrainConfig(**kwargs)
