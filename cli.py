@@ -100,7 +100,7 @@ def _load(model: Path | None, *, arch: str | None, weights: Path | None, arch_kw
     """The one model loader of the CLI: a file, or an architecture shaped for the dataset."""
     from deepslim.data import open_dataset
     from deepslim.models import load_model
-    from deepslim.train import model_for_dataset
+    from deepslim.training import model_for_dataset
     kwargs = _parse_kwargs(arch_kwargs)
     if model is not None:
         if arch is not None or weights is not None:
@@ -171,7 +171,7 @@ def train(
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors")
     from deepslim.models import check_saveable, save_model
-    from deepslim.train import train as run_train
+    from deepslim.training import train as run_train
     bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                    channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
                    pretrained=pretrained)
@@ -199,7 +199,7 @@ def evaluate(
 
     Example: deepslim eval base.safetensors --dataset digits
     """
-    from deepslim.evaluate import evaluate as run_eval
+    from deepslim.evaluation import evaluate as run_eval
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,

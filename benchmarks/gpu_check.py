@@ -11,9 +11,9 @@ import time
 import torch
 
 from deepslim.config import TrainConfig
-from deepslim.evaluate import evaluate
+from deepslim.evaluation import evaluate
 from deepslim.models import load_model, save_model
-from deepslim.train import model_for_dataset, train
+from deepslim.training import model_for_dataset, train
 
 
 def _train(arch: str, size: int, epochs: int, device: str, amp: bool = True):

@@ -15,8 +15,8 @@ import time
 import torch
 
 from deepslim.config import TrainConfig
-from deepslim.evaluate import evaluate
-from deepslim.train import model_for_dataset, train
+from deepslim.evaluation import evaluate
+from deepslim.training import model_for_dataset, train
 
 RUNS = (("small_cnn", 16, 10, 30.0, 0.95), ("resnet18", 32, 10, 180.0, 0.97))
 

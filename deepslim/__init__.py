@@ -2,7 +2,7 @@
 
     import deepslim
     bundle = deepslim.load_model(arch="small_cnn", num_classes=10, input_size=16)
-    bundle = deepslim.train(bundle, "digits", deepslim.TrainConfig(epochs=10))
+    bundle = deepslim.training(bundle, "digits", deepslim.TrainConfig(epochs=10))
     deepslim.save_model(bundle, "base.safetensors")
     print(deepslim.evaluate(bundle, "digits").metrics)
 
@@ -23,8 +23,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": "deepslim.models", "save_model": "deepslim.models", "ModelBundle": "deepslim.models",
-    "build_model": "deepslim.models", "train": "deepslim.train", "fit": "deepslim.train",
-    "evaluate": "deepslim.evaluate", "EvalResult": "deepslim.evaluate",
+    "build_model": "deepslim.models", "train": "deepslim.training", "fit": "deepslim.training",
+    "evaluate": "deepslim.evaluation", "EvalResult": "deepslim.evaluation",
     "classification_metrics": "deepslim.metrics", "open_dataset": "deepslim.data",
 }
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepslim.config import TrainConfig
-from deepslim.evaluate import evaluate
+from deepslim.evaluation import evaluate
 from deepslim.models import save_model
-from deepslim.train import model_for_dataset, train
+from deepslim.training import model_for_dataset, train
 
 DEMO_ARCH, DEMO_SIZE, DEMO_DATASET = "small_cnn", 16, "digits"
 

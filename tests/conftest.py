@@ -10,7 +10,7 @@ import torch
 def trained_cnn():
     """small_cnn trained 3 epochs on digits at 8x8 (a few seconds)."""
     from deepslim.config import TrainConfig
-    from deepslim.train import model_for_dataset, train
+    from deepslim.training import model_for_dataset, train
     torch.manual_seed(0)
     bundle = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 16})
     return train(bundle, "digits", TrainConfig(epochs=3, seed=0), progress=False)

@@ -8,7 +8,7 @@ import torch
 from deepslim.config import Init, TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError
-from deepslim.train import fit, initialize, model_for_dataset, train
+from deepslim.training import fit, initialize, model_for_dataset, train
 
 
 def test_builtin_cnn_reaches_95_percent_on_digits(trained_cnn):

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, InputFileError
-from deepslim.evaluate import check_compatible, predict, resolve_device
+from deepslim.evaluation import check_compatible, predict, resolve_device
 from deepslim.fileio import atomic_path
 from deepslim.metrics import classification_metrics
 from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
