@@ -106,6 +106,12 @@ def _load(model: Path | None, *, arch: str | None, weights: Path | None, arch_kw
         if arch is not None or weights is not None:
             raise ConfigError("Give either a MODEL file or --arch (with --weights), not both.")
         if model.suffix.lower() == ".safetensors":
+            given = [name for name, value in (("--input-size", input_size), ("--channels", channels),
+                                              ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained))
+                     if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
+                                  "architecture and input spec.")
             return load_model(model)
         info = open_dataset(dataset, severity=severity).info
         return load_model(model, trust_pickle=trust_pickle, input_size=input_size, channels=channels,

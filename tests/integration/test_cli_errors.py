@@ -268,6 +268,12 @@ def _(ws: Workspace):
 
 # eval: options and data
 
+@case("eval-bundle-with-input-size")
+def _(ws: Workspace):
+    # a bundle carries its own input spec: overriding it silently would be wrong
+    return ["eval", ws.bundle(), "--input-size", "32", "--channels", "3"], ["--input-size, --channels", "bundle"]
+
+
 @case("eval-split-bogus")
 def _(ws: Workspace):
     return ["eval", ws.bundle(), "--split", "bogus"], ["--split", "bogus"]

@@ -100,3 +100,22 @@ def test_head_is_found_and_replaced(arch, head):
     assert find_head(bundle.model, 10)[0] == head
     replace_head(bundle.model, 3)
     assert bundle.model.get_submodule(head).out_features == 3
+
+
+def test_pretrained_weights_are_requested_and_head_replaced(monkeypatch):
+    """torchvision's weights enum is passed through (the download itself is not exercised in tests)."""
+    import torchvision
+    seen = {}
+    real = torchvision.models.get_model
+
+    def fake_get_model(name, weights=None, **kwargs):
+        seen["weights"] = weights
+        return real(name, weights=None, **kwargs)  # same architecture, 1000 classes, no download
+
+    monkeypatch.setattr(torchvision.models, "get_model", fake_get_model)
+    bundle = load_model(arch="resnet18", num_classes=10, input_size=32, pretrained="IMAGENET1K_V1")
+    assert seen["weights"] == "IMAGENET1K_V1"
+    assert bundle.model.fc.out_features == 10 and bundle.arch.kwargs["num_classes"] == 10
+    assert bundle.input_spec.mean == (0.485, 0.456, 0.406)
+    with pytest.raises(ConfigError, match="--pretrained works only with torchvision"):
+        load_model(arch="small_cnn", num_classes=10, pretrained="DEFAULT")
