@@ -54,3 +54,7 @@ class DatasetError(DeepSlimError):
 
 class BackendMissingError(DeepSlimError):
     """An optional backend (onnxruntime, openvino, tensorrt, ...) is not installed."""
+
+
+class ArtifactMismatchError(DeepSlimError):
+    """An artifact was built for another runtime version or device (e.g. a TensorRT engine)."""

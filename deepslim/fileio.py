@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -45,6 +47,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Like :func:`atomic_path` for artifacts made of several files (IR .xml + .bin, engine + sidecar).
+
+    Yields temporary paths with the final file names inside a hidden directory next to the
+    first output; on success every file is moved into place (the first path last), on
+    failure nothing is left behind.
+    """
+    outs = [Path(p) for p in paths]
+    outs[0].parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{outs[0].name}.tmp-", dir=outs[0].parent))
+    try:
+        tmps = [tmp_dir / p.name for p in outs]
+        yield tmps
+        for tmp, out in reversed(list(zip(tmps, outs))):
+            if tmp.exists():
+                os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:

@@ -1,0 +1,88 @@
+"""TensorRT engine runner (needs ``tensorrt`` and a CUDA GPU; torch manages the device buffers)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch
+from deepslim.artifact import ArtifactMeta
+from deepslim.errors import ArtifactMismatchError, BackendMissingError, InputFileError
+
+
+def sidecar_path(engine: Path) -> Path:
+    return engine.with_name(engine.name + ".json")
+
+
+def check_engine_compatible(sidecar: dict[str, Any], trt_version: str, gpu: str, capability: str,
+                            path: str | Path = "engine") -> None:
+    """An engine runs only on the TensorRT version and GPU it was built for: say so clearly."""
+    if sidecar.get("tensorrt") != trt_version:
+        raise ArtifactMismatchError(f"{path} was built with TensorRT {sidecar.get('tensorrt')} but this machine has "
+                                    f"{trt_version}; rebuild it here with `deepslim export --target tensorrt`.")
+    if sidecar.get("compute_capability") != capability:
+        raise ArtifactMismatchError(f"{path} was built for {sidecar.get('gpu')} (compute capability "
+                                    f"{sidecar.get('compute_capability')}) but this GPU is {gpu} ({capability}); "
+                                    "rebuild it here.")
+
+
+def read_sidecar(engine: Path) -> dict[str, Any]:
+    side = sidecar_path(engine)
+    if not side.is_file():
+        raise InputFileError(f"{engine} has no sidecar {side.name} (TensorRT version, GPU, input spec); "
+                             "rebuild it with `deepslim export --target tensorrt`.")
+    try:
+        return json.loads(side.read_text())
+    except ValueError as exc:
+        raise InputFileError(f"{side} is not valid JSON.") from exc
+
+
+@dataclass
+class TensorRTRunner(Runner):
+    engine: Any = None
+    context: Any = None
+    input_name: str = "input"
+    output_name: str = "logits"
+    backend: Backend = Backend.TENSORRT
+
+    @classmethod
+    def load(cls, path: str | Path, options: RunnerOptions) -> TensorRTRunner:
+        path = Path(path)
+        sidecar = read_sidecar(path)
+        try:
+            import tensorrt as trt
+        except ImportError as exc:
+            raise BackendMissingError("Running TensorRT engines needs the 'tensorrt' package and an NVIDIA GPU; "
+                                      "install it with `pip install tensorrt` on a machine with a CUDA GPU.") from exc
+        import torch
+        if not torch.cuda.is_available():
+            raise BackendMissingError("Running TensorRT engines needs an NVIDIA CUDA GPU, and none is visible.")
+        props = torch.cuda.get_device_properties(0)
+        check_engine_compatible(sidecar, trt.__version__, props.name, f"{props.major}.{props.minor}", path)
+        engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise InputFileError(f"TensorRT could not deserialize {path}.")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        meta = ArtifactMeta.from_json(json.dumps(sidecar["meta"]), path)
+        details = {"tensorrt": trt.__version__, "gpu": props.name, "precision": sidecar.get("precision")}
+        return cls(path, meta, options, details, engine=engine, context=engine.create_execution_context(),
+                   input_name=inputs[0], output_name=outputs[0])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+        x = torch.from_numpy(as_batch(batch)).cuda()
+        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), device="cuda", dtype=torch.float32)
+        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        stream.synchronize()
+        return out.cpu().numpy()

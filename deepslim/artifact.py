@@ -1,0 +1,77 @@
+"""What every exported artifact carries (input spec, classes, lineage) and how to tell artifacts apart.
+
+Exports store :class:`ArtifactMeta` as JSON: in an ONNX file's ``metadata_props``
+(key ``deepslim``), in an OpenVINO IR's ``rt_info`` (``deepslim/meta``), and in a
+TensorRT engine's JSON sidecar. Runners read it back to feed the artifact correctly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from deepslim.errors import InputFileError
+from deepslim.spec import InputSpec, StageRecord
+
+META_KEY = "deepslim"
+META_VERSION = 1
+
+
+class ArtifactKind(str, Enum):
+    BUNDLE = "bundle"
+    ONNX = "onnx"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
+_SUFFIX = {".safetensors": ArtifactKind.BUNDLE, ".onnx": ArtifactKind.ONNX, ".xml": ArtifactKind.OPENVINO,
+           ".engine": ArtifactKind.TENSORRT, ".plan": ArtifactKind.TENSORRT}
+
+
+def artifact_kind(path: str | Path) -> ArtifactKind:
+    """The kind of artifact ``path`` is, by its suffix."""
+    kind = _SUFFIX.get(Path(path).suffix.lower())
+    if kind is None:
+        raise InputFileError(f"{path} is not a known artifact; use a .safetensors bundle, .onnx, OpenVINO .xml "
+                             "or TensorRT .engine file.")
+    return kind
+
+
+@dataclass(frozen=True)
+class ArtifactMeta:
+    """deepslim's metadata inside an exported artifact."""
+
+    input_spec: InputSpec
+    classes: list[str]
+    lineage: list[StageRecord] = field(default_factory=list)
+    export: dict[str, Any] = field(default_factory=dict)  # exporter, precision, sizes, MACs, params, notes
+
+    def to_json(self) -> str:
+        return json.dumps({"format_version": META_VERSION, "input": self.input_spec.to_json(),
+                           "classes": self.classes, "lineage": [r.to_json() for r in self.lineage],
+                           "export": self.export}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str | Path = "artifact") -> ArtifactMeta:
+        try:
+            data = json.loads(text)
+            return cls(InputSpec.from_json(data["input"]), list(data["classes"]),
+                       [StageRecord.from_json(r) for r in data.get("lineage", [])], dict(data.get("export", {})))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputFileError(f"{source} has corrupt deepslim metadata ({exc}).") from exc
+
+
+def read_onnx_meta(path: str | Path) -> ArtifactMeta | None:
+    """deepslim's metadata of an ONNX file (None if it has none); weights are not loaded."""
+    import onnx
+
+    from deepslim.errors import first_line
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors come in several types
+        raise InputFileError(f"{path} is not a valid ONNX file ({first_line(exc)}).") from exc
+    value = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
+    return ArtifactMeta.from_json(value, path) if value is not None else None

@@ -1,0 +1,221 @@
+"""ONNX -> TensorRT engine with the ``tensorrt`` Python API (strongly typed networks).
+
+Everything that does not need a GPU is plain Python and tested here: the build plan
+(profile shapes, network and builder flags per TensorRT version and precision), the
+equivalent ``trtexec`` command line, and the static check that a QDQ ONNX meets
+TensorRT's explicit-quantization rules. Only :func:`build_engine` needs ``tensorrt``
+and a CUDA GPU; without them it fails with one sentence.
+
+TensorRT 11 removed the weak-typing precision flags (``BuilderFlag.FP16``/``INT8``):
+precision lives in the graph. deepslim therefore always builds a strongly typed
+network: fp16 engines come from an fp16 copy of the ONNX (I/O kept fp32), int8
+engines from a Q/DQ ONNX (explicit quantization; there is no implicit calibrator).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from deepslim.artifact import ArtifactMeta, read_onnx_meta
+from deepslim.errors import BackendMissingError, ConfigError, InputFileError, first_line
+from deepslim.fileio import atomic_files, require_file
+from export.errors import ExportError
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    precision: Precision = Precision.FP32
+    batches: tuple[int, ...] = (1,)       # the optimization profile covers min..max, tuned for opt
+    opt_batch: int | None = None          # default: the largest requested batch
+    workspace_mib: int = 1024
+    timing_cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"--batch sizes must be positive integers, got {list(self.batches)}.")
+        if self.workspace_mib < 1:
+            raise ConfigError(f"--workspace must be a positive number of MiB, got {self.workspace_mib}.")
+        if self.opt_batch is not None and not min(self.batches) <= self.opt_batch <= max(self.batches):
+            raise ConfigError(f"The optimal batch {self.opt_batch} is outside the profile {min(self.batches)}.."
+                              f"{max(self.batches)}.")
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What :func:`build_engine` will ask TensorRT for; computed without TensorRT."""
+
+    input_name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
+    network_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]
+    convert_to_fp16: bool
+    requires_qdq: bool
+    workspace_bytes: int
+
+
+def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_name: str = "input") -> BuildPlan:
+    sample = tuple(meta.input_spec.shape)
+    opt = config.opt_batch or max(config.batches)
+    return BuildPlan(input_name, (min(config.batches), *sample), (opt, *sample), (max(config.batches), *sample),
+                     network_flags=("STRONGLY_TYPED",), builder_flags=(),
+                     convert_to_fp16=config.precision is Precision.FP16,
+                     requires_qdq=config.precision is Precision.INT8,
+                     workspace_bytes=config.workspace_mib * 1024 * 1024)
+
+
+def trtexec_command(onnx_path: str | Path, engine_path: str | Path, plan: BuildPlan,
+                    timing_cache: str | Path | None = None) -> str:
+    """The ``trtexec`` line that builds the same engine (for users who prefer NVIDIA's tool)."""
+    dims = {k: "x".join(map(str, s)) for k, s in
+            (("min", plan.min_shape), ("opt", plan.opt_shape), ("max", plan.max_shape))}
+    args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
+            f"--minShapes={plan.input_name}:{dims['min']}", f"--optShapes={plan.input_name}:{dims['opt']}",
+            f"--maxShapes={plan.input_name}:{dims['max']}",
+            f"--memPoolSize=workspace:{plan.workspace_bytes // (1024 * 1024)}M", "--stronglyTyped"]
+    if timing_cache:
+        args.append(f"--timingCacheFile={timing_cache}")
+    return " ".join(shlex.quote(a) for a in args)
+
+
+# --- explicit quantization rules -------------------------------------------------------------
+
+_WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}
+
+
+def check_qdq_for_tensorrt(model) -> list[str]:
+    """Violations of TensorRT's explicit-quantization rules in a Q/DQ ONNX model (empty: fine).
+
+    Rules: every Q/DQ pair is int8 and symmetric (zero-point 0), scales are positive,
+    activations are quantized per tensor, and weights per channel on the output axis.
+    """
+    import numpy as np
+    from onnx import numpy_helper
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    problems: list[str] = []
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return ["the model has no QuantizeLinear/DequantizeLinear nodes: int8 needs a Q/DQ (explicitly quantized) ONNX"]
+    for node in qdq:
+        scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+        zero = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if zero is not None and zero.dtype != np.int8:
+            problems.append(f"{node.name}: zero-point is {zero.dtype}, TensorRT needs int8 (signed, symmetric)")
+        if zero is not None and np.any(zero != 0):
+            problems.append(f"{node.name}: zero-point is not 0 (asymmetric quantization)")
+        if scale is not None and np.any(scale <= 0):
+            problems.append(f"{node.name}: non-positive scale")
+        problems += _axis_problems(node, scale, inits, consumers)
+    return problems
+
+
+def _axis_problems(node, scale, inits, consumers) -> list[str]:
+    if node.op_type != "DequantizeLinear" or scale is None:
+        return []
+    axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+    is_weight = node.input[0] in inits or _quantized_initializer(node.input[0], inits, consumers)
+    users = [u for u in consumers.get(node.output[0], []) if u.op_type in _WEIGHT_AXIS]
+    if not is_weight:
+        return [f"{node.name}: activations must be quantized per tensor"] if scale.size > 1 else []
+    if scale.size == 1:
+        return [f"{node.name}: weights are quantized per tensor; TensorRT expects per-channel scales"]
+    wanted = {_WEIGHT_AXIS[u.op_type] for u in users if u.input[1] == node.output[0]}
+    return [f"{node.name}: per-channel axis {axis} is not the output axis {sorted(wanted)[0]}"] \
+        if wanted and axis not in wanted else []
+
+
+def _quantized_initializer(name: str, inits, consumers) -> bool:
+    return any(name in q.output and q.input[0] in inits for users in consumers.values() for q in users
+               if q.op_type == "QuantizeLinear")
+
+
+# --- building and loading (need tensorrt and a CUDA GPU) ------------------------------------
+
+def require_tensorrt():
+    """Import tensorrt and make sure a CUDA GPU is present, or fail with one sentence."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendMissingError("TensorRT export needs the 'tensorrt' package and an NVIDIA GPU; install it "
+                                  "with `pip install tensorrt` on a machine with a CUDA GPU.") from exc
+    import torch
+    if not torch.cuda.is_available():
+        raise BackendMissingError("TensorRT export needs an NVIDIA CUDA GPU, and none is visible on this machine.")
+    return trt
+
+
+def to_tensorrt(onnx_path: str | Path, output: str | Path, config: TensorRTConfig | None = None) -> Path:
+    """Build an engine from a deepslim ONNX file; writes ``OUT.engine`` and ``OUT.engine.json``."""
+    import onnx
+    config = config or TensorRTConfig()
+    onnx_path = require_file(onnx_path, "ONNX file")
+    meta = read_onnx_meta(onnx_path)
+    if meta is None:
+        raise InputFileError(f"{onnx_path} has no deepslim metadata; export it with `deepslim export --target onnx`.")
+    plan = plan_build(meta, config)
+    model = onnx.load(str(onnx_path))
+    if plan.requires_qdq and (problems := check_qdq_for_tensorrt(model)):
+        raise ExportError(f"{onnx_path} is not a TensorRT-ready int8 model: {problems[0]}.")
+    trt = require_tensorrt()
+    if plan.convert_to_fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        model = convert_float_to_float16(model, keep_io_types=True)
+    engine, cache = _build(trt, model.SerializeToString(), plan, config)
+    out = Path(output)
+    sidecar = out.with_name(out.name + ".json")
+    with atomic_files(out, sidecar) as (tmp, tmp_sidecar):
+        tmp.write_bytes(engine)
+        tmp_sidecar.write_text(json.dumps(engine_sidecar(trt, meta, plan, config), indent=2))
+    if config.timing_cache is not None and cache is not None:
+        with atomic_files(config.timing_cache) as (tmp_cache,):
+            tmp_cache.write_bytes(cache)
+    return out
+
+
+def _build(trt, onnx_bytes: bytes, plan: BuildPlan, config: TensorRTConfig) -> tuple[bytes, bytes | None]:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError(f"TensorRT's ONNX parser failed: {first_line(Exception(errors[0] if errors else '?'))}.")
+    builder_config = builder.create_builder_config()
+    builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, plan.min_shape, plan.opt_shape, plan.max_shape)
+    builder_config.add_optimization_profile(profile)
+    cache_bytes = config.timing_cache.read_bytes() if config.timing_cache and config.timing_cache.is_file() else b""
+    builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), False)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise ExportError("TensorRT could not build the engine; rerun with --debug for its log.")
+    cache = builder_config.get_timing_cache()
+    return bytes(serialized), (bytes(cache.serialize()) if cache is not None else None)
+
+
+def engine_sidecar(trt, meta: ArtifactMeta, plan: BuildPlan, config: TensorRTConfig) -> dict[str, Any]:
+    import torch
+    props = torch.cuda.get_device_properties(0)
+    return {"tensorrt": trt.__version__, "gpu": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "precision": config.precision.value, "plan": {k: list(v) if isinstance(v, tuple) else v
+                                                          for k, v in asdict(plan).items()},
+            "meta": json.loads(meta.to_json())}
