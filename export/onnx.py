@@ -34,6 +34,7 @@ class OnnxConfig:
     input_size: int | None = None  # export at another resolution than the model was trained at
     opset: int | None = None
     dynamic_batch: bool = True
+    fp16: bool = False  # fp16 weights and arithmetic, fp32 inputs/outputs (for GPU runtimes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exporter", Exporter(self.exporter))
@@ -64,10 +65,13 @@ def to_onnx(bundle: ModelBundle, output: str | Path, config: OnnxConfig | None =
     proto = _export(model, torch.randn(2, *spec.shape), config, bundle.arch.name)
     if config.simplify:
         proto = _simplify(proto)
+    if config.fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        proto = convert_float_to_float16(proto, keep_io_types=True)
     macs, params = count_macs_params(model, spec)
     meta = ArtifactMeta(spec, list(bundle.classes), list(bundle.lineage),
                         {"target": "onnx", "exporter": config.exporter.value, "simplified": config.simplify,
-                         "opset": _opset(proto), "precision": "fp32", "source_arch": bundle.arch.name,
+                         "opset": _opset(proto), "precision": "fp16" if config.fp16 else "fp32", "source_arch": bundle.arch.name,
                          "input_size": list(spec.size), "trained_input_size": list(bundle.input_spec.size),
                          "macs": macs, "params": params})
     set_metadata(proto, meta)

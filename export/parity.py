@@ -35,6 +35,7 @@ TOLERANCES = {"fp32": Tolerance(1e-4, 1e-4, 0.99), "fp16": Tolerance(2e-2, 2e-2,
 class ParityReport:
     artifact: str
     backend: str
+    reference: str
     precision: str
     samples: int
     inputs: str
@@ -49,7 +50,7 @@ class ParityReport:
 
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return (f"parity {verdict}: {self.artifact} on {self.backend} vs torch, {self.samples} {self.inputs} inputs: "
+        return (f"parity {verdict}: {self.artifact} on {self.backend} vs {self.reference}, {self.samples} {self.inputs} inputs: "
                 f"max |diff| {self.max_abs:.2e}, max rel {self.max_rel:.2e}, top-1 agreement {self.top1_agreement:.4f}")
 
 
@@ -62,32 +63,43 @@ def parity_inputs(spec: InputSpec, dataset: str | None, samples: int, severity: 
     return torch.stack([ds[i][0] for i in range(len(ds))]).numpy(), f"{dataset} test"
 
 
-def check_parity(bundle: ModelBundle, artifact: str | Path, *, precision: str = "fp32", dataset: str | None = None,
-                 samples: int = 64, backend: Backend | None = None, batch: int = 16,
+def check_parity(source: ModelBundle | str | Path, artifact: str | Path, *, precision: str = "fp32",
+                 dataset: str | None = None, samples: int = 64, backend: Backend | None = None, batch: int = 16,
                  raise_on_failure: bool = True) -> ParityReport:
-    """Compare ``artifact``'s logits with ``bundle``'s on the same inputs; ParityError past the tolerance."""
+    """Compare ``artifact``'s logits with the source's (a bundle in torch, or an ONNX file in onnxruntime)
+    on the same inputs; raise ParityError past the precision's tolerance."""
     artifact = Path(artifact)
     backend = Backend(backend) if backend else DEFAULT_BACKEND[artifact_kind(artifact)]
     runner = open_runner(artifact, backend, RunnerOptions())
     x, label = parity_inputs(runner.meta.input_spec, dataset, samples)
-    with runner:
-        got = np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
-    with torch.inference_mode():
-        ref = bundle.model.eval().cpu()(torch.from_numpy(x)).float().numpy()
-    report = _compare(ref, got, precision, artifact.name, backend.value, label)
+    got = _run(runner, x, batch)
+    if isinstance(source, ModelBundle):
+        with torch.inference_mode():
+            ref = source.model.eval().cpu()(torch.from_numpy(x)).float().numpy()
+        against = "torch"
+    else:
+        reference = open_runner(source, DEFAULT_BACKEND[artifact_kind(source)], RunnerOptions())
+        ref, against = _run(reference, x, batch), reference.label
+    report = _compare(ref, got, precision, artifact.name, backend.value, label, against)
     if raise_on_failure and not report.passed:
         raise ParityError(f"{report.summary()}; the {precision} tolerance is {_describe(TOLERANCES[precision])}.")
     return report
 
 
-def _compare(ref: np.ndarray, got: np.ndarray, precision: str, name: str, backend: str, label: str) -> ParityReport:
+def _run(runner, x: np.ndarray, batch: int) -> np.ndarray:
+    with runner:
+        return np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def _compare(ref: np.ndarray, got: np.ndarray, precision: str, name: str, backend: str, label: str,
+             against: str) -> ParityReport:
     tol = TOLERANCES[precision]
     diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
     rel = diff / np.maximum(np.abs(ref), 1e-6)
     agreement = float(np.mean(ref.argmax(1) == got.argmax(1)))
     values_ok = tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * np.abs(ref)))
     passed = values_ok and agreement >= tol.min_agreement and bool(np.isfinite(got).all())
-    return ParityReport(name, backend, precision, len(ref), label, float(diff.max()), float(rel.max()),
+    return ParityReport(name, backend, against, precision, len(ref), label, float(diff.max()), float(rel.max()),
                         float(diff.mean()), agreement, passed)
 
 

@@ -1,0 +1,129 @@
+"""Latency: warm-up, then interleaved timed rounds; robust statistics of the round medians.
+
+This machine is noisy (the same model's p50 moved by up to 45% between runs minutes
+apart), so each (artifact, batch) is timed in several rounds, the artifacts interleaved
+and their order rotated every round; the reported p50 is the median of the round
+medians, with their min..max as the spread. A speedup whose spreads overlap the
+baseline's is flagged as inside the noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from benchmarks.runners import Runner
+from deepslim.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batches: tuple[int, ...] = (1,)
+    rounds: int = 5
+    duration: float = 5.0          # seconds per (artifact, batch), split over the rounds
+    iterations: int | None = None  # fixed count per round instead of a duration
+    warmup: int = 10
+    min_iterations: int = 5        # per round, even when the duration is short
+
+    def __post_init__(self) -> None:
+        if not self.batches or min(self.batches) < 1:
+            raise ConfigError(f"--batch sizes must be positive integers, got {list(self.batches)}.")
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds must be a positive integer, got {self.rounds}.")
+        if not self.duration > 0:
+            raise ConfigError(f"--duration must be a positive number of seconds, got {self.duration}.")
+        if self.iterations is not None and self.iterations < 1:
+            raise ConfigError(f"--iterations must be a positive integer, got {self.iterations}.")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be >= 0, got {self.warmup}.")
+
+
+@dataclass
+class LatencyStats:
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    spread_ms: tuple[float, float]      # min..max of the round medians
+    round_p50_ms: list[float]
+    iterations: int
+    throughput: float                   # items per second at p50
+    speedup: float | None = None        # baseline p50 / this p50 (same batch, same run)
+    within_noise: bool | None = None    # spreads of this and the baseline overlap
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Samples:
+    rounds: list[list[float]] = field(default_factory=list)
+
+
+def measure(runners: Sequence[Runner], config: LatencyConfig,
+            tick: Callable[[str], None] | None = None) -> list[dict[int, LatencyStats]]:
+    """Per runner (same order), per batch size: latency statistics measured in one interleaved run."""
+    inputs = {(i, b): _input(r, b) for i, r in enumerate(runners) for b in config.batches}
+    for i, runner in enumerate(runners):
+        with runner:
+            for b in config.batches:
+                runner.prepare(b)
+                for _ in range(config.warmup):
+                    runner.run(inputs[i, b])
+    samples = {(i, b): _Samples() for i in range(len(runners)) for b in config.batches}
+    per_round = config.duration / config.rounds
+    for k in range(config.rounds):
+        order = [(k + j) % len(runners) for j in range(len(runners))]
+        for i in order:
+            with runners[i]:
+                for b in config.batches:
+                    runners[i].prepare(b)
+                    samples[i, b].rounds.append(_time(runners[i], inputs[i, b], per_round, config))
+                    if tick:
+                        tick(f"round {k + 1}/{config.rounds}: {runners[i].label} batch {b}")
+    stats = [{b: summarize(samples[i, b].rounds, b) for b in config.batches} for i in range(len(runners))]
+    return add_speedups(stats)
+
+
+def _input(runner: Runner, batch: int) -> np.ndarray:
+    rng = np.random.default_rng(batch)
+    return rng.standard_normal((batch, *runner.meta.input_spec.shape), dtype=np.float32)
+
+
+def _time(runner: Runner, x: np.ndarray, seconds: float, config: LatencyConfig) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while True:
+        start = time.perf_counter()
+        runner.run(x)
+        end = time.perf_counter()
+        times.append((end - start) * 1e3)
+        if config.iterations is not None:
+            if len(times) >= config.iterations:
+                return times
+        elif end >= deadline and len(times) >= config.min_iterations:
+            return times
+
+
+def summarize(rounds: list[list[float]], batch: int) -> LatencyStats:
+    everything = np.concatenate([np.asarray(r) for r in rounds])
+    medians = [float(np.median(r)) for r in rounds]
+    p50 = float(np.median(medians))
+    return LatencyStats(batch, p50, float(np.percentile(everything, 90)), float(np.percentile(everything, 99)),
+                        float(everything.mean()), float(everything.std()), (min(medians), max(medians)), medians,
+                        int(everything.size), batch / (p50 / 1e3))
+
+
+def add_speedups(stats: list[dict[int, LatencyStats]]) -> list[dict[int, LatencyStats]]:
+    """Ratios to the first runner (the baseline), and whether the difference is inside the noise."""
+    for per_batch in stats:
+        for b, s in per_batch.items():
+            base = stats[0][b]
+            s.speedup = base.p50_ms / s.p50_ms
+            s.within_noise = s.spread_ms[0] <= base.spread_ms[1] and base.spread_ms[0] <= s.spread_ms[1]
+    return stats

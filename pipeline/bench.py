@@ -1,0 +1,61 @@
+"""Turn ``deepslim bench`` arguments into benchmark targets, exporting bundles on the way.
+
+``benchmarks`` measures the artifacts it is given; making the ONNX/IR files a bundle
+needs for the requested backends is the pipeline's job (and each is parity-checked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import Backend, BenchTarget
+from benchmarks.runners import can_run
+from deepslim.artifact import ArtifactKind, artifact_kind
+from deepslim.errors import ConfigError
+from deepslim.fileio import require_file
+from deepslim.models import ModelBundle, load_model
+from export import OnnxConfig, Target, VerifyConfig, export_model
+
+_EXPORT_FOR = {Backend.ONNXRUNTIME: Target.ONNX, Backend.OPENVINO: Target.OPENVINO, Backend.TENSORRT: Target.TENSORRT}
+_SUFFIX = {Target.ONNX: ".onnx", Target.OPENVINO: ".xml", Target.TENSORRT: ".engine"}
+
+
+def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_dir: Path, *,
+                 input_size: int | None = None, dataset: str | None = "digits") -> tuple[list[BenchTarget], list[str]]:
+    """Every (artifact, backend) pair that can run, exporting bundles for ONNX/IR backends; plus notes."""
+    if not artifacts:
+        raise ConfigError("Give at least one artifact to benchmark.")
+    if input_size is not None and input_size < 1:
+        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    targets, notes = [], []
+    for path in artifacts:
+        kind = artifact_kind(require_file(path, "artifact"))
+        if input_size is not None and kind is not ArtifactKind.BUNDLE:
+            raise ConfigError(f"--input-size applies to bundles only; {Path(path).name} has a fixed input size.")
+        bundle: ModelBundle | None = None
+        before = len(targets)
+        for backend in backends:
+            if can_run(backend, path):
+                targets.append(BenchTarget(Path(path), backend, input_size if backend is Backend.TORCH else None))
+            elif kind is ArtifactKind.BUNDLE:
+                bundle = bundle or load_model(path)
+                targets.append(_exported(bundle, Path(path), backend, export_dir, input_size, dataset))
+            else:
+                notes.append(f"{Path(path).name} is not run on {backend.value} (it runs {kind.value} artifacts only)")
+        if len(targets) == before:
+            raise ConfigError(f"None of the backends {', '.join(b.value for b in backends)} can run {path}.")
+    return targets, notes
+
+
+def _exported(bundle: ModelBundle, path: Path, backend: Backend, export_dir: Path, input_size: int | None,
+              dataset: str | None) -> BenchTarget:
+    target = _EXPORT_FOR[backend]
+    size = f"_{input_size}px" if input_size else ""
+    out = export_dir / f"{path.stem}{size}{_SUFFIX[target]}"
+    result = export_model(bundle, target, out, onnx_config=OnnxConfig(input_size=input_size),
+                          verify=VerifyConfig(dataset=dataset))
+    parity = result.parity
+    note = (f"exported from {path.name} for this run; parity vs torch: max |diff| {parity.max_abs:.1e}, "
+            f"top-1 agreement {parity.top1_agreement:.3f}")
+    return BenchTarget(result.artifact, backend, note=note)
