@@ -242,6 +242,11 @@ class PrecisionName(str, Enum):
     INT8 = "int8"
 
 
+class OVVia(str, Enum):
+    ONNX = "onnx"
+    TORCH = "torch"
+
+
 class ExporterName(str, Enum):
     DYNAMO = "dynamo"
     LEGACY = "legacy"
@@ -259,7 +264,7 @@ def export_cmd(
     exporter: Annotated[ExporterName, typer.Option(help="ONNX exporter: dynamo, or the TorchScript-based legacy one.")]
     = ExporterName.DYNAMO,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Clean the ONNX graph with onnxslim.")] = True,
-    ov_via: Annotated[str, typer.Option("--ov-via", help="OpenVINO from 'onnx' (default) or directly from 'torch'.")]
+    ov_via: Annotated[OVVia, typer.Option("--ov-via", help="OpenVINO from the ONNX export, or directly from torch.")]
     = "onnx",
     batch: Annotated[str, typer.Option(help="TensorRT profile batch sizes: min,..,max (opt = the largest).")] = "1",
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 1024,
@@ -299,7 +304,7 @@ def export_cmd(
         source = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
                        trust_pickle=trust_pickle, dataset=dataset or "digits", severity=3)
     result = ex.export_model(source, target.value, out, precision=precision.value, onnx_config=onnx_config,
-                             ov_via=ov_via, tensorrt_config=trt_config, verify=verify_config)
+                             ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config)
     typer.echo(f"wrote {result.artifact}" + "".join(f", {p}" for p in result.extra_files))
     if result.parity is None:
         typer.echo("warning: parity NOT checked (--no-verify); the artifact may differ from the model.", err=True)
@@ -376,9 +381,13 @@ def bench(
                             warmup=warmup)
     options = RunnerOptions(threads=threads, device=device, compile=compile)
     backends = _backends(backend)
+    if report.exists() and not report.is_dir():
+        raise ConfigError(f"--report {report} is a file; give a directory.")
     if (report / "report.json").exists() and not force:
         raise ConfigError(f"{report} already holds a report; pass --force to replace it or choose another --report.")
     user_metric = load_metric(metric) if metric else None
+    from deepslim.data import check_split
+    check_split(split)
     from pipeline.bench import plan_targets
     targets, notes = plan_targets(artifacts, backends, report / "artifacts", input_size=input_size,
                            dataset=None if no_accuracy else dataset)

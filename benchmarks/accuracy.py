@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from benchmarks.runners import Runner
-from deepslim.data import open_dataset, subset
+from deepslim.data import check_split, open_dataset, subset
 from deepslim.errors import ConfigError, DatasetError, first_line
 from deepslim.metrics import classification_metrics
 
@@ -21,6 +21,7 @@ Metric = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 def predict(runner: Runner, dataset: str, *, split: str = "test", limit: int | None = None, batch: int = 32,
             severity: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of ``runner`` over a split, fed with the artifact's own input spec."""
+    check_split(split)
     source = open_dataset(dataset, severity=severity)
     if source.info.num_classes != len(runner.meta.classes):
         raise DatasetError(f"{runner.artifact.name} predicts {len(runner.meta.classes)} classes but dataset "

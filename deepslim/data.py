@@ -69,6 +69,12 @@ def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
     return Cifar10Source(path) if is_cifar10_dir(path) else ImageFolderSource(path)
 
 
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be train, val or test, got '{split}'.")
+    return split
+
+
 def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     """A seeded random subset of ``count`` samples (the whole dataset when count is None or too big)."""
     if count is None or count >= len(dataset):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from deepslim.data import open_dataset, subset
+from deepslim.data import check_split, open_dataset, subset
 from deepslim.errors import ConfigError, DatasetError, ModelError, first_line
 from deepslim.metrics import classification_metrics
 from deepslim.models import ModelBundle
@@ -67,8 +67,7 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def evaluate(bundle: ModelBundle, dataset: str = "digits", *, split: str = "test", limit: int | None = None,
              batch_size: int = 256, severity: int = 3, device: str = "auto") -> EvalResult:
     """top-1, top-5, macro ROC-AUC and macro AP of ``bundle`` on ``dataset``'s ``split``."""
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got '{split}'.")
+    check_split(split)
     source = open_dataset(dataset, severity=severity)
     check_compatible(bundle, source.info.num_classes, dataset)
     ds = subset(source.split(split, bundle.input_spec), limit)
@@ -78,5 +77,6 @@ def evaluate(bundle: ModelBundle, dataset: str = "digits", *, split: str = "test
 
 def check_compatible(bundle: ModelBundle, num_classes: int, dataset: str) -> None:
     if bundle.num_classes != num_classes:
-        raise DatasetError(f"The model predicts {bundle.num_classes} classes but dataset '{dataset}' has "
+        name = bundle.path.name if bundle.path else "The model"
+        raise DatasetError(f"{name} predicts {bundle.num_classes} classes but dataset '{dataset}' has "
                            f"{num_classes}.")

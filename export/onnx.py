@@ -63,11 +63,11 @@ def to_onnx(bundle: ModelBundle, output: str | Path, config: OnnxConfig | None =
     spec = export_spec(bundle, config.input_size)
     model = bundle.model.eval().cpu()
     proto = _export(model, torch.randn(2, *spec.shape), config, bundle.arch.name)
-    if config.simplify:
-        proto = _simplify(proto)
     if config.fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
         proto = convert_float_to_float16(proto, keep_io_types=True)
+    if config.simplify or config.fp16:  # onnxslim also re-sorts the nodes the fp16 pass appends
+        proto = _simplify(proto)
     macs, params = count_macs_params(model, spec)
     meta = ArtifactMeta(spec, list(bundle.classes), list(bundle.lineage),
                         {"target": "onnx", "exporter": config.exporter.value, "simplified": config.simplify,

@@ -13,8 +13,9 @@ import torch
 
 from deepslim.artifact import META_KEY, ArtifactMeta, read_onnx_meta
 from deepslim.errors import BackendMissingError, ConfigError, InputFileError, first_line
-from deepslim.fileio import atomic_files
+from deepslim.fileio import atomic_files, require_file
 from deepslim.models import ModelBundle
+from benchmarks.runners.openvino_runner import ov_reason
 from export.errors import ExportError
 from export.onnx import OnnxConfig, export_spec, to_onnx
 
@@ -34,9 +35,16 @@ def to_openvino(source: ModelBundle | str | Path, output: str | Path, *, precisi
     out = Path(output)
     if out.suffix.lower() != ".xml":
         raise ConfigError(f"An OpenVINO IR is named *.xml (with a .bin beside it); got {out.name}.")
-    model, meta = _convert(ov, source, OVSource(via), onnx_config or OnnxConfig())
+    try:
+        via = OVSource(via)
+    except ValueError:
+        raise ConfigError(f"--ov-via must be onnx or torch, got '{via}'.") from None
+    if not isinstance(source, ModelBundle) and (onnx_config or OnnxConfig()).input_size is not None:
+        raise ConfigError(f"--input-size applies when exporting a bundle; {Path(source).name} keeps the size it "
+                          "was exported at.")
+    model, meta = _convert(ov, source, via, onnx_config or OnnxConfig())
     meta = ArtifactMeta(meta.input_spec, meta.classes, meta.lineage,
-                        {**meta.export, "target": "openvino", "precision": precision, "via": OVSource(via).value})
+                        {**meta.export, "target": "openvino", "precision": precision, "via": via.value})
     model.set_rt_info(meta.to_json(), [META_KEY, "meta"])
     with atomic_files(out, out.with_suffix(".bin")) as (tmp_xml, _):
         ov.save_model(model, str(tmp_xml), compress_to_fp16=precision == "fp16")
@@ -54,13 +62,13 @@ def _convert(ov, source, via: OVSource, onnx_config: OnnxConfig):
 
 
 def _convert_onnx(ov, onnx_path: Path):
-    meta = read_onnx_meta(onnx_path)
+    meta = read_onnx_meta(require_file(onnx_path, "ONNX file"))
     if meta is None:
         raise InputFileError(f"{onnx_path} has no deepslim metadata; export it with `deepslim export --target onnx`.")
     try:
         return ov.convert_model(str(onnx_path)), meta
     except Exception as exc:  # OpenVINO's frontends raise several exception types
-        raise ExportError(f"OpenVINO cannot convert {onnx_path.name}: {first_line(exc)}.") from exc
+        raise ExportError(f"OpenVINO cannot convert {onnx_path.name}: {ov_reason(exc)}.") from exc
 
 
 def _convert_torch(ov, bundle: ModelBundle, onnx_config: OnnxConfig):

@@ -13,6 +13,8 @@ from benchmarks import Backend, BenchTarget
 from benchmarks.runners import can_run
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.errors import ConfigError
+from deepslim.data import open_dataset
+from deepslim.evaluation import check_compatible
 from deepslim.fileio import require_file
 from deepslim.models import ModelBundle, load_model
 from export import OnnxConfig, Target, VerifyConfig, export_model
@@ -28,24 +30,32 @@ def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_
         raise ConfigError("Give at least one artifact to benchmark.")
     if input_size is not None and input_size < 1:
         raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    kinds = _validate(artifacts, backends, input_size)  # every cheap check before the first export
+    bundles = {p: load_model(p) for p, kind in zip(artifacts, kinds) if kind is ArtifactKind.BUNDLE}
+    if dataset is not None:
+        classes = open_dataset(dataset).info.num_classes
+        for path, bundle in bundles.items():
+            check_compatible(bundle, classes, dataset)
     targets, notes = [], []
-    for path in artifacts:
-        kind = artifact_kind(require_file(path, "artifact"))
-        if input_size is not None and kind is not ArtifactKind.BUNDLE:
-            raise ConfigError(f"--input-size applies to bundles only; {Path(path).name} has a fixed input size.")
-        bundle: ModelBundle | None = None
-        before = len(targets)
+    for path, kind in zip(artifacts, kinds):
         for backend in backends:
             if can_run(backend, path):
                 targets.append(BenchTarget(Path(path), backend, input_size if backend is Backend.TORCH else None))
             elif kind is ArtifactKind.BUNDLE:
-                bundle = bundle or load_model(path)
-                targets.append(_exported(bundle, Path(path), backend, export_dir, input_size, dataset))
+                targets.append(_exported(bundles[path], Path(path), backend, export_dir, input_size, dataset))
             else:
                 notes.append(f"{Path(path).name} is not run on {backend.value} (it runs {kind.value} artifacts only)")
-        if len(targets) == before:
-            raise ConfigError(f"None of the backends {', '.join(b.value for b in backends)} can run {path}.")
     return targets, notes
+
+
+def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size: int | None) -> list[ArtifactKind]:
+    kinds = [artifact_kind(require_file(path, "artifact")) for path in artifacts]
+    for path, kind in zip(artifacts, kinds):
+        if input_size is not None and kind is not ArtifactKind.BUNDLE:
+            raise ConfigError(f"--input-size applies to bundles only; {Path(path).name} has a fixed input size.")
+        if kind is not ArtifactKind.BUNDLE and not any(can_run(b, path) for b in backends):
+            raise ConfigError(f"None of the backends {', '.join(b.value for b in backends)} can run {path}.")
+    return kinds
 
 
 def _exported(bundle: ModelBundle, path: Path, backend: Backend, export_dir: Path, input_size: int | None,

@@ -27,11 +27,13 @@ class OpenVINORunner(Runner):
         path = Path(path)
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
             raise InputFileError(f"{path} has no weights file {path.with_suffix('.bin').name} next to it.")
+        if path.suffix.lower() == ".xml" and not _looks_like_ir(path):
+            raise InputFileError(f"{path} is not an OpenVINO IR (.xml with a <net> root).")
         core = ov.Core()
         try:
             model = core.read_model(str(path))
         except RuntimeError as exc:
-            raise InputFileError(f"OpenVINO cannot read {path}: {first_line(exc)}.") from exc
+            raise InputFileError(f"OpenVINO cannot read {path}: {ov_reason(exc)}.") from exc
         meta = read_ov_meta(model, path)
         details = {"threads": options.threads, "device": options.device.upper(),
                    "static_batch": options.static_batch, "hint": "LATENCY", "openvino": ov.__version__}
@@ -54,6 +56,20 @@ class OpenVINORunner(Runner):
         request = self.compiled[batch.shape[0]]
         request.infer({0: as_batch(batch)})
         return np.array(request.get_output_tensor(0).data)
+
+
+def _looks_like_ir(path: Path) -> bool:
+    """Sniff the header, so a non-IR file never reaches OpenVINO's other frontends (which log to stderr)."""
+    with open(path, "rb") as fh:
+        head = fh.read(512).lstrip()
+    return head.startswith(b"<?xml") or head.startswith(b"<net")
+
+
+def ov_reason(exc: BaseException) -> str:
+    """The informative line of an OpenVINO exception (its first lines are source locations)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '")) and ".cpp:" not in ln]
+    return (useful or lines or [type(exc).__name__])[0].rstrip(".")
 
 
 def read_ov_meta(model: Any, path: Path) -> ArtifactMeta:
