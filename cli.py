@@ -77,7 +77,8 @@ TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
 Dataset = Annotated[str, typer.Option(
     "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn.")]
-Severity = Annotated[int, typer.Option("--severity", help="Corruption severity 1-5 for digits-c.")]
+Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption severity 1-5 for digits-c "
+                                                 "(default 3).", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
@@ -96,8 +97,8 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
 
 
 def _load(model: Path | None, *, arch: str | None, weights: Path | None, arch_kwargs: str | None,
-          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str, severity: int,
-          pretrained: str | None = None):
+          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str, severity: int | None,
+          pretrained: str | None = None, seed: int | None = None):
     """The one model loader of the CLI: a file, or an architecture shaped for the dataset."""
     from deepslim.data import open_dataset
     from deepslim.models import load_model
@@ -114,13 +115,20 @@ def _load(model: Path | None, *, arch: str | None, weights: Path | None, arch_kw
                 raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
                                   "architecture and input spec.")
             return load_model(model)
-        info = open_dataset(dataset, severity=severity).info
+        info = open_dataset(dataset, severity=_severity(dataset, severity)).info
         return load_model(model, trust_pickle=trust_pickle, input_size=input_size, channels=channels,
                           mean=info.mean, std=info.std)
     if arch is None:
         raise ConfigError("Give a MODEL file or --arch NAME.")
-    return model_for_dataset(arch, dataset, severity=severity, input_size=input_size, channels=channels,
-                             arch_kwargs=kwargs, weights=weights, pretrained=pretrained)
+    return model_for_dataset(arch, dataset, severity=_severity(dataset, severity), input_size=input_size,
+                             channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+
+
+def _severity(dataset: str, severity: int | None) -> int:
+    """--severity belongs to digits-c; refuse it elsewhere rather than ignore it."""
+    if severity is not None and dataset != "digits-c":
+        raise ConfigError(f"--severity applies to --dataset digits-c only, not '{dataset}'.")
+    return 3 if severity is None else severity
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
@@ -146,7 +154,7 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
     input_size: InputSize = None, channels: Channels = None,
-    dataset: Dataset = "digits", severity: Severity = 3,
+    dataset: Dataset = "digits", severity: Severity = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.05 SGD, 1e-3 AdamW).")] = None,
@@ -177,14 +185,18 @@ def train(
                       seed=seed, device=device, num_workers=workers)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors")
+    if init is not Init.DEFAULT and (model is not None or weights is not None or pretrained is not None):
+        raise ConfigError(f"--init {init.value} would overwrite the loaded weights; use it only for a new --arch "
+                          "without --weights or --pretrained.")
     from deepslim.models import check_saveable, save_model
     from deepslim.training import train as run_train
     bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                    channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                   pretrained=pretrained)
+                   pretrained=pretrained, seed=seed)
     check_saveable(bundle)
     ckpt = out.with_name(out.name + ".ckpt")
-    trained = run_train(bundle, dataset, cfg, severity=severity, checkpoint=ckpt, resume=resume, progress=not quiet)
+    trained = run_train(bundle, dataset, cfg, severity=_severity(dataset, severity), checkpoint=ckpt, resume=resume,
+                        progress=not quiet)
     save_model(trained, out)
     ckpt.unlink(missing_ok=True)
     record = trained.lineage[-1]
@@ -196,7 +208,7 @@ def train(
 def evaluate(
     model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
     input_size: InputSize = None, channels: Channels = None, trust_pickle: TrustPickle = False,
-    dataset: Dataset = "digits", severity: Severity = 3,
+    dataset: Dataset = "digits", severity: Severity = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
@@ -211,8 +223,8 @@ def evaluate(
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                    channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity)
-    result = run_eval(bundle, dataset, split=split, limit=limit, batch_size=batch_size, severity=severity,
-                      device=device)
+    result = run_eval(bundle, dataset, split=split, limit=limit, batch_size=batch_size,
+                      severity=_severity(dataset, severity), device=device)
     if as_json:
         typer.echo(json.dumps({"model": str(model or arch), "dataset": result.dataset, "split": split,
                                "metrics": result.metrics}, indent=2))
@@ -302,7 +314,7 @@ def export_cmd(
         source = model
     else:
         source = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                       trust_pickle=trust_pickle, dataset=dataset or "digits", severity=3)
+                       trust_pickle=trust_pickle, dataset=dataset or "digits", severity=None)
     result = ex.export_model(source, target.value, out, precision=precision.value, onnx_config=onnx_config,
                              ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config)
     typer.echo(f"wrote {result.artifact}" + "".join(f", {p}" for p in result.extra_files))
@@ -317,7 +329,7 @@ def _export_check(model, *, arch, weights, arch_kwargs, input_size, trust_pickle
     from rich.table import Table
     from export import check_exportable
     bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                   trust_pickle=trust_pickle, dataset=dataset, severity=3)
+                   trust_pickle=trust_pickle, dataset=dataset, severity=None)
     results = check_exportable(bundle, input_size=input_size)
     table = Table(title=f"exportability of {model or arch}")
     for col in ("target", "status", "detail", "failing ops"):
@@ -356,7 +368,7 @@ def bench(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Accuracy on this dataset's split.")] = "digits",
     split: Annotated[str, typer.Option(help="Evaluation split.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
-    severity: Severity = 3,
+    severity: Severity = None,
     no_accuracy: Annotated[bool, typer.Option("--no-accuracy", help="Latency only.")] = False,
     metric: Annotated[Optional[str], typer.Option(help="path/file.py:fn(outputs, targets) -> {name: value}, for "
                                                   "models that are not classifiers.")] = None,
@@ -388,6 +400,7 @@ def bench(
     user_metric = load_metric(metric) if metric else None
     from deepslim.data import check_split
     check_split(split)
+    severity = _severity(dataset, severity)
     from pipeline.bench import plan_targets
     targets, notes = plan_targets(artifacts, backends, report / "artifacts", input_size=input_size,
                            dataset=None if no_accuracy else dataset)

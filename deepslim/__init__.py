@@ -2,7 +2,7 @@
 
     import deepslim
     bundle = deepslim.load_model(arch="small_cnn", num_classes=10, input_size=16)
-    bundle = deepslim.training(bundle, "digits", deepslim.TrainConfig(epochs=10))
+    bundle = deepslim.train(bundle, "digits", deepslim.TrainConfig(epochs=10))
     deepslim.save_model(bundle, "base.safetensors")
     print(deepslim.evaluate(bundle, "digits").metrics)
 

@@ -87,11 +87,13 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], *, name: str = "the dataset",
                      seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
-    """Indices of a fixed stratified train/val/test split."""
+    """Indices of a fixed stratified train/val/test split (a test fraction of 0 gives train/val only)."""
     from sklearn.model_selection import train_test_split
     idx = np.arange(len(labels))
     try:
         train, rest = train_test_split(idx, train_size=fractions[0], stratify=labels, random_state=seed)
+        if fractions[2] == 0:
+            return {"train": np.sort(train), "val": np.sort(rest), "test": np.array([], dtype=int)}
         val_share = fractions[1] / (fractions[1] + fractions[2])
         val, test = train_test_split(rest, train_size=val_share, stratify=labels[rest], random_state=seed)
     except ValueError as exc:
@@ -126,6 +128,16 @@ def normalize(image: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=image.dtype).view(-1, 1, 1)
     std = torch.tensor(spec.std, dtype=image.dtype).view(-1, 1, 1)
     return (image - mean) / std
+
+
+def random_affine(image: torch.Tensor) -> torch.Tensor:
+    """Small random rotation, shift and scale; no flips (digits and text are not mirror-symmetric)."""
+    import torchvision.transforms.v2.functional as TF
+    angle = float(torch.empty(1).uniform_(-10, 10))
+    h, w = image.shape[-2:]
+    tx, ty = (torch.empty(2).uniform_(-0.08, 0.08) * torch.tensor([w, h])).tolist()
+    scale = float(torch.empty(1).uniform_(0.9, 1.1))
+    return TF.affine(image, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
 
 
 class TensorImages(Dataset):
@@ -192,12 +204,13 @@ class FileSource:
                            tuple(images.shape[-2:]))
 
     def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
-        return _Prepared(self._train if name == "train" else self._call(name), input_spec)
+        return _Prepared(self._train if name == "train" else self._call(name), input_spec,
+                         random_affine if augment else None)
 
 
 class _Prepared(Dataset):
-    def __init__(self, base: Dataset, spec: InputSpec) -> None:
-        self.base, self.spec = base, spec
+    def __init__(self, base: Dataset, spec: InputSpec, augment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.base, self.spec, self.augment = base, spec, augment
 
     def __len__(self) -> int:
         return len(self.base)
@@ -206,4 +219,6 @@ class _Prepared(Dataset):
         image, label = self.base[index]
         image = resize(adapt_channels(torch.as_tensor(image, dtype=torch.float32), self.spec.channels),
                        self.spec.size)
+        if self.augment is not None:
+            image = self.augment(image)
         return normalize(image, self.spec), int(label)

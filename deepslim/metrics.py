@@ -25,11 +25,10 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, *,
     n_classes = logits.shape[1]
     all_labels = np.arange(n_classes)
     probs = softmax(logits)
-    k = min(5, n_classes - 1) if n_classes > 2 else 1
-    out = {"top1": float(np.mean(probs.argmax(axis=1) == labels)),
-           "top5": float(top_k_accuracy_score(labels, probs, k=k, labels=all_labels)) if k > 1 else
-           float(np.mean(probs.argmax(axis=1) == labels)),
-           "samples": int(len(labels))}
+    top1 = float(np.mean(probs.argmax(axis=1) == labels))
+    # top-5 is 1.0 by definition with 5 classes or fewer (sklearn refuses k >= n_classes)
+    top5 = float(top_k_accuracy_score(labels, probs, k=5, labels=all_labels)) if n_classes > 5 else 1.0
+    out = {"top1": top1, "top5": top5, "samples": int(len(labels))}
     onehot = label_binarize(labels, classes=all_labels)
     if n_classes == 2:
         onehot = np.hstack([1 - onehot, onehot])

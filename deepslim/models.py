@@ -7,7 +7,7 @@ import functools
 import importlib.util
 import inspect
 import pickle
-import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -175,8 +175,8 @@ def _build_from_file(spec: ArchSpec) -> nn.Module:
     path, fn_name = spec.name.rsplit(":", 1)
     file = require_file(path, "architecture file")
     if spec.file_sha256 and sha256_file(file) != spec.file_sha256:
-        print(f"warning: {file} changed since the model was saved; rebuilding from the current file.",
-              file=sys.stderr)
+        warnings.warn(f"{file} changed since the model was saved; rebuilding from the current file.",
+                      UserWarning, stacklevel=2)
     module_name = f"deepslim_user_arch_{abs(hash(str(file)))}"
     mod_spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(mod_spec)
@@ -278,18 +278,34 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
     if not isinstance(obj, nn.Module):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module.")
     _check_shape_options(input_size, channels)
+    if input_size is None:
+        raise ConfigError(f"{path} is a pickled module without an input spec; pass --input-size (and --channels "
+                          "if its first layer does not tell).")
     spec = ArchSpec(ArchSource.PICKLE, f"{type(obj).__module__}.{type(obj).__qualname__}")
-    chans, size = channels or _guess_channels(obj), input_size or 224
+    chans, size = channels or _guess_channels(obj), input_size
     n = _guess_num_classes(obj)
     return ModelBundle(obj.eval(), spec, InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD),
                        [str(i) for i in range(n)], path=path)
 
 
 def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
-    model = build_model(header.arch)
+    model = build_model(_relocated(header.arch, path))
     bundle_format.apply_structure(model, header.structure)
     _load_state(model, bundle_format.read_tensors(path), label=header.arch.name, source=path)
     return ModelBundle(model.eval(), header.arch, header.input_spec, header.classes, header.lineage, path)
+
+
+def _relocated(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
+    """A user architecture file moved with its bundle: use the copy beside the bundle (same content)."""
+    if spec.source is not ArchSource.FILE:
+        return spec
+    file, fn = spec.name.rsplit(":", 1)
+    beside = bundle_path.parent / Path(file).name
+    if Path(file).is_file() or not beside.is_file():
+        return spec
+    if spec.file_sha256 and sha256_file(beside) != spec.file_sha256:
+        raise ModelError(f"{beside} differs from the architecture file the bundle was saved with ({file}).")
+    return replace(spec, name=f"{beside.resolve()}:{fn}")
 
 
 def _torch_load(path: Path, *, trust_pickle: bool, weights: bool = False) -> Any:
@@ -298,7 +314,7 @@ def _torch_load(path: Path, *, trust_pickle: bool, weights: bool = False) -> Any
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "unsupported global" not in str(exc).lower():
-            raise InputFileError(f"{path} is corrupt or not a PyTorch file ({first_line(exc)}).") from exc
+            raise InputFileError(f"{path} is corrupt or not a PyTorch file (torch.load cannot read it).") from exc
         if weights:
             raise ModelError(f"{path} holds pickled Python objects, not a plain state_dict; re-save it with "
                              "torch.save(model.state_dict(), path).") from exc

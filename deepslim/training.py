@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import open_dataset
-from deepslim.errors import ConfigError, InputFileError
+from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
 from deepslim.evaluation import check_compatible, predict, resolve_device
 from deepslim.fileio import atomic_path
 from deepslim.metrics import classification_metrics
@@ -51,9 +52,12 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
     if cfg.freeze_backbone:
         freeze_backbone(model, bundle.num_classes)
     spec = bundle.input_spec
-    result = fit(model, source.split("train", spec, augment=cfg.augment), source.split("val", spec), cfg,
-                 checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, progress=progress)
-    logits, labels = predict(model, source.split("test", spec), device=cfg.device)
+    splits = {name: source.split(name, spec, augment=cfg.augment and name == "train")
+              for name in ("train", "val", "test")}  # every split opens before any work
+    identity = {"arch": bundle.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name}
+    result = fit(model, splits["train"], splits["val"], cfg, checkpoint=Path(checkpoint) if checkpoint else None,
+                 resume=resume, progress=progress, identity=identity)
+    logits, labels = predict(model, splits["test"], device=cfg.device)
     test = classification_metrics(logits, labels)
     record = StageRecord("train", {**cfg.to_json(), "dataset": source.info.name},
                          round(time.perf_counter() - start, 2),
@@ -63,8 +67,14 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
-        checkpoint: Path | None = None, resume: bool = False, progress: bool = True) -> FitResult:
-    """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``."""
+        checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
+        identity: dict[str, Any] | None = None) -> FitResult:
+    """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``.
+
+    ``identity`` (architecture, input spec, dataset...) is stored in the checkpoint and must
+    match on ``resume``, like the config.
+    """
+    identity = identity or {}
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model.to(device)
@@ -78,7 +88,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     loss_fn = loss_fn or (lambda m, x, y: criterion(m(x), y))
     state, first_epoch, best = FitResult(), 0, _cpu_state(model)
     if resume:
-        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg)
+        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity)
     begin = time.perf_counter() - state.seconds
     with _progress(progress) as bar:
         task = bar.add_task("train", total=steps * cfg.epochs, completed=steps * first_epoch)
@@ -95,7 +105,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
             if progress:
                 bar.console.print(_epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch)
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
@@ -110,8 +120,12 @@ def _train_epoch(model, train_ds, cfg, epoch, optimizer, scheduler, loss_fn, dev
     total, count = 0.0, 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, cfg.amp):
-            loss = loss_fn(model, x, y)
+        try:
+            with _autocast(device, cfg.amp):
+                loss = loss_fn(model, x, y)
+        except RuntimeError as exc:
+            raise ModelError(f"The model fails on training batches of shape {tuple(x.shape)}: {first_line(exc)}; "
+                             "check --input-size and --channels.") from exc
         if not torch.isfinite(loss):
             raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
         optimizer.zero_grad(set_to_none=True)
@@ -177,8 +191,8 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, state: FitResult,
-                     best: dict[str, torch.Tensor], epoch: int) -> None:
-    payload = {"epoch": epoch + 1, "config": cfg.to_json(), "model": _cpu_state(model),
+                     best: dict[str, torch.Tensor], epoch: int, identity: dict[str, Any]) -> None:
+    payload = {"epoch": epoch + 1, "config": cfg.to_json(), "identity": json.dumps(identity, sort_keys=True), "model": _cpu_state(model),
                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
                "best_epoch": state.best_epoch, "best_val_top1": state.best_val_top1, "history": state.history,
                "seconds": state.seconds, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
@@ -186,7 +200,7 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, 
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig):
+def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig, identity: dict[str, Any]):
     if path is None or not path.is_file():
         raise ConfigError(f"--resume was given but there is no checkpoint {path}; run without --resume to start.")
     try:
@@ -195,10 +209,16 @@ def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainC
     except Exception as exc:  # any unreadable checkpoint: one sentence
         raise InputFileError(f"Checkpoint {path} is unreadable ({type(exc).__name__}); delete it and start again.") from exc
     differs = sorted(k for k, v in cfg.to_json().items() if saved.get(k) != v and k != "device")
+    saved_identity = json.loads(data.get("identity", "{}"))
+    differs += sorted(k for k in set(identity) | set(saved_identity) if identity.get(k) != saved_identity.get(k))
     if differs:
         raise ConfigError(f"Checkpoint {path} was made with other settings ({', '.join(differs)}); rerun with the "
                           "same options or without --resume.")
-    model.load_state_dict(data["model"])
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise ConfigError(f"Checkpoint {path} does not fit this model ({first_line(exc)}); rerun without "
+                          "--resume.") from exc
     optimizer.load_state_dict(data["optimizer"])
     scheduler.load_state_dict(data["scheduler"])
     torch.set_rng_state(data["torch_rng"])
@@ -264,9 +284,16 @@ def versions() -> dict[str, str]:
 
 def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size: int | None = None,
                       channels: int | None = None, arch_kwargs: dict[str, Any] | None = None,
-                      weights: str | Path | None = None, pretrained: str | None = None) -> ModelBundle:
-    """A new model shaped for ``dataset``: its classes, its statistics, its channels for built-in models."""
+                      weights: str | Path | None = None, pretrained: str | None = None,
+                      seed: int | None = None) -> ModelBundle:
+    """A new model shaped for ``dataset``: its classes, its statistics, its channels for built-in models.
+
+    ``seed`` seeds every generator before the weights are initialised, so the same seed
+    gives the same starting model.
+    """
     info = open_dataset(dataset, severity=severity).info
+    if seed is not None:
+        seed_everything(seed)
     builtin = arch in BUILTIN
     stats = {} if pretrained else {"mean": info.mean, "std": info.std}
     return load_model(arch=arch, classes=list(info.classes), input_size=input_size,

@@ -16,7 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from deepslim.data import DatasetInfo, Split, TensorImages, resize, stratified_split
+from deepslim.data import DatasetInfo, Split, TensorImages, random_affine, resize, stratified_split
 from deepslim.spec import InputSpec
 
 MEAN, STD = (0.3053,), (0.3760,)  # of load_digits().data / 16
@@ -40,15 +40,6 @@ def _load() -> tuple[torch.Tensor, torch.Tensor]:
 @functools.cache
 def _split_indices() -> dict[str, np.ndarray]:
     return stratified_split(_load()[1].numpy(), (0.6, 0.2, 0.2))
-
-
-def augment_digit(image: torch.Tensor) -> torch.Tensor:
-    """Small random affine jitter (no flips: digits are not mirror-symmetric)."""
-    angle = float(torch.empty(1).uniform_(-10, 10))
-    h, w = image.shape[-2:]
-    tx, ty = (torch.empty(2).uniform_(-0.08, 0.08) * torch.tensor([w, h])).tolist()
-    scale = float(torch.empty(1).uniform_(0.9, 1.1))
-    return TF.affine(image, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
 
 
 def corrupt(image: torch.Tensor, kind: str, severity: int, generator: torch.Generator) -> torch.Tensor:
@@ -101,4 +92,4 @@ class DigitsSource:
     def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
         idx = torch.as_tensor(_split_indices()[name])
         images, labels = self.images()[idx], _load()[1][idx]
-        return TensorImages(images, labels, input_spec, augment_digit if augment else None)
+        return TensorImages(images, labels, input_spec, random_affine if augment else None)

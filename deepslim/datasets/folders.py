@@ -26,41 +26,58 @@ _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 # --- ImageFolder ------------------------------------------------------------------------------
 
 class ImageFolderSource:
-    """``root/class_x/img.png``; uses ``root/{train,val,test}`` if present, else a 70/15/15 split."""
+    """``root/class_x/img.png`` split 70/15/15, or ``root/train`` (+ ``val``/``test`` folders if present).
+
+    With split folders, labels follow the train folder's class list in every split; a
+    missing val split is carved from train (10%, stratified) so the test split is never
+    used for model selection; a missing test split is the val folder.
+    """
 
     def __init__(self, root: Path) -> None:
         from torchvision.datasets import ImageFolder
         self.root = root
-        self.per_split = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
+        present = [s for s in ("train", "val", "test") if (root / s).is_dir()]
         try:
-            if "train" in self.per_split:
-                self.folders = {s: ImageFolder(str(p)) for s, p in self.per_split.items()}
-            else:
-                self.folders = {"all": ImageFolder(str(root))}
+            self.folders = ({s: ImageFolder(str(root / s)) for s in present} if "train" in present
+                            else {"all": ImageFolder(str(root))})
         except (FileNotFoundError, OSError) as exc:
             raise DatasetError(f"Cannot read dataset directory {root}: {str(exc).splitlines()[0]}") from exc
-        first = next(iter(self.folders.values()))
-        self.info = DatasetInfo(str(root), tuple(first.classes), 3, IMAGENET_MEAN, IMAGENET_STD)
+        first = self.folders.get("train", self.folders.get("all"))
+        self.classes = list(first.classes)
+        self.info = DatasetInfo(str(root), tuple(self.classes), 3, IMAGENET_MEAN, IMAGENET_STD)
+        for name, folder in self.folders.items():
+            unknown = sorted(set(folder.classes) - set(self.classes))
+            if unknown:
+                raise DatasetError(f"Dataset {root / name} has classes the train folder lacks: {', '.join(unknown)}.")
+        self.plan = self._plan(np.array(first.targets))
+
+    def _plan(self, targets: np.ndarray) -> dict[str, tuple[str, list[int] | None]]:
+        """For each split: which folder and which of its indices (None: all)."""
         if "all" in self.folders:
-            self.indices = stratified_split(np.array(first.targets), (0.7, 0.15, 0.15), name=str(root))
+            idx = stratified_split(targets, (0.7, 0.15, 0.15), name=str(self.root))
+            return {s: ("all", idx[s].tolist()) for s in ("train", "val", "test")}
+        plan: dict[str, tuple[str, list[int] | None]] = {"train": ("train", None)}
+        if "val" not in self.folders:
+            idx = stratified_split(targets, (0.9, 0.1, 0.0), name=str(self.root / "train"))
+            plan["train"], plan["val"] = ("train", idx["train"].tolist()), ("train", idx["val"].tolist())
+        else:
+            plan["val"] = ("val", None)
+        plan["test"] = ("test", None) if "test" in self.folders else ("val", None)
+        if plan["test"][0] not in self.folders:
+            raise DatasetError(f"Dataset {self.root} has a train folder but neither val nor test.")
+        return plan
 
     def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
-        if "all" in self.folders:
-            folder, idx = self.folders["all"], self.indices[name].tolist()
-        else:
-            fallback = "val" if name == "test" and "test" not in self.folders else name
-            fallback = "test" if fallback == "val" and "val" not in self.folders else fallback
-            if fallback not in self.folders:
-                raise DatasetError(f"Dataset {self.root} has no '{name}' folder.")
-            folder, idx = self.folders[fallback], None
-        ds = _FolderImages(folder, input_spec, augment)
+        folder_name, idx = self.plan[name]
+        folder = self.folders[folder_name]
+        ds = _FolderImages(folder, input_spec, augment, [self.classes.index(c) for c in folder.classes])
         return Subset(ds, idx) if idx is not None else ds
 
 
 class _FolderImages(Dataset):
-    def __init__(self, folder, spec: InputSpec, augment: bool) -> None:
+    def __init__(self, folder, spec: InputSpec, augment: bool, label_map: list[int]) -> None:
         from torchvision.transforms import v2
-        self.folder, self.spec = folder, spec
+        self.folder, self.spec, self.label_map = folder, spec, label_map
         h, w = spec.size
         crop = [v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
         center = [v2.Resize(int(round(min(h, w) / 0.875)), antialias=True), v2.CenterCrop((h, w))]
@@ -77,7 +94,7 @@ class _FolderImages(Dataset):
         except OSError as exc:
             raise DatasetError(f"Cannot read image {path}: {exc}") from exc
         image = adapt_channels(self.transform(image), self.spec.channels)
-        return normalize(image, self.spec), label
+        return normalize(image, self.spec), self.label_map[label]
 
 
 # --- CIFAR-10 ---------------------------------------------------------------------------------
@@ -85,7 +102,8 @@ class _FolderImages(Dataset):
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+                ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
@@ -118,7 +136,6 @@ class Cifar10Source:
         names = [n.decode() if isinstance(n, bytes) else n for n in _read_batch(meta)["label_names"]] \
             if meta.is_file() else [str(i) for i in range(10)]
         self.info = DatasetInfo(f"cifar10:{self.root}", tuple(names), 3, CIFAR_MEAN, CIFAR_STD, (32, 32))
-        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _arrays(self, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         found = [self.root / f for f in files if (self.root / f).is_file()]
@@ -135,9 +152,8 @@ class Cifar10Source:
             images, labels = self._arrays(["test_batch"])
         else:
             images, labels = self._arrays(_CIFAR_TRAIN)
-            idx = stratified_split(labels.numpy(), (0.9, 0.05, 0.05), name=str(self.root))
-            keep = idx["train"] if name == "train" else np.concatenate([idx["val"], idx["test"]])
-            images, labels = images[torch.as_tensor(np.sort(keep))], labels[torch.as_tensor(np.sort(keep))]
+            keep = torch.as_tensor(stratified_split(labels.numpy(), (0.9, 0.1, 0.0), name=str(self.root))[name])
+            images, labels = images[keep], labels[keep]
         return TensorImages(images, labels, input_spec, _cifar_augment if augment else None)
 
 

@@ -116,3 +116,12 @@ def test_resnet18_on_digits_reaches_97_percent(tmp_path):
     _ok(["train", "--arch", "resnet18", "--dataset", "digits", "--input-size", "32", "--quiet", "-o", out])
     metrics = json.loads(_ok(["eval", out, "--dataset", "digits", "--json"]).stdout)["metrics"]
     assert metrics["top1"] >= 0.97
+
+
+def test_same_seed_on_the_command_line_gives_the_same_model(tmp_path):
+    from deepslim.bundle import read_tensors
+    for name in ("a", "b"):
+        _ok(["train", "--arch", "small_cnn", "--input-size", "8", "--epochs", "1", "--seed", "7", "--quiet",
+             "-o", tmp_path / f"{name}.safetensors"])
+    a, b = (read_tensors(tmp_path / f"{n}.safetensors") for n in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -279,7 +280,7 @@ def _(ws: Workspace):
 
 @case("export-openvino-from-random-bytes-onnx")
 def _(ws: Workspace):
-    ws.write("r.onnx", os.urandom(4096))
+    ws.write("r.onnx", random.Random(4096).randbytes(4096))
     return ["export", "r.onnx", "--target", "openvino", "-o", "x.xml"], ["r.onnx", "not a valid ONNX file"]
 
 
@@ -460,7 +461,7 @@ def _(ws: Workspace):
 
 @case("bench-onnxruntime-random-bytes-onnx")
 def _(ws: Workspace):
-    ws.write("r.onnx", os.urandom(4096))
+    ws.write("r.onnx", random.Random(4096).randbytes(4096))
     return ["bench", "r.onnx", *FAST, "--backend", "onnxruntime"], ["r.onnx", "onnxruntime cannot load"]
 
 
@@ -472,7 +473,7 @@ def _(ws: Workspace):
 
 @case("bench-engine-without-sidecar")
 def _(ws: Workspace):
-    ws.write("x.engine", os.urandom(256))
+    ws.write("x.engine", random.Random(256).randbytes(256))
     return ["bench", "x.engine", *FAST, "--backend", "tensorrt"], ["x.engine", "x.engine.json"]
 
 

@@ -161,3 +161,21 @@ def test_adapt_channels():
     assert adapt_channels(torch.rand(1, 4, 4), 3).shape == (3, 4, 4)
     with pytest.raises(DatasetError):
         adapt_channels(torch.rand(2, 4, 4), 3)
+
+
+def test_split_folders_share_the_train_class_numbering_and_never_select_on_test(tmp_path):
+    colors = {"blue": (0, 0, 255), "green": (0, 255, 0), "red": (255, 0, 0)}
+    for split, names in (("train", colors), ("test", ["red"])):
+        for name in names:
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(10 if split == "train" else 2):
+                Image.new("RGB", (8, 8), colors[name]).save(tmp_path / split / name / f"{i}.png")
+    src = open_dataset(str(tmp_path))
+    assert src.info.classes == ("blue", "green", "red")
+    assert {int(y) for _, y in src.split("test", RGB32)} == {2}  # "red" keeps the train folder's label
+    train, val = src.split("train", RGB32), src.split("val", RGB32)
+    assert len(train) + len(val) == 30 and len(val) >= 3  # val carved from train, not the test folder
+    (tmp_path / "test" / "purple").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "test" / "purple" / "x.png")
+    with pytest.raises(DatasetError, match="classes the train folder lacks: purple"):
+        open_dataset(str(tmp_path))

@@ -14,11 +14,11 @@ def test_perfect_and_hand_computed_metrics():
     m = classification_metrics(logits, labels)
     assert m["top1"] == pytest.approx(0.75)
     assert m["samples"] == 4
-    assert m["top5"] == pytest.approx(1.0)  # k = 2 for three classes: every label is within the top 2
-    # class 0: scores of positives above all negatives -> AUC 1; class 1: positive 1 (p=.665) vs
-    # negatives incl. sample 3 (p=.665): tie -> 0.5 + rest; computed by sklearn, checked to be < 1
-    assert 0.5 < m["roc_auc_macro"] < 1.0
-    assert 0.5 < m["ap_macro"] < 1.0
+    assert m["top5"] == pytest.approx(1.0)  # three classes: every label is within the top 5
+    # one-vs-rest AUCs by hand: class 0 -> 1.0; class 1 (positive: sample 1, negatives 0, 2, 3 where sample 3
+    # has the same softmax as sample 1) -> (1 + 1 + 0.5) / 3; class 2 (positives 2, 3; negatives 0, 1)
+    # -> sample 2 beats both, sample 3 ties sample 1 and beats sample 0 -> (2 + 1.5) / 4
+    assert m["roc_auc_macro"] == pytest.approx((1.0 + 2.5 / 3 + 3.5 / 4) / 3)
 
 
 def test_agreement_with_reference():

@@ -119,3 +119,23 @@ def test_pretrained_weights_are_requested_and_head_replaced(monkeypatch):
     assert bundle.input_spec.mean == (0.485, 0.456, 0.406)
     with pytest.raises(ConfigError, match="--pretrained works only with torchvision"):
         load_model(arch="small_cnn", num_classes=10, pretrained="DEFAULT")
+
+
+def test_bundle_with_user_architecture_moves_with_its_file(tmp_path):
+    import shutil
+
+    from deepslim.models import save_model
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "net.py").write_text("import torch.nn as nn\ndef build(num_classes):\n"
+                                "    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, num_classes))\n")
+    bundle = load_model(arch=f"{src / 'net.py'}:build", num_classes=3, input_size=4)
+    save_model(bundle, src / "m.safetensors")
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved)
+    shutil.rmtree(src)
+    loaded = load_model(moved / "m.safetensors")
+    assert torch.equal(loaded.model[1].weight, bundle.model[1].weight)
+    (moved / "net.py").write_text((moved / "net.py").read_text() + "\n# edited\n")
+    with pytest.raises(ModelError, match="differs from the architecture file"):
+        load_model(moved / "m.safetensors")

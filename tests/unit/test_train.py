@@ -114,3 +114,21 @@ def test_label_smoothing_and_schedules_run():
 def test_bad_config_values(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         TrainConfig(**kwargs)
+
+
+def test_resume_refuses_another_model_or_dataset(tmp_path):
+    bundle = _small()
+    ckpt = tmp_path / "c.ckpt"
+    train(bundle, "digits", TrainConfig(epochs=1), checkpoint=ckpt, progress=False)
+    other = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 16})
+    with pytest.raises(ConfigError, match="other settings \\(arch"):
+        train(other, "digits", TrainConfig(epochs=1), checkpoint=ckpt, resume=True, progress=False)
+    with pytest.raises(ConfigError, match="other settings \\(dataset"):
+        train(_small(), "digits-c", TrainConfig(epochs=1), checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_model_for_dataset_seed_fixes_the_initial_weights():
+    a = model_for_dataset("small_cnn", "digits", input_size=8, seed=5).model.state_dict()
+    torch.rand(100)  # disturb the global generator in between
+    b = model_for_dataset("small_cnn", "digits", input_size=8, seed=5).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
