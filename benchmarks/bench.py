@@ -25,6 +25,7 @@ class BenchTarget:
     path: Path
     backend: Backend
     input_size: int | None = None   # torch runner only: run a bundle at another resolution
+    compile: bool | None = None     # torch runner only: override RunnerOptions.compile for this target
     note: str = ""
 
 
@@ -77,7 +78,7 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
     for target in targets:
         before = _reset_peak_rss()
         start = time.perf_counter()
-        runner = open_runner(target.path, target.backend, options,
+        runner = open_runner(target.path, target.backend, _options(options, target),
                              **({"input_size": target.input_size} if target.backend is Backend.TORCH else {}))
         entry = _entry(target, runner, time.perf_counter() - start)
         if dataset is not None:
@@ -99,13 +100,20 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
                        environment(options.threads), config, entries, [*_notes(entries, latency), *notes])
 
 
+def _options(options: RunnerOptions, target: BenchTarget) -> RunnerOptions:
+    if target.compile is None or target.compile == options.compile:
+        return options
+    from dataclasses import replace
+    return replace(options, compile=target.compile)
+
+
 def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     meta = runner.meta
     export = meta.export
     macs, params = export.get("macs"), export.get("params")
     if target.backend is Backend.TORCH:
         from deepslim.profile import count_macs_params
-        macs, params = count_macs_params(runner.module, meta.input_spec)
+        macs, params = count_macs_params(runner.eager, meta.input_spec)
     trained = export.get("trained_input_size")
     notes = [target.note] if target.note else []
     if trained and list(meta.input_spec.size) != list(trained):

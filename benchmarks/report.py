@@ -66,7 +66,8 @@ def summary_rows(report: BenchReport, *, compact: bool = False) -> tuple[list[st
     rows = []
     for e in report.entries:
         macs = f"{e.macs / 1e6:.1f}M" if e.macs else "-"
-        rows.append([short_path(e.artifact), e.backend, e.precision, "x".join(map(str, e.input_shape[1:])),
+        backend = e.backend + (" compiled" if e.runner.get("compile") else "")
+        rows.append([short_path(e.artifact), backend, e.precision, "x".join(map(str, e.input_shape[1:])),
                      _fmt(e.accuracy.get("top1"), 3), _fmt(e.accuracy.get("agreement"), 3), _mib(e.size_bytes), macs,
                      *[_latency_cell(e, b, compact) for b in batches]])
     return head, rows
@@ -130,7 +131,7 @@ def to_html(report: BenchReport, images: dict[str, bytes]) -> str:
 
 def _plots(report: BenchReport) -> dict[str, bytes]:
     from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
-    labels = [f"{Path(e.artifact).name} [{e.backend}]" for e in report.entries]
+    labels = [e.label for e in report.entries]
     batches = report.config["batches"]
     out = {}
     fig = Figure(figsize=(6.4, 4.2))
@@ -140,9 +141,10 @@ def _plots(report: BenchReport) -> dict[str, bytes]:
     for (lat, acc), label in zip(points, labels):
         if acc is not None:
             ax.scatter(lat, acc, label=label)
-    front = pareto_front(points)
-    if len(front) > 1:
-        ax.plot(*zip(*sorted(points[i] for i in front)), "k--", linewidth=1, label="Pareto front")
+    front = sorted(points[i] for i in pareto_front(points))
+    if front:
+        ax.plot(*zip(*front), "o--", color="black", markerfacecolor="none", markersize=12, linewidth=1,
+                label="Pareto front")
     ax.set(xlabel=f"p50 latency at batch {first} (ms)", ylabel="top-1", title="accuracy vs latency")
     ax.legend(fontsize=7)
     out["accuracy_vs_latency.png"] = _png(fig)

@@ -61,7 +61,8 @@ class Runner(ABC):
 
     @property
     def label(self) -> str:
-        return f"{self.artifact.name} [{self.backend.value}]"
+        compiled = " compiled" if self.details.get("compile") else ""
+        return f"{self.artifact.name} [{self.backend.value}{compiled}]"
 
 
 def require(module: str, package: str, purpose: str):

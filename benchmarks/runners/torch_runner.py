@@ -15,7 +15,8 @@ from deepslim.models import ModelBundle, load_model
 
 @dataclass
 class TorchRunner(Runner):
-    module: torch.nn.Module | None = None
+    module: torch.nn.Module | None = None   # what runs (compiled when asked)
+    eager: torch.nn.Module | None = None    # the plain module (for MACs, parameters)
     backend: Backend = Backend.TORCH
     _saved_threads: int = field(default=0, repr=False)
 
@@ -25,13 +26,12 @@ class TorchRunner(Runner):
         bundle = bundle or load_model(path)
         spec = bundle.input_spec.with_size(input_size) if input_size else bundle.input_spec
         device = torch.device(options.device if options.device != "cpu" else "cpu")
-        module = bundle.model.eval().to(device)
-        if options.compile:
-            module = torch.compile(module)
+        eager = bundle.model.eval().to(device)
+        module = torch.compile(eager) if options.compile else eager
         meta = ArtifactMeta(spec, list(bundle.classes), list(bundle.lineage), {"target": "torch"})
         details = {"threads": options.threads, "device": str(device), "compile": options.compile,
                    "torch": torch.__version__}
-        return cls(Path(path), meta, options, details, module=module)
+        return cls(Path(path), meta, options, details, module=module, eager=eager)
 
     def __enter__(self) -> TorchRunner:
         # torch's thread count is process-wide: pin it while this runner measures, restore after
