@@ -146,7 +146,10 @@ def _plots(report: BenchReport) -> dict[str, bytes]:
         ax.plot(*zip(*front), "o--", color="black", markerfacecolor="none", markersize=12, linewidth=1,
                 label="Pareto front")
     ax.set(xlabel=f"p50 latency at batch {first} (ms)", ylabel="top-1", title="accuracy vs latency")
-    ax.legend(fontsize=7)
+    if any(acc is not None for _, acc in points):
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "accuracy not measured", ha="center", va="center", transform=ax.transAxes)
     out["accuracy_vs_latency.png"] = _png(fig)
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()

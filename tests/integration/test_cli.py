@@ -105,9 +105,16 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     assert not ckpt.exists()
 
 
-def test_demo_trains_and_prints_the_table(tmp_path):
+def test_demo_trains_exports_benchmarks_and_reports(tmp_path):
     result = _ok(["demo", "--out-dir", tmp_path / "demo", "--epochs", "4"])
-    assert "digits-c (severity 3)" in result.stdout and (tmp_path / "demo" / "base.safetensors").exists()
+    assert "digits-c (severity 3)" in result.stdout and "onnxruntime" in result.stdout
+    demo = tmp_path / "demo"
+    assert all((demo / name).exists() for name in ("base.safetensors", "base.onnx", "base.xml", "base.bin"))
+    report = json.loads((demo / "bench" / "report.json").read_text())
+    assert [e["backend"] for e in report["entries"]] == ["torch", "onnxruntime", "openvino"]
+    top1 = [e["accuracy"]["top1"] for e in report["entries"]]
+    assert min(top1) >= 0.9 and max(top1) - min(top1) < 0.01
+    assert all(e["accuracy"]["agreement"] >= 0.99 for e in report["entries"][1:])
 
 
 def test_resnet18_on_digits_reaches_97_percent(tmp_path):
