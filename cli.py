@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,6 +17,7 @@ from typer.core import TyperGroup
 
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.errors import ConfigError, DeepSlimError
+from export.options import Exporter, OVSource, Precision, Target
 
 
 class _Group(TyperGroup):
@@ -242,41 +242,19 @@ def _batches(text: str) -> tuple[int, ...]:
     return values
 
 
-class TargetName(str, Enum):
-    ONNX = "onnx"
-    OPENVINO = "openvino"
-    TENSORRT = "tensorrt"
-
-
-class PrecisionName(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-
-
-class OVVia(str, Enum):
-    ONNX = "onnx"
-    TORCH = "torch"
-
-
-class ExporterName(str, Enum):
-    DYNAMO = "dynamo"
-    LEGACY = "legacy"
-
-
 @app.command("export")
 def export_cmd(
     model: Model = None,
-    target: Annotated[Optional[TargetName], typer.Option("--target", "-t", help="Artifact to produce.")] = None,
+    target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Artifact to produce.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="model.onnx | model.xml | model.engine")] = None,
-    precision: Annotated[PrecisionName, typer.Option(help="fp32; fp16 (ONNX/TensorRT: fp16 graph, OpenVINO: fp16 "
-                                                          "weights); int8 (TensorRT, from a Q/DQ ONNX).")] = PrecisionName.FP32,
+    precision: Annotated[Precision, typer.Option(help="fp32; fp16 (ONNX/TensorRT: fp16 graph, OpenVINO: fp16 "
+                                                          "weights); int8 (TensorRT, from a Q/DQ ONNX).")] = Precision.FP32,
     input_size: Annotated[Optional[int], typer.Option(
         "--input-size", help="Export at another resolution than the model was trained at.")] = None,
-    exporter: Annotated[ExporterName, typer.Option(help="ONNX exporter: dynamo, or the TorchScript-based legacy one.")]
-    = ExporterName.DYNAMO,
+    exporter: Annotated[Exporter, typer.Option(help="ONNX exporter: dynamo, or the TorchScript-based legacy one.")]
+    = Exporter.DYNAMO,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Clean the ONNX graph with onnxslim.")] = True,
-    ov_via: Annotated[OVVia, typer.Option("--ov-via", help="OpenVINO from the ONNX export, or directly from torch.")]
+    ov_via: Annotated[OVSource, typer.Option("--ov-via", help="OpenVINO from the ONNX export, or directly from torch.")]
     = "onnx",
     batch: Annotated[str, typer.Option(help="TensorRT profile batch sizes: min,..,max (opt = the largest).")] = "1",
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 1024,
@@ -345,7 +323,7 @@ def _export_check(model, *, arch, weights, arch_kwargs, input_size, trust_pickle
 def _print_trtexec(model, output: Path, trt_config, target) -> None:
     from deepslim.artifact import read_onnx_meta
     from export import plan_build, trtexec_command
-    if target is not TargetName.TENSORRT or model is None or model.suffix.lower() != ".onnx":
+    if target is not Target.TENSORRT or model is None or model.suffix.lower() != ".onnx":
         raise ConfigError("--print-trtexec needs --target tensorrt and an ONNX MODEL exported by deepslim.")
     meta = read_onnx_meta(model)
     if meta is None:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.errors import ConfigError
 from deepslim.models import ModelBundle
 from export.onnx import OnnxConfig, to_onnx
-from export.openvino import OVSource, to_openvino
+from export.options import OVSource, Precision, Target
+from export.openvino import to_openvino
 from export.parity import ParityReport, check_parity
-from export.tensorrt import Precision, TensorRTConfig, check_qdq_for_tensorrt, require_tensorrt, to_tensorrt
-
-
-class Target(str, Enum):
-    ONNX = "onnx"
-    OPENVINO = "openvino"
-    TENSORRT = "tensorrt"
+from export.tensorrt import TensorRTConfig, check_qdq_for_tensorrt, require_tensorrt, to_tensorrt
 
 
 SUFFIX = {Target.ONNX: ".onnx", Target.OPENVINO: ".xml", Target.TENSORRT: ".engine"}

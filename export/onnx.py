@@ -6,7 +6,6 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -18,13 +17,9 @@ from deepslim.models import ModelBundle
 from deepslim.profile import count_macs_params
 from deepslim.spec import InputSpec
 from export.errors import ExportError
+from export.options import Exporter
 
 MAX_PROTO_BYTES = 2_000_000_000  # protobuf's limit; larger models keep their weights in a side file
-
-
-class Exporter(str, Enum):
-    DYNAMO = "dynamo"
-    LEGACY = "legacy"  # the TorchScript-based exporter
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ import contextlib
 import io
 import tempfile
 import warnings
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -18,11 +17,7 @@ from deepslim.models import ModelBundle
 from benchmarks.runners.openvino_runner import ov_reason
 from export.errors import ExportError
 from export.onnx import OnnxConfig, export_spec, to_onnx
-
-
-class OVSource(str, Enum):
-    ONNX = "onnx"    # convert the exported ONNX file (default: the same graph every backend sees)
-    TORCH = "torch"  # convert a torch.export program directly
+from export.options import OVSource
 
 
 def to_openvino(source: ModelBundle | str | Path, output: str | Path, *, precision: str = "fp32",

@@ -17,20 +17,15 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from benchmarks.runners.tensorrt_runner import import_tensorrt
 from deepslim.artifact import ArtifactMeta, read_onnx_meta
-from deepslim.errors import BackendMissingError, ConfigError, InputFileError, first_line
+from deepslim.errors import ConfigError, InputFileError, first_line
 from deepslim.fileio import atomic_files, require_file
 from export.errors import ExportError
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
+from export.options import Precision
 
 
 @dataclass(frozen=True)
@@ -150,15 +145,7 @@ def _quantized_initializer(name: str, inits, consumers) -> bool:
 
 def require_tensorrt():
     """Import tensorrt and make sure a CUDA GPU is present, or fail with one sentence."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendMissingError("TensorRT export needs the 'tensorrt' package and an NVIDIA GPU; install it "
-                                  "with `pip install tensorrt` on a machine with a CUDA GPU.") from exc
-    import torch
-    if not torch.cuda.is_available():
-        raise BackendMissingError("TensorRT export needs an NVIDIA CUDA GPU, and none is visible on this machine.")
-    return trt
+    return import_tensorrt("TensorRT export")
 
 
 def to_tensorrt(onnx_path: str | Path, output: str | Path, config: TensorRTConfig | None = None) -> Path:

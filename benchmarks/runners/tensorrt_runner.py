@@ -14,6 +14,19 @@ from deepslim.artifact import ArtifactMeta
 from deepslim.errors import ArtifactMismatchError, BackendMissingError, InputFileError
 
 
+def import_tensorrt(purpose: str):
+    """Import tensorrt and make sure a CUDA GPU is present, or fail with one sentence naming both."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendMissingError(f"{purpose} needs the 'tensorrt' package and an NVIDIA GPU; install it with "
+                                  "`pip install tensorrt` on a machine with a CUDA GPU.") from exc
+    import torch
+    if not torch.cuda.is_available():
+        raise BackendMissingError(f"{purpose} needs an NVIDIA CUDA GPU, and none is visible on this machine.")
+    return trt
+
+
 def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
@@ -53,14 +66,8 @@ class TensorRTRunner(Runner):
     def load(cls, path: str | Path, options: RunnerOptions) -> TensorRTRunner:
         path = Path(path)
         sidecar = read_sidecar(path)
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise BackendMissingError("Running TensorRT engines needs the 'tensorrt' package and an NVIDIA GPU; "
-                                      "install it with `pip install tensorrt` on a machine with a CUDA GPU.") from exc
+        trt = import_tensorrt("Running TensorRT engines")
         import torch
-        if not torch.cuda.is_available():
-            raise BackendMissingError("Running TensorRT engines needs an NVIDIA CUDA GPU, and none is visible.")
         props = torch.cuda.get_device_properties(0)
         check_engine_compatible(sidecar, trt.__version__, props.name, f"{props.major}.{props.minor}", path)
         engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
