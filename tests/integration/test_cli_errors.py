@@ -1,43 +1,26 @@
 """The CLI's error contract: a bad input gives exit code 2 and one line ``error: ...`` on stderr.
 
 Every case below must also fail *before* any work is done: no output bundle, no
-``.tmp-*`` or ``.ckpt`` sibling, and every input file byte-for-byte (and mtime) unchanged.
+``.tmp-*`` file or directory or ``.ckpt`` sibling, nothing else written, and every input file
+byte-for-byte (and mtime and mode) unchanged. The contract's checks live in cli_contract.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-import cli
+import cli_contract
+from cli_contract import DATA_PY, Cases, assert_bad_input
 from deepslim.models import SmallCNN, load_model, save_model
 
 OUT = "out.safetensors"
-
-# A dataset function file with 3 classes of 8x8 grey images (for the class-count mismatch).
-DATA_PY = '''\
-import torch
-from torch.utils.data import TensorDataset
-
-
-class ThreeClasses(TensorDataset):
-    classes = ["a", "b", "c"]
-
-
-def make(split):
-    g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[split])
-    return ThreeClasses(torch.rand(12, 1, 8, 8, generator=g), torch.arange(12) % 3)
-'''
 
 ARCH_PY = '''\
 from torch import nn
@@ -74,17 +57,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
                                                 root / "m.pt")))
 
 
-class Workspace:
-    """Creates a case's input files in the (current) test directory."""
+class Workspace(cli_contract.Workspace):
+    """Creates a case's input files in the (current) test directory; ``art`` is the Artifacts."""
 
-    def __init__(self, root: Path, art: Artifacts) -> None:
-        self.root, self.art = root, art
-
-    def write(self, name: str, data: bytes | str) -> str:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (path.write_text if isinstance(data, str) else path.write_bytes)(data)
-        return name
+    art: Artifacts
 
     def bundle(self, name: str = "model.safetensors") -> str:
         return self.write(name, self.art.bundle)
@@ -100,63 +76,11 @@ class Workspace:
         return name
 
 
-# --- the contract -----------------------------------------------------------------------------
-
-Snapshot = dict[str, tuple[bytes, int]]
-
-
-def snapshot(root: Path) -> Snapshot:
-    """Every file under ``root`` (bytecode caches of user .py files aside): its bytes and mtime."""
-    files = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in filenames:
-            path = Path(dirpath, name)
-            files[str(path.relative_to(root))] = (path.read_bytes(), path.stat().st_mtime_ns)
-    return files
-
-
-def assert_clean_failure(result, fragments: list[str], *, before: Snapshot, root: Path,
-                         output: str | None = OUT) -> str:
-    """Exit code 2, one ``error:`` line naming ``fragments``, no traceback, no files written or changed.
-
-    Returns the message (the stderr line without its trailing newline).
-    """
-    shown = f"exit code {result.exit_code}; output:\n{result.output}\nexception: {result.exception!r}"
-    assert "Traceback" not in result.output, shown
-    assert result.exception is None or isinstance(result.exception, SystemExit), shown
-    assert result.exit_code == 2, shown
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), f"stderr is not exactly one line: {result.stderr!r}"
-    message = lines[0]
-    assert message.startswith("error: "), message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-
-    after = snapshot(root)
-    new = sorted(set(after) - set(before))
-    leftovers = [n for n in new if ".tmp-" in n or n.endswith(".ckpt")]
-    assert not leftovers, f"temporary or checkpoint files were left behind: {leftovers}"
-    assert not new, f"files were written: {new}"
-    if output is not None and output not in before:
-        assert not (root / output).exists(), f"{output} was written"
-    changed = sorted(k for k in before if after.get(k) != before[k])
-    assert not changed, f"input files were changed or removed: {changed}"
-    return message
-
-
 # --- the cases: each makes its inputs and returns (args, fragments the message must contain) ---
+# (DATA_PY, from cli_contract, is a dataset function file with 3 classes, for the class-count mismatch)
 
-Case = Callable[[Workspace], tuple[list[str], list[str]]]
-CASES: dict[str, Case] = {}
-
-
-def case(case_id: str) -> Callable[[Case], Case]:
-    def register(fn: Case) -> Case:
-        assert case_id not in CASES, case_id
-        CASES[case_id] = fn
-        return fn
-    return register
+CASES = Cases()
+case = CASES.case
 
 
 # eval: model files
@@ -575,23 +499,15 @@ def _(ws: Workspace):
 
 # --- the tests --------------------------------------------------------------------------------
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artifacts: Artifacts) -> Workspace:
-    monkeypatch.chdir(tmp_path)
-    return Workspace(tmp_path, artifacts)
-
-
 def test_there_are_enough_cases() -> None:
     commands = {case_id.split("-")[0] for case_id in CASES}
     assert len(CASES) >= 18 and commands == {"train", "eval", "info"}
 
 
-@pytest.mark.parametrize("case_id", list(CASES))
+@pytest.mark.parametrize("case_id", CASES.params())
 def test_bad_input_is_one_error_line_and_exit_2(case_id: str, workspace: Workspace) -> None:
     args, fragments = CASES[case_id](workspace)
-    before = snapshot(workspace.root)
-    result = CliRunner().invoke(cli.app, args)
-    assert_clean_failure(result, fragments, before=before, root=workspace.root)
+    assert_bad_input(args, fragments, workspace.root, output=OUT)
 
 
 _SHAPE_MISMATCH = re.compile(r"'(?P<key>[\w.]+)' has shape (?P<file>\([\d, ]*\)) in the file "
@@ -602,9 +518,7 @@ _SHAPE_MISMATCH = re.compile(r"'(?P<key>[\w.]+)' has shape (?P<file>\([\d, ]*\))
 def test_state_dict_shape_mismatch_names_key_and_both_shapes(command: str, workspace: Workspace) -> None:
     workspace.write("w.pth", workspace.art.narrow_state)  # width 8; --arch small_cnn builds width 32
     args = [command, "--arch", "small_cnn", "--weights", "w.pth"] + (["-o", OUT] if command == "train" else [])
-    before = snapshot(workspace.root)
-    result = CliRunner().invoke(cli.app, args)
-    message = assert_clean_failure(result, ["w.pth", "small_cnn"], before=before, root=workspace.root)
+    message = assert_bad_input(args, ["w.pth", "small_cnn"], workspace.root, output=OUT)
     match = _SHAPE_MISMATCH.search(message)
     assert match, f"no key and shapes in {message!r}"
     narrow = SmallCNN(num_classes=10, in_channels=1, width=8).state_dict()

@@ -3,40 +3,24 @@
 A bad input gives exit code 2 and exactly one line ``error: ...`` on stderr, no traceback,
 and fails *before* leaving anything behind: no artifact, no hidden ``.NAME.tmp-*`` file or
 directory, no ``.bin``/``.json`` side file, no report directory; every input is byte-for-byte
-(and mtime) unchanged.
+(and mtime and mode) unchanged. The contract's checks live in cli_contract.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import cli
-
-# A dataset function file with 3 classes of 8x8 grey images (the artifacts predict 10 classes).
-DATA_PY = '''\
-import torch
-from torch.utils.data import TensorDataset
-
-
-class ThreeClasses(TensorDataset):
-    classes = ["a", "b", "c"]
-
-
-def make(split):
-    g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[split])
-    return ThreeClasses(torch.rand(12, 1, 8, 8, generator=g), torch.arange(12) % 3)
-'''
+import cli_contract
+from cli_contract import DATA_PY, Cases, assert_bad_input, invoke, snapshot
 
 # Keeps a bench short should a check be missing and the benchmark really run; options given
 # later on the command line override these (click keeps the last value of an option).
@@ -70,17 +54,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
                                                 root / "m.bin")))
 
 
-class Workspace:
-    """Creates a case's input files in the (current) test directory."""
+class Workspace(cli_contract.Workspace):
+    """Creates a case's input files in the (current) test directory; ``art`` is the Artifacts."""
 
-    def __init__(self, root: Path, art: Artifacts) -> None:
-        self.root, self.art = root, art
-
-    def write(self, name: str, data: bytes | str) -> str:
-        path = self.root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (path.write_text if isinstance(data, str) else path.write_bytes)(data)
-        return name
+    art: Artifacts
 
     def bundle(self, name: str = "m.safetensors") -> str:
         return self.write(name, self.art.bundle)
@@ -105,74 +82,12 @@ class Workspace:
         return self.write(name, proto.SerializeToString())
 
 
-# --- the contract -----------------------------------------------------------------------------
-
-Snapshot = dict[str, tuple]
-
-
-def snapshot(root: Path) -> Snapshot:
-    """Every file *and directory* under ``root``: a file's bytes, mtime and mode; a directory's mode.
-
-    Directories are listed too, so an empty report directory or an emptied hidden
-    ``.NAME.tmp-*`` directory counts as written. Bytecode caches of user .py files aside.
-    """
-    entries: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in dirnames:
-            path = Path(dirpath, name)
-            entries[str(path.relative_to(root)) + "/"] = ("dir", path.stat().st_mode)
-        for name in filenames:
-            path = Path(dirpath, name)
-            stat = path.stat()
-            entries[str(path.relative_to(root))] = (path.read_bytes(), stat.st_mtime_ns, stat.st_mode)
-    return entries
-
-
-Fragment = str | tuple[str, ...]  # a tuple: any one of these
-
-
-def assert_clean_failure(result, fragments: list[Fragment], *, before: Snapshot, root: Path) -> str:
-    """Exit code 2, one ``error:`` line naming ``fragments``, no traceback, nothing written or changed."""
-    shown = f"exit code {result.exit_code}; stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n" \
-            f"exception: {result.exception!r}"
-    assert "Traceback" not in result.output, shown
-    assert result.exception is None or isinstance(result.exception, SystemExit), shown
-    assert result.exit_code == 2, shown
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), f"stderr is not exactly one line: {result.stderr!r}"
-    message = lines[0]
-    assert message.startswith("error: ") and message[len("error: "):].strip(), message
-    for fragment in fragments:
-        options = fragment if isinstance(fragment, tuple) else (fragment,)
-        assert any(o in message for o in options), f"none of {options!r} in {message!r}"
-
-    after = snapshot(root)
-    new = sorted(set(after) - set(before))
-    hidden = [n for n in new if ".tmp-" in n]
-    assert not hidden, f"temporary files or directories were left behind: {hidden}"
-    side = [n for n in new if n.rstrip("/").endswith((".onnx", ".xml", ".bin", ".engine", ".json", ".data"))]
-    assert not side, f"artifacts or side files were written: {side}"
-    assert not new, f"files or directories were written: {new}"
-    changed = sorted(k for k in before if after.get(k) != before[k])
-    assert not changed, f"input files were changed or removed: {changed}"
-    return message
-
-
 # --- the cases: each makes its inputs and returns (args, fragments the message must contain) ---
+# (a fragment may be a tuple: any one of its strings; DATA_PY, from cli_contract, is a dataset
+# function file with 3 classes of 8x8 grey images, where the artifacts predict 10 classes)
 
-Case = Callable[[Workspace], tuple[list[str], list[Fragment]]]
-CASES: dict[str, Case] = {}
-MARKS: dict[str, list[pytest.MarkDecorator]] = {}
-
-
-def case(case_id: str, *marks: pytest.MarkDecorator) -> Callable[[Case], Case]:
-    def register(fn: Case) -> Case:
-        assert case_id not in CASES, case_id
-        CASES[case_id] = fn
-        MARKS[case_id] = list(marks)
-        return fn
-    return register
+CASES = Cases()
+case = CASES.case
 
 
 # export: the request
@@ -512,12 +427,6 @@ def _(ws: Workspace):
 
 # --- the tests --------------------------------------------------------------------------------
 
-@pytest.fixture
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, artifacts: Artifacts) -> Workspace:
-    monkeypatch.chdir(tmp_path)
-    return Workspace(tmp_path, artifacts)
-
-
 def test_there_are_enough_cases() -> None:
     commands = {case_id.split("-")[0] for case_id in CASES}
     assert commands == {"export", "bench"}
@@ -525,19 +434,17 @@ def test_there_are_enough_cases() -> None:
     assert sum(1 for k in CASES if k.startswith("bench")) >= 15
 
 
-@pytest.mark.parametrize("case_id", [pytest.param(k, marks=MARKS[k]) for k in CASES])
+@pytest.mark.parametrize("case_id", CASES.params())
 def test_bad_input_is_one_error_line_and_exit_2(case_id: str, workspace: Workspace) -> None:
     args, fragments = CASES[case_id](workspace)
-    before = snapshot(workspace.root)
-    result = CliRunner().invoke(cli.app, args)
-    assert_clean_failure(result, fragments, before=before, root=workspace.root)
+    assert_bad_input(args, fragments, workspace.root)
 
 
 def test_export_no_verify_warns_that_parity_was_not_checked(workspace: Workspace) -> None:
     from deepslim.artifact import read_onnx_meta
     model = workspace.bundle()
     before = snapshot(workspace.root)
-    result = CliRunner().invoke(cli.app, ["export", model, "--target", "onnx", "--no-verify", "-o", "x.onnx"])
+    result = invoke(["export", model, "--target", "onnx", "--no-verify", "-o", "x.onnx"])
     shown = f"exit code {result.exit_code}; stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.exit_code == 0 and result.exception is None, shown
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
