@@ -1,0 +1,276 @@
+"""Structured pruning with torch-pruning (DepGraph): what to remove (importance), how (pruners), and
+which layers move together (the dependency graph) are torch-pruning's; deepslim chooses the
+target, protects the head, recalibrates BatchNorm, fine-tunes and records the lineage."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim.config import TrainConfig
+from deepslim.data import open_dataset, subset
+from deepslim.errors import ConfigError, DeepSlimError, ModelError
+from deepslim.evaluation import check_compatible, evaluate
+from deepslim.models import ModelBundle, find_head
+from deepslim.profile import count_macs_params
+from deepslim.spec import StageRecord
+from deepslim.training import fit, versions
+
+
+class Importance(str, Enum):
+    L1 = "l1"
+    L2 = "l2"
+    TAYLOR = "taylor"   # first-order Taylor; needs a few batches of data
+    BN = "bn"           # network slimming: |BatchNorm scale|
+    LAMP = "lamp"
+    RANDOM = "random"
+
+
+class PruneError(DeepSlimError):
+    """The model cannot be pruned as asked."""
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    ratio: float | None = None          # fraction of channels removed per layer (or globally)
+    speedup: float | None = None        # MACs reduced this many times; the ratio is searched (within 5%)
+    importance: Importance = Importance.L2
+    global_pruning: bool = False
+    iterative_steps: int = 1
+    round_to: int | None = 8
+    max_layer_ratio: float = 0.9
+    ignore: tuple[str, ...] = ()
+    finetune_epochs: int = 0
+    finetune_lr: float = 0.01
+    sparsity_train_epochs: int = 0      # bn importance: L1 on BatchNorm scales before pruning
+    sparsity_lambda: float = 1e-4
+    calibration_batches: int = 20       # BatchNorm statistics recomputed on this many training batches
+    taylor_batches: int = 4
+    layer_ratios: dict[str, float] | None = None  # per-layer ratios (e.g. from sensitivity allocation)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "importance", Importance(self.importance))
+        if (self.ratio is None) == (self.speedup is None) and self.layer_ratios is None:
+            raise ConfigError("Give exactly one of --ratio and --speedup.")
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise ConfigError(f"--ratio is the fraction of channels removed and must be between 0 and 1, got {self.ratio}.")
+        if self.speedup is not None and not self.speedup > 1:
+            raise ConfigError(f"--speedup must be greater than 1 (MACs reduced that many times), got {self.speedup}.")
+        if not 0 < self.max_layer_ratio < 1:
+            raise ConfigError(f"--max-layer-ratio must be between 0 and 1, got {self.max_layer_ratio}.")
+        if self.iterative_steps < 1:
+            raise ConfigError(f"--iterative-steps must be a positive integer, got {self.iterative_steps}.")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be a positive integer, got {self.round_to}.")
+        for name in ("finetune_epochs", "sparsity_train_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}.")
+        if self.sparsity_train_epochs and self.importance is not Importance.BN:
+            raise ConfigError("--sparsity-train-epochs belongs to --importance bn (network slimming).")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "importance": self.importance.value, "ignore": list(self.ignore)}
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """What will be pruned and what is left out, before any work."""
+
+    ignored: dict[str, str]              # layer -> why it is left out
+    prunable_groups: int
+    attention_modules: int
+
+
+# --- the building blocks ----------------------------------------------------------------------
+
+def _importance(kind: Importance):
+    import torch_pruning as tp
+    return {Importance.L1: lambda: tp.importance.MagnitudeImportance(p=1),
+            Importance.L2: lambda: tp.importance.MagnitudeImportance(p=2),
+            Importance.TAYLOR: lambda: tp.importance.TaylorImportance(),
+            Importance.BN: lambda: tp.importance.BNScaleImportance(),
+            Importance.LAMP: lambda: tp.importance.LAMPImportance(p=2),
+            Importance.RANDOM: lambda: tp.importance.RandomImportance()}[kind]()
+
+
+def ignored_layers(bundle: ModelBundle, names: tuple[str, ...]) -> dict[str, str]:
+    """The layers never pruned, with the reason: the classifier head and the user's --ignore list."""
+    modules = dict(bundle.model.named_modules())
+    head, _ = find_head(bundle.model, bundle.num_classes)
+    out = {head: "classifier head (its outputs are the classes)"}
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `deepslim info` lists nothing this fine, " \
+                                                                      "use the names of model.named_modules()."
+            raise ConfigError(f"--ignore names '{name}', which the model does not have{hint}")
+        out[name] = "--ignore"
+    return out
+
+
+def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
+                layer_ratios: dict[str, float] | None = None):
+    import torch_pruning as tp
+    modules = dict(model.named_modules())
+    attention = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    ratio_dict = {modules[n]: r for n, r in (layer_ratios or {}).items() if n in modules} or None
+    return tp.pruner.MetaPruner(
+        model, example, importance=_importance(cfg.importance), global_pruning=cfg.global_pruning,
+        pruning_ratio=ratio, pruning_ratio_dict=ratio_dict, max_pruning_ratio=cfg.max_layer_ratio,
+        iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
+        round_to=cfg.round_to, num_heads=attention, prune_num_heads=bool(attention), prune_head_dims=not attention,
+        head_pruning_ratio=ratio if attention else 0.0)
+
+
+def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
+    """Check that the model is prunable; say which layers are left out and why."""
+    import torch_pruning as tp
+    ignored = ignored_layers(bundle, cfg.ignore)
+    model = copy.deepcopy(bundle.model).eval()
+    example = torch.zeros(1, *bundle.input_spec.shape)
+    try:
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    except Exception as exc:  # torch-pruning's tracer raises many types on unsupported models
+        raise PruneError(f"torch-pruning cannot trace {bundle.arch.name}: {type(exc).__name__}: {exc}".splitlines()[0]
+                         + ".") from exc
+    modules = dict(model.named_modules())
+    groups = list(graph.get_all_groups(ignored_layers=[modules[n] for n in ignored],
+                                       root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
+    if not groups:
+        raise PruneError(f"{bundle.arch.name} has no prunable layer (every Conv/Linear group is ignored or fixed).")
+    attention = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
+    return PrunePlan(ignored, len(groups), attention)
+
+
+def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
+               layer_ratios: dict[str, float] | None = None) -> int:
+    """MACs of a copy pruned at ``ratio`` (all iterative steps at once; the structure is what counts)."""
+    model = copy.deepcopy(bundle.model).eval()
+    example = torch.zeros(1, *bundle.input_spec.shape)
+    pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios)
+    pruner.step()
+    return count_macs_params(model, bundle.input_spec)[0]
+
+
+def _structure_only(cfg: PruneConfig) -> PruneConfig:
+    """The same target with a data-free importance and one step, for MAC searches."""
+    from dataclasses import replace
+    kind = cfg.importance if cfg.importance in (Importance.L1, Importance.L2, Importance.LAMP, Importance.BN) \
+        else Importance.L2
+    return replace(cfg, importance=kind, iterative_steps=1)
+
+
+def search_ratio(bundle: ModelBundle, cfg: PruneConfig, ignored: dict[str, str], *, tolerance: float = 0.05,
+                 layer_ratios: dict[str, float] | None = None) -> tuple[float, float]:
+    """Bisect the channel ratio whose MAC reduction reaches ``cfg.speedup`` (within ``tolerance``)."""
+    base = count_macs_params(bundle.model, bundle.input_spec)[0]
+    low, high, best = 0.0, cfg.max_layer_ratio, None
+    for _ in range(14):
+        mid = (low + high) / 2
+        reached = base / max(macs_after(bundle, cfg, mid, ignored, _scaled(layer_ratios, mid)), 1)
+        if best is None or abs(reached - cfg.speedup) < abs(best[1] - cfg.speedup):
+            best = (mid, reached)
+        if abs(reached - cfg.speedup) <= tolerance * cfg.speedup:
+            return mid, reached
+        low, high = (mid, high) if reached < cfg.speedup else (low, mid)
+    raise PruneError(f"No ratio up to --max-layer-ratio {cfg.max_layer_ratio} reaches a {cfg.speedup}x MAC "
+                     f"reduction within 5% (closest: {best[1]:.2f}x at ratio {best[0]:.3f}); lower --speedup, raise "
+                     "--max-layer-ratio or ignore fewer layers.")
+
+
+def _scaled(layer_ratios: dict[str, float] | None, scale: float) -> dict[str, float] | None:
+    return None if layer_ratios is None else {k: min(v * scale, 0.95) for k, v in layer_ratios.items()}
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digits",
+          progress: bool = True, log: Callable[[str], None] | None = None) -> ModelBundle:
+    """Prune ``bundle`` structurally; recalibrate BatchNorm and fine-tune when a dataset is given.
+
+    Returns a new bundle (the input is not modified) whose lineage records the stage.
+    """
+    from compress.recover import accumulate_taylor_gradients, recalibrate_batchnorm, sparsity_train
+    say = log or (lambda _msg: None)
+    start = time.perf_counter()
+    the_plan = plan(bundle, cfg)
+    data = _data(bundle, dataset, cfg)
+    if data is None and (cfg.finetune_epochs or cfg.sparsity_train_epochs or cfg.importance is Importance.TAYLOR):
+        raise ConfigError("Fine-tuning, sparsity training and Taylor importance need --dataset.")
+    work = copy.deepcopy(bundle)
+    before_macs, before_params = count_macs_params(work.model, work.input_spec)
+    before = evaluate(work, dataset).metrics if dataset else None
+    if cfg.sparsity_train_epochs:
+        say(f"network slimming: {cfg.sparsity_train_epochs} epochs with L1 {cfg.sparsity_lambda} on BatchNorm scales")
+        sparsity_train(work.model, data["train"], data["val"], epochs=cfg.sparsity_train_epochs,
+                       penalty=cfg.sparsity_lambda, seed=cfg.seed, progress=progress)
+    ratio, target = cfg.ratio, None
+    if cfg.speedup is not None:
+        ratio, target = search_ratio(work, cfg, the_plan.ignored, layer_ratios=cfg.layer_ratios)
+        say(f"ratio {ratio:.3f} reaches a {target:.2f}x MAC reduction (asked {cfg.speedup}x)")
+    layer_ratios = _scaled(cfg.layer_ratios, ratio) if cfg.speedup is not None else cfg.layer_ratios
+    example = torch.zeros(1, *work.input_spec.shape)
+    pruner = make_pruner(work.model, example, cfg, ratio or 0.0, the_plan.ignored, layer_ratios)
+    history = []
+    for step in range(cfg.iterative_steps):
+        if cfg.importance is Importance.TAYLOR:
+            accumulate_taylor_gradients(work.model, data["train"], batches=cfg.taylor_batches)
+        pruner.step()
+        _sync_attention_heads(work.model, pruner)
+        work.model.zero_grad(set_to_none=True)
+        row = {"step": step + 1, "macs": count_macs_params(work.model, work.input_spec)[0]}
+        if data is not None:
+            row["bn_batches"] = recalibrate_batchnorm(work.model, data["train"], batches=cfg.calibration_batches)
+            epochs = _epochs_for_step(cfg.finetune_epochs, cfg.iterative_steps, step)
+            if epochs:
+                ft = TrainConfig(epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, warmup_epochs=0)
+                row["finetune_val_top1"] = fit(work.model, data["train_aug"], data["val"], ft,
+                                               progress=progress).best_val_top1
+        history.append(row)
+        say(f"step {step + 1}/{cfg.iterative_steps}: {before_macs / row['macs']:.2f}x fewer MACs")
+    work.model.eval().cpu()
+    after_macs, after_params = count_macs_params(work.model, work.input_spec)
+    metrics: dict[str, Any] = {"macs_before": before_macs, "macs_after": after_macs, "params_before": before_params,
+                               "params_after": after_params, "mac_reduction": before_macs / after_macs,
+                               "ratio": ratio, "steps": history, "ignored": the_plan.ignored}
+    if dataset:
+        metrics.update(test_before=before, test=evaluate(work, dataset).metrics)
+    record = StageRecord("prune", {**cfg.to_json(), "dataset": dataset}, round(time.perf_counter() - start, 2),
+                         metrics, versions=versions())
+    return work.with_record(record)
+
+
+def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig) -> dict[str, Any] | None:
+    if dataset is None:
+        return None
+    source = open_dataset(dataset)
+    check_compatible(bundle, source.info.num_classes, dataset)
+    spec = bundle.input_spec
+    return {"train": source.split("train", spec), "train_aug": source.split("train", spec, augment=True),
+            "val": source.split("val", spec)}
+
+
+def _epochs_for_step(total: int, steps: int, step: int) -> int:
+    """Spread the fine-tuning epochs over the iterative steps (the last steps get the remainder)."""
+    return total // steps + (1 if step >= steps - total % steps else 0)
+
+
+def _sync_attention_heads(model: nn.Module, pruner) -> None:
+    """torch-pruning tracks pruned head counts; the attention modules must be told."""
+    for module, heads in getattr(pruner, "num_heads", {}).items():
+        if isinstance(module, nn.MultiheadAttention):
+            module.num_heads = heads
+            module.head_dim = module.embed_dim // heads
+
+
+__all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio",
+           "subset"]
