@@ -59,7 +59,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "importance", Importance(self.importance))
-        if (self.ratio is None) == (self.speedup is None) and self.layer_ratios is None:
+        if (self.ratio is None) == (self.speedup is None):
             raise ConfigError("Give exactly one of --ratio and --speedup.")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise ConfigError(f"--ratio is the fraction of channels removed and must be between 0 and 1, got {self.ratio}.")

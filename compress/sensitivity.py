@@ -75,7 +75,7 @@ def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, ratios: tupl
 
 def _single(cfg: PruneConfig) -> PruneConfig:
     from dataclasses import replace
-    return replace(cfg, iterative_steps=1, global_pruning=False, ratio=None, speedup=None, layer_ratios={})
+    return replace(cfg, iterative_steps=1, global_pruning=False, layer_ratios=None)
 
 
 def _top1(model: nn.Module, data) -> float:
