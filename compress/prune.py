@@ -122,7 +122,10 @@ def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio
     import torch_pruning as tp
     modules = dict(model.named_modules())
     attention = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
-    ratio_dict = {modules[n]: r for n, r in (layer_ratios or {}).items() if n in modules} or None
+    # torch-pruning 1.6 applies max_pruning_ratio to per-layer ratios only, so the cap is applied here too
+    cap = cfg.max_layer_ratio
+    ratio = min(ratio, cap)
+    ratio_dict = {modules[n]: min(r, cap) for n, r in (layer_ratios or {}).items() if n in modules} or None
     return tp.pruner.MetaPruner(
         model, example, importance=_importance(cfg.importance), global_pruning=cfg.global_pruning,
         pruning_ratio=ratio, pruning_ratio_dict=ratio_dict, max_pruning_ratio=cfg.max_layer_ratio,
@@ -184,7 +187,8 @@ def search_ratio(bundle: ModelBundle, cfg: PruneConfig, ignored: dict[str, str],
         low, high = (mid, high) if reached < cfg.speedup else (low, mid)
     raise PruneError(f"No ratio up to --max-layer-ratio {cfg.max_layer_ratio} reaches a {cfg.speedup}x MAC "
                      f"reduction within 5% (closest: {best[1]:.2f}x at ratio {best[0]:.3f}); lower --speedup, raise "
-                     "--max-layer-ratio or ignore fewer layers.")
+                     "--max-layer-ratio, ignore fewer layers, or use --round-to 1 (small layers move in steps of "
+                     f"{cfg.round_to} channels).")
 
 
 def _scaled(layer_ratios: dict[str, float] | None, scale: float) -> dict[str, float] | None:
