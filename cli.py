@@ -455,7 +455,7 @@ def prune_cmd(
     ignore: Annotated[Optional[str], typer.Option(help="Comma-separated layer names never pruned (the head never "
                                                   "is).")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (shared train loop).")] = 0,
-    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 0.01,
+    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, cosine).")] = 0.03,
     sparsity_train_epochs: Annotated[int, typer.Option(help="bn importance: epochs of L1 on BatchNorm scales first "
                                                        "(network slimming).")] = 0,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, "
@@ -467,6 +467,7 @@ def prune_cmd(
     report: Annotated[Optional[Path], typer.Option(help="Directory for the sensitivity table and plot.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Check exportability before pruning.")] = True,
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
+    input_size: InputSize = None, channels: Channels = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Force = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -488,8 +489,8 @@ def prune_cmd(
                       finetune_lr=finetune_lr, sparsity_train_epochs=sparsity_train_epochs, seed=seed)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
-    bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                   trust_pickle=trust_pickle, dataset=dataset, severity=None, seed=seed)
+    bundle = _load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=None, seed=seed)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     _prune_preflight(bundle, cfg, check, console)

@@ -49,7 +49,7 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
     ignore: tuple[str, ...] = ()
     finetune_epochs: int = 0
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.03
     sparsity_train_epochs: int = 0      # bn importance: L1 on BatchNorm scales before pruning
     sparsity_lambda: float = 1e-4
     calibration_batches: int = 20       # BatchNorm statistics recomputed on this many training batches

@@ -497,6 +497,72 @@ def _(ws: Workspace):
     return ["train", "--arch", "small_cnn", "-o", "afile/out.safetensors"], ["afile", "not a directory"]
 
 
+# compress prune
+
+PRUNE = ["compress", "prune", "--no-check", "-q"]
+
+
+@case("prune-ratio-zero")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "0", "-o", OUT], ["--ratio", "between 0 and 1", "got 0"]
+
+
+@case("prune-ratio-one")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "1", "-o", OUT], ["--ratio", "got 1"]
+
+
+@case("prune-ratio-above-one")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "1.5", "-o", OUT], ["--ratio", "got 1.5"]
+
+
+@case("prune-speedup-below-one")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--speedup", "0.5", "-o", OUT], ["--speedup", "greater than 1"]
+
+
+@case("prune-ratio-and-speedup")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "0.3", "--speedup", "2", "-o", OUT], ["exactly one", "--ratio"]
+
+
+@case("prune-no-target")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "-o", OUT], ["exactly one"]
+
+
+@case("prune-ignore-unknown-layer")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "0.3", "--ignore", "features.99", "-o", OUT], ["features.99",
+                                                                                            "does not have"]
+
+
+@case("prune-no-prunable-layer")
+def _(ws: Workspace):
+    ws.write("lin.py", "import torch.nn as nn\ndef build(num_classes):\n"
+                       "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    return ([*PRUNE, "--arch", "lin.py:build", "--input-size", "8", "--channels", "1", "--ratio", "0.3", "-o", OUT],
+            ["no prunable layer"])
+
+
+@case("prune-unreachable-speedup")
+def _(ws: Workspace):
+    return ([*PRUNE, ws.bundle(), "--speedup", "40", "--max-layer-ratio", "0.3", "-o", OUT],
+            ["40", "MAC reduction", "--max-layer-ratio"])
+
+
+@case("prune-no-output")
+def _(ws: Workspace):
+    return [*PRUNE, ws.bundle(), "--ratio", "0.3"], ["-o OUTPUT", "--sensitivity"]
+
+
+@case("prune-sparsity-without-bn")
+def _(ws: Workspace):
+    return ([*PRUNE, ws.bundle(), "--ratio", "0.3", "--sparsity-train-epochs", "1", "-o", OUT],
+            ["--sparsity-train-epochs", "importance bn"])
+
+
 # --- the tests --------------------------------------------------------------------------------
 
 def test_there_are_enough_cases() -> None:
