@@ -604,7 +604,7 @@ def demo(
     = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="Training epochs of the built-in model.")] = 10,
 ) -> None:
-    """The whole pipeline on the built-in digits data: train, evaluate, export to ONNX and OpenVINO, benchmark."""
+    """The whole pipeline on the built-in digits data: train, prune, export to ONNX and OpenVINO, benchmark."""
     from pipeline.demo import run_demo
     result = run_demo(out_dir, epochs=epochs)
     from rich.console import Console
@@ -617,6 +617,7 @@ def demo(
         table.add_row(name, *(f"{metrics[k]:.4f}" for k in ("top1", "top5", "roc_auc_macro", "ap_macro")))
     Console().print(table)
     typer.echo(f"trained in {result.train_seconds:.1f} s; bundle: {result.model_path}")
+    _print_prune(result.pruned, result.pruned.path)
     _print_bench(result.bench)
     typer.echo(f"report: {result.report}")
 

@@ -1,9 +1,9 @@
 """The built-in end-to-end run on scikit-learn's digits (``deepslim demo`` / ``make demo``).
 
-Today: train the built-in CNN on ``digits``, evaluate it on the clean and the corrupted
-(``digits-c``) test split, export it to ONNX and OpenVINO IR (parity-checked) and
-benchmark all three artifacts in one run. Later stages (prune, distill, quantize) join
-as they land.
+Today: train the built-in CNN on ``digits``, prune it 2x (MACs) with fine-tuning, evaluate
+both on the clean and the corrupted (``digits-c``) test split, export both to ONNX and
+OpenVINO IR (parity-checked) and benchmark all six artifacts in one run. Distillation and
+quantization join as they land.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import Backend, BenchReport, BenchTarget, LatencyConfig, bench, write_report
+from compress.prune import PruneConfig, prune
 from deepslim.config import TrainConfig
 from deepslim.evaluation import evaluate
-from deepslim.models import save_model
+from deepslim.models import ModelBundle, save_model
 from deepslim.training import model_for_dataset, train
 from export import VerifyConfig, export_model
 
@@ -26,28 +27,32 @@ class DemoResult:
     model_path: Path
     train_seconds: float
     evaluations: dict[str, dict[str, float]] = field(default_factory=dict)
+    pruned: ModelBundle | None = None
     bench: BenchReport | None = None
     report: Path | None = None
 
 
-def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int = 10, progress: bool = True,
-             bench_seconds: float = 3.0) -> DemoResult:
-    """Train the built-in CNN on digits, save it, evaluate on digits and digits-c (severity 3),
-    export it to ONNX and OpenVINO IR and benchmark the three artifacts in one run."""
+def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int = 10, speedup: float = 2.0, finetune_epochs: int = 3,
+             progress: bool = True, bench_seconds: float = 2.0) -> DemoResult:
+    """Train the built-in CNN on digits, prune it ``speedup``x (MACs) with fine-tuning, evaluate both on
+    digits and digits-c (severity 3), export both to ONNX and OpenVINO IR, benchmark all six in one run."""
     out = Path(out_dir)
-    config = TrainConfig(epochs=epochs, seed=0)
     bundle = model_for_dataset(DEMO_ARCH, DEMO_DATASET, input_size=DEMO_SIZE, seed=0)
-    trained = train(bundle, DEMO_DATASET, config, progress=progress)
-    path = save_model(trained, out / "base.safetensors")
-    result = DemoResult(path, trained.lineage[-1].seconds)
-    for name in ("digits", "digits-c"):
-        label = name if name == "digits" else f"{name} (severity 3)"
-        result.evaluations[label] = evaluate(trained, name, severity=3).metrics
-    trained = replace(trained, path=path)
-    targets = [BenchTarget(path, Backend.TORCH)]
-    for target, backend, suffix in (("onnx", Backend.ONNXRUNTIME, ".onnx"), ("openvino", Backend.OPENVINO, ".xml")):
-        exported = export_model(trained, target, out / f"base{suffix}", verify=VerifyConfig(DEMO_DATASET))
-        targets.append(BenchTarget(exported.artifact, backend, note=exported.parity.summary()))
+    trained = train(bundle, DEMO_DATASET, TrainConfig(epochs=epochs, seed=0), progress=progress)
+    trained = replace(trained, path=save_model(trained, out / "base.safetensors"))
+    pruned = prune(trained, PruneConfig(speedup=speedup, finetune_epochs=finetune_epochs, round_to=None),
+                   dataset=DEMO_DATASET, progress=progress)
+    pruned = replace(pruned, path=save_model(pruned, out / "pruned.safetensors"))
+    result = DemoResult(trained.path, trained.lineage[-1].seconds, pruned=pruned)
+    targets = []
+    for stem, model in (("base", trained), ("pruned", pruned)):
+        for name in ("digits", "digits-c"):
+            label = f"{stem}: {name}" + (" (severity 3)" if name == "digits-c" else "")
+            result.evaluations[label] = evaluate(model, name, severity=3).metrics
+        targets.append(BenchTarget(model.path, Backend.TORCH))
+        for target, backend, suffix in (("onnx", Backend.ONNXRUNTIME, ".onnx"), ("openvino", Backend.OPENVINO, ".xml")):
+            exported = export_model(model, target, out / f"{stem}{suffix}", verify=VerifyConfig(DEMO_DATASET))
+            targets.append(BenchTarget(exported.artifact, backend, note=exported.parity.summary()))
     result.bench = bench(targets, LatencyConfig(batches=(1, 8), rounds=3, duration=bench_seconds), dataset=DEMO_DATASET)
     result.report = write_report(result.bench, out / "bench")["report.html"]
     return result

@@ -109,9 +109,12 @@ def test_demo_trains_exports_benchmarks_and_reports(tmp_path):
     result = _ok(["demo", "--out-dir", tmp_path / "demo", "--epochs", "4"])
     assert "digits-c (severity 3)" in result.stdout and "onnxruntime" in result.stdout
     demo = tmp_path / "demo"
-    assert all((demo / name).exists() for name in ("base.safetensors", "base.onnx", "base.xml", "base.bin"))
+    names = [f"{stem}{suffix}" for stem in ("base", "pruned") for suffix in (".safetensors", ".onnx", ".xml", ".bin")]
+    assert all((demo / name).exists() for name in names)
+    assert "fewer" in result.stdout  # the pruning table: MACs and params before/after
     report = json.loads((demo / "bench" / "report.json").read_text())
-    assert [e["backend"] for e in report["entries"]] == ["torch", "onnxruntime", "openvino"]
+    assert [e["backend"] for e in report["entries"]] == ["torch", "onnxruntime", "openvino"] * 2
+    assert report["entries"][3]["macs"] < 0.6 * report["entries"][0]["macs"]
     top1 = [e["accuracy"]["top1"] for e in report["entries"]]
     assert min(top1) >= 0.9 and max(top1) - min(top1) < 0.01
     assert all(e["accuracy"]["agreement"] >= 0.99 for e in report["entries"][1:])
