@@ -84,7 +84,7 @@ def _env_lines(report: BenchReport) -> list[str]:
 
 def to_markdown(report: BenchReport) -> str:
     head, rows = summary_rows(report)
-    lines = [f"# deepslim bench report", "", f"Created {report.created}.", ""]
+    lines = ["# deepslim bench report", "", f"Created {report.created}.", ""]
     lines += [f"- {line}" for line in _env_lines(report)] + [""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

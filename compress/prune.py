@@ -9,29 +9,20 @@ import difflib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from enum import Enum
 from typing import Any
 
 import torch
 from torch import nn
 
+from compress.options import Importance
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset, subset
-from deepslim.errors import ConfigError, DeepSlimError, ModelError
+from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
 from deepslim.models import ModelBundle, find_head
 from deepslim.profile import count_macs_params
 from deepslim.spec import StageRecord
 from deepslim.training import fit, versions
-
-
-class Importance(str, Enum):
-    L1 = "l1"
-    L2 = "l2"
-    TAYLOR = "taylor"   # first-order Taylor; needs a few batches of data
-    BN = "bn"           # network slimming: |BatchNorm scale|
-    LAMP = "lamp"
-    RANDOM = "random"
 
 
 class PruneError(DeepSlimError):

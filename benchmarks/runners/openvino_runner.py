@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch, require
 from deepslim.artifact import META_KEY, ArtifactMeta, read_onnx_meta
-from deepslim.errors import InputFileError, first_line
+from deepslim.errors import InputFileError
 
 
 @dataclass

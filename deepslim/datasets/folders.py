@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from deepslim.data import DatasetInfo, Split, TensorImages, normalize, resize, adapt_channels, stratified_split
+from deepslim.data import DatasetInfo, Split, TensorImages, adapt_channels, normalize, stratified_split
 from deepslim.errors import DatasetError
 from deepslim.spec import InputSpec
 

@@ -567,7 +567,7 @@ def _(ws: Workspace):
 
 def test_there_are_enough_cases() -> None:
     commands = {case_id.split("-")[0] for case_id in CASES}
-    assert len(CASES) >= 18 and commands == {"train", "eval", "info"}
+    assert len(CASES) >= 18 and commands == {"train", "eval", "info", "prune"}
 
 
 @pytest.mark.parametrize("case_id", CASES.params())

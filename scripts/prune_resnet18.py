@@ -1,6 +1,6 @@
 """The pruning acceptance numbers: resnet18 on digits pruned 2x, accuracy and OpenVINO latency in one run.
 
-    python -m benchmarks.prune_resnet18 [--out runs/prune-resnet18] [--speedup 2] [--duration 10]
+    python -m scripts.prune_resnet18 [--out runs/prune-resnet18] [--speedup 2] [--duration 10]
 
 Trains resnet18 on digits (32x32, 10 epochs), prunes it with L2 importance to the MAC
 speedup (5 fine-tuning epochs), then benchmarks the unpruned and pruned models on

@@ -1,6 +1,6 @@
 """Reproduce the README's benchmark table in one run.
 
-    python -m benchmarks.readme_table [--out runs/readme-table] [--duration 10] [--rounds 5]
+    python -m scripts.readme_table [--out runs/readme-table] [--duration 10] [--rounds 5]
 
 Trains resnet18 on digits (32x32, the foundation's recipe), exports it to ONNX and
 OpenVINO IR with parity checks at the trained size and at 224x224, and benchmarks

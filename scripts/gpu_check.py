@@ -1,6 +1,6 @@
 """CUDA check of the kernel: train on GPU (bf16 autocast), bundle round trip, torch eager latency.
 
-Run on a machine with a CUDA GPU:  python -m benchmarks.gpu_check
+Run on a machine with a CUDA GPU:  python -m scripts.gpu_check
 Prints one table; each latency is the median of CUDA-event-timed runs after warm-up.
 """
 
@@ -43,7 +43,8 @@ def _latency_ms(model: torch.nn.Module, shape: tuple[int, ...], dtype: torch.dty
 
 
 def main() -> None:
-    assert torch.cuda.is_available(), "no CUDA GPU"
+    if not torch.cuda.is_available():
+        raise SystemExit("this script needs a CUDA GPU")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}")
     rows = []
     for arch, size, epochs in (("small_cnn", 16, 10), ("resnet18", 32, 10)):

@@ -1,17 +1,21 @@
 """Prune the torchvision classification zoo: prune -> reload -> ONNX export -> parity, one row per model.
 
-    python -m benchmarks.prune_zoo [--ratio 0.3] [--size 64] [--out runs/prune-zoo]
+    python -m scripts.prune_zoo [--ratio 0.3] [--size 64] [--out runs/prune-zoo]
 
 Each architecture is built with random weights at a small input size, pruned with L2
-importance at ``--ratio`` (whole heads for attention), saved as a bundle, reloaded
-(bit-exact check), exported to ONNX and compared with the pruned torch model on random
-inputs. Prints a Markdown table (the README's) and writes it with a JSON copy.
+importance at ``--ratio``, saved as a bundle, reloaded (bit-exact check), exported to ONNX
+and compared with the pruned torch model on random inputs. Every model runs in its own
+process under a memory watchdog (``--max-rss-gib``) and a time limit, so one that blows up
+is recorded as failing instead of taking the machine down. Prints a Markdown table (the
+README's) and writes it with a JSON copy.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -49,9 +53,40 @@ def sweep_one(arch: str, size: int, ratio: float, tmp: Path) -> dict:
         row.update(onnx_max_abs=float(f"{result.parity.max_abs:.2e}"), status="ok")
     except Exception as exc:  # a sweep reports every failure and goes on
         row.update(status="fails", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
-        traceback.print_exc()
+        traceback.print_exc(file=sys.stderr)
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
+
+
+def run_isolated(arch: str, args: argparse.Namespace) -> dict:
+    """``sweep_one`` in a child process, killed past ``--max-rss-gib`` of memory or ``--timeout`` seconds."""
+    cmd = [sys.executable, "-m", "scripts.prune_zoo", "--one", arch, "--ratio", str(args.ratio), "--size", str(args.size)]
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    reason = None
+    while child.poll() is None:
+        time.sleep(0.5)
+        rss = _rss_gib(child.pid)
+        if rss > args.max_rss_gib or time.perf_counter() - start > args.timeout:
+            child.kill()
+            reason = (f"exceeded {args.max_rss_gib} GiB of memory (torch-pruning's graph tracing)"
+                      if rss > args.max_rss_gib else f"exceeded {args.timeout} s")
+    out = child.communicate()[0]
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if rows and reason is None:
+        return rows[-1]
+    return {"arch": arch, "input": SIZES.get(arch, args.size), "status": "fails",
+            "reason": reason or f"process exited with {child.returncode}", "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _rss_gib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
 
 
 def main() -> None:
@@ -60,13 +95,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/prune-zoo"))
     parser.add_argument("--only", default="", help="comma-separated subset of the zoo")
+    parser.add_argument("--max-rss-gib", type=float, default=8.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one model, one JSON line
     args = parser.parse_args()
-    archs = [a for a in args.only.split(",") if a] or ZOO
+    if args.one:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(sweep_one(args.one, args.size, args.ratio, Path(tmp))), flush=True)
+        return
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch in archs:
-            rows.append(sweep_one(arch, args.size, args.ratio, Path(tmp)))
-            print(json.dumps(rows[-1]), flush=True)
+    for arch in [a for a in args.only.split(",") if a] or ZOO:
+        rows.append(run_isolated(arch, args))
+        print(json.dumps(rows[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "zoo.json").write_text(json.dumps(rows, indent=2))
     lines = ["| model | input | MACs reduction | params reduction | reload bit-exact | ONNX parity max abs | "

@@ -1,6 +1,6 @@
 """Foundation acceptance numbers: training time and test top-1 on digits (README table).
 
-    python -m benchmarks.train_digits
+    python -m scripts.train_digits
 
 Trains the built-in CNN (16x16) and resnet18 (32x32) with deepslim's defaults on this
 machine's CPU threads and prints wall time and test metrics; the goals are >= 0.95 in

@@ -1,6 +1,6 @@
 """GPU latency of the torch and ONNX Runtime paths, measured by deepslim's harness in one run per device.
 
-    python -m benchmarks.gpu_bench [--out runs/gpu-bench]
+    python -m scripts.gpu_bench [--out runs/gpu-bench]
 
 resnet18 (random weights; latency does not depend on them) at 224x224, batch 1 and 32:
 torch eager on CUDA (fp32), torch.compile on CUDA, onnxruntime with the CUDA execution
@@ -26,7 +26,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/gpu-bench"))
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args()
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    if not torch.cuda.is_available():
+        raise SystemExit("this script needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = load_model(arch="resnet18", num_classes=10, input_size=224)
     base = save_model(bundle, args.out / "resnet18.safetensors")

@@ -1,6 +1,6 @@
 """Latency fidelity: deepslim's OpenVINO p50 against OpenVINO's own ``benchmark_app`` on the same IR.
 
-    python -m benchmarks.benchmark_app_check [MODEL.xml] [--threads 2] [--seconds 10]
+    python -m scripts.benchmark_app_check [MODEL.xml] [--threads 2] [--seconds 10]
 
 Without MODEL, a resnet18 (random weights; latency does not depend on them) is exported
 to IR at 224x224. deepslim measures batch 1 with its OpenVINO runner (latency hint,

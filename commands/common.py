@@ -1,0 +1,121 @@
+"""Options, loaders and printers shared by the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from deepslim.errors import ConfigError
+
+# --- shared options ---------------------------------------------------------------------------
+
+Model = Annotated[Optional[Path], typer.Argument(
+    help="A deepslim bundle (.safetensors), or a pickled module (.pt) with --trust-pickle.", show_default=False)]
+Arch = Annotated[Optional[str], typer.Option(
+    "--arch", help="Architecture: small_cnn, a torchvision name (resnet18, ...), or path/file.py:build_fn.")]
+Weights = Annotated[Optional[Path], typer.Option(
+    "--weights", help="state_dict file for --arch (.pth loaded with weights_only=True, or .safetensors).")]
+ArchKwargs = Annotated[Optional[str], typer.Option(
+    "--arch-kwargs", help='JSON keyword arguments for the architecture, e.g. \'{"width": 16}\'.')]
+InputSize = Annotated[Optional[int], typer.Option(
+    "--input-size", help="Input height = width in pixels (default: 16 for small_cnn, 224 otherwise).")]
+Channels = Annotated[Optional[int], typer.Option("--channels", help="Input channels (default: from the data).")]
+TrustPickle = Annotated[bool, typer.Option(
+    "--trust-pickle", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
+Dataset = Annotated[str, typer.Option(
+    "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn.")]
+Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption severity 1-5 for digits-c "
+                                                 "(default 3).", show_default=False)]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch-kwargs is not valid JSON ({exc.msg} at character {exc.pos}).") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--arch-kwargs must be a JSON object such as '{\"width\": 16}'.")
+    return value
+
+
+def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, arch_kwargs: str | None,
+          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str, severity: int | None,
+          pretrained: str | None = None, seed: int | None = None):
+    """The one model loader of the CLI: a file, or an architecture shaped for the dataset."""
+    from deepslim.data import open_dataset
+    from deepslim.models import load_model
+    from deepslim.training import model_for_dataset
+    kwargs = parse_kwargs(arch_kwargs)
+    if model is not None:
+        if arch is not None or weights is not None:
+            raise ConfigError("Give either a MODEL file or --arch (with --weights), not both.")
+        if model.suffix.lower() == ".safetensors":
+            given = [name for name, value in (("--input-size", input_size), ("--channels", channels),
+                                              ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained))
+                     if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
+                                  "architecture and input spec.")
+            return load_model(model)
+        info = open_dataset(dataset, severity=severity_for(dataset, severity)).info
+        return load_model(model, trust_pickle=trust_pickle, input_size=input_size, channels=channels,
+                          mean=info.mean, std=info.std)
+    if arch is None:
+        raise ConfigError("Give a MODEL file or --arch NAME.")
+    return model_for_dataset(arch, dataset, severity=severity_for(dataset, severity), input_size=input_size,
+                             channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+
+
+def severity_for(dataset: str, severity: int | None) -> int:
+    """--severity belongs to digits-c; refuse it elsewhere rather than ignore it."""
+    if severity is not None and dataset != "digits-c":
+        raise ConfigError(f"--severity applies to --dataset digits-c only, not '{dataset}'.")
+    return 3 if severity is None else severity
+
+
+def print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("top1", "top5", "roc_auc_macro", "ap_macro", "samples"):
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--batch must be comma-separated positive integers such as 1,8,32, got '{text}'.") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"--batch sizes must be positive integers, got '{text}'.")
+    return values
+
+
+def print_bench(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from benchmarks.report import summary_rows
+    head, rows = summary_rows(result, compact=True)
+    table = Table(title="deepslim bench (p50 = median of round medians; ~ = inside the noise)")
+    for col in head:
+        table.add_column(col, justify="left" if col in ("artifact", "backend") else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    console = console if console.is_terminal else Console(width=160)
+    console.print(table)
+    for note in result.notes + [n for e in result.entries for n in e.notes]:
+        console.print(f"note: {note}", highlight=False)

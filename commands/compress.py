@@ -1,0 +1,135 @@
+"""`deepslim compress prune` (distill and quantize join this group in later issues)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from commands.common import Arch, ArchKwargs, Channels, Force, InputSize, Model, TrustPickle, Weights, load_bundle
+from compress.options import Allocation, Importance
+from deepslim.errors import ConfigError
+
+compress_app = typer.Typer(help="Compression stages: structured pruning (distillation and quantization arrive "
+                                  "in later issues).", no_args_is_help=True)
+
+
+
+
+@compress_app.command("prune")
+def prune_cmd(
+    model: Model = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Pruned bundle (.safetensors).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed (0 < R < 1).")] = None,
+    speedup: Annotated[Optional[float], typer.Option(help="Reduce MACs this many times; the ratio is searched.")]
+    = None,
+    importance: Annotated[Importance, typer.Option(help="Which channels go.")] = Importance.L2,
+    global_pruning: Annotated[bool, typer.Option("--global/--local", help="Rank channels across layers or within "
+                                                 "each layer.")] = False,
+    iterative_steps: Annotated[int, typer.Option(help="Prune in K steps, fine-tuning between them.")] = 1,
+    round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of N (1: off).")] = 8,
+    max_layer_ratio: Annotated[float, typer.Option(help="No layer loses more than this fraction.")] = 0.9,
+    ignore: Annotated[Optional[str], typer.Option(help="Comma-separated layer names never pruned (the head never "
+                                                  "is).")] = None,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (shared train loop).")] = 0,
+    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, cosine).")] = 0.03,
+    sparsity_train_epochs: Annotated[int, typer.Option(help="bn importance: epochs of L1 on BatchNorm scales first "
+                                                       "(network slimming).")] = 0,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, "
+                                         "Taylor importance, sensitivity and accuracy.")] = "digits",
+    sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity (table + plot); "
+                                              "without -o, only that.")] = False,
+    allocation: Annotated[Allocation, typer.Option(help="Same ratio for every layer, or spread by sensitivity.")]
+    = Allocation.UNIFORM,
+    report: Annotated[Optional[Path], typer.Option(help="Directory for the sensitivity table and plot.")] = None,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Check exportability before pruning.")] = True,
+    arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
+    input_size: InputSize = None, channels: Channels = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    force: Force = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Remove whole channels (torch-pruning's DepGraph) so the model is really smaller and faster.
+
+    Example: deepslim compress prune base.safetensors --speedup 2 --finetune-epochs 5 -o pruned.safetensors
+    """
+    from compress.prune import PruneConfig
+    layers = tuple(n.strip() for n in (ignore or "").split(",") if n.strip())
+    wants_sensitivity = sensitivity or allocation is Allocation.SENSITIVITY
+    if output is None and not sensitivity:
+        raise ConfigError("Give -o OUTPUT for the pruned bundle (or --sensitivity for the analysis only).")
+    if output is None and ratio is None and speedup is None:
+        ratio = 0.5  # analysis only: the target is unused, the importance and --ignore settings are
+    cfg = PruneConfig(ratio=ratio, speedup=speedup, importance=importance.value, global_pruning=global_pruning,
+                      iterative_steps=iterative_steps, round_to=None if round_to == 1 else round_to,
+                      max_layer_ratio=max_layer_ratio, ignore=layers, finetune_epochs=finetune_epochs,
+                      finetune_lr=finetune_lr, sparsity_train_epochs=sparsity_train_epochs, seed=seed)
+    from deepslim.fileio import check_output
+    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
+    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=None, seed=seed)
+    from rich.console import Console
+    console = Console(stderr=True, quiet=quiet)
+    _prune_preflight(bundle, cfg, check, console)
+    if wants_sensitivity:
+        cfg = _sensitivity(bundle, cfg, dataset, report or _default_report(out), allocation, console)
+    if out is None:
+        return
+    from compress.prune import prune
+    from deepslim.models import save_model
+    pruned = prune(bundle, cfg, dataset=dataset, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    save_model(pruned, out)
+    print_prune(pruned, out)
+
+
+def _default_report(out: Path | None) -> Path:
+    return out.with_name(out.stem + "_sensitivity") if out else Path("runs/prune-sensitivity")
+
+
+def _prune_preflight(bundle, cfg, check: bool, console) -> None:
+    """Before any long job: exportability per target, prunable groups, layers left out and why."""
+    from compress.prune import plan
+    the_plan = plan(bundle, cfg)
+    if check:
+        from export import check_exportable
+        for r in check_exportable(bundle):
+            ops = f" (failing ops: {', '.join(r.failing_ops)})" if r.failing_ops else ""
+            console.print(f"export check: {r.target}: {r.status}: {r.detail}{ops}", highlight=False)
+    console.print(f"{the_plan.prunable_groups} prunable layer groups"
+                  + (f", {the_plan.attention_modules} attention modules pruned by whole heads"
+                     if the_plan.attention_modules else ""), highlight=False)
+    for layer, why in the_plan.ignored.items():
+        console.print(f"left out: {layer} ({why})", highlight=False)
+
+
+def _sensitivity(bundle, cfg, dataset: str, report: Path, allocation, console):
+    from dataclasses import replace
+    from compress.sensitivity import allocate, analyze, write_sensitivity
+    with console.status("pruning sensitivity") as status:
+        base, rows = analyze(bundle, dataset, cfg, tick=lambda text: status.update(text))
+    paths = write_sensitivity(base, rows, report)
+    console.print(f"sensitivity: {paths['md']} and {paths['png']}", highlight=False)
+    if allocation is Allocation.SENSITIVITY and (cfg.ratio or cfg.speedup):
+        weights = allocate(rows)
+        layer_ratios = {k: min(w * cfg.ratio, cfg.max_layer_ratio) for k, w in weights.items()} if cfg.ratio \
+            else weights
+        return replace(cfg, layer_ratios=layer_ratios)
+    return cfg
+
+
+def print_prune(bundle, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    m = bundle.lineage[-1].metrics
+    table = Table(title=f"pruned: {out} ({bundle.lineage[-1].seconds:.1f} s)")
+    for col in ("", "before", "after", "change"):
+        table.add_column(col, justify="right")
+    table.add_row("MACs", f"{m['macs_before'] / 1e6:.1f}M", f"{m['macs_after'] / 1e6:.1f}M",
+                  f"{m['mac_reduction']:.2f}x fewer")
+    table.add_row("params", f"{m['params_before'] / 1e6:.2f}M", f"{m['params_after'] / 1e6:.2f}M",
+                  f"{m['params_before'] / m['params_after']:.2f}x fewer")
+    if "test" in m:
+        b, a = m["test_before"]["top1"], m["test"]["top1"]
+        table.add_row("test top-1", f"{b:.4f}", f"{a:.4f}", f"{100 * (a - b):+.2f} pt")
+    Console().print(table)

@@ -1,0 +1,137 @@
+"""`deepslim train`, `eval`, `info`, `archs`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from commands.common import (Arch, ArchKwargs, AsJson, Channels, Dataset, Device, Force, InputSize, Model, Severity,
+                             TrustPickle, Weights, load_bundle, print_metrics, severity_for)
+from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
+from deepslim.errors import ConfigError
+
+
+def train(
+    model: Model = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output bundle (.safetensors).")] = ...,
+    arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
+    input_size: InputSize = None, channels: Channels = None,
+    dataset: Dataset = "digits", severity: Severity = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.05 SGD, 1e-3 AdamW).")] = None,
+    optimizer: Annotated[OptimizerKind, typer.Option(help="Optimizer.")] = OptimizerKind.SGD,
+    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.COSINE,
+    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs (default 1 if epochs > 2).")] = None,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation.")] = True,
+    init: Annotated[Init, typer.Option(help="Re-initialise Conv/Linear weights before training.")] = Init.DEFAULT,
+    freeze_backbone: Annotated[bool, typer.Option(
+        "--freeze-backbone", help="Train only the classifier head (transfer learning).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Device = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT.ckpt after an interruption.")] = False,
+    trust_pickle: TrustPickle = False, force: Force = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
+) -> None:
+    """Train (or fine-tune) a model and save it as a bundle with its lineage.
+
+    Example: deepslim train --arch resnet18 --dataset digits --input-size 32 -o base.safetensors
+    """
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                      weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+                      label_smoothing=label_smoothing, augment=augment, init=init, freeze_backbone=freeze_backbone,
+                      seed=seed, device=device, num_workers=workers)
+    from deepslim.fileio import check_output
+    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors")
+    if init is not Init.DEFAULT and (model is not None or weights is not None or pretrained is not None):
+        raise ConfigError(f"--init {init.value} would overwrite the loaded weights; use it only for a new --arch "
+                          "without --weights or --pretrained.")
+    from deepslim.models import check_saveable, save_model
+    from deepslim.training import train as run_train
+    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
+                   pretrained=pretrained, seed=seed)
+    check_saveable(bundle)
+    ckpt = out.with_name(out.name + ".ckpt")
+    trained = run_train(bundle, dataset, cfg, severity=severity_for(dataset, severity), checkpoint=ckpt, resume=resume,
+                        progress=not quiet)
+    save_model(trained, out)
+    ckpt.unlink(missing_ok=True)
+    record = trained.lineage[-1]
+    print_metrics(f"{out}: test split of {dataset} (best epoch {record.metrics['best_epoch']}, "
+                   f"{record.seconds:.1f} s)", record.metrics["test"])
+
+
+def evaluate(
+    model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
+    input_size: InputSize = None, channels: Channels = None, trust_pickle: TrustPickle = False,
+    dataset: Dataset = "digits", severity: Severity = None,
+    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
+    device: Device = "auto", as_json: AsJson = False,
+) -> None:
+    """Print top-1, top-5, macro ROC-AUC and macro average precision on a dataset split.
+
+    Example: deepslim eval base.safetensors --dataset digits
+    """
+    from deepslim.evaluation import evaluate as run_eval
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be a positive integer, got {limit}.")
+    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity)
+    result = run_eval(bundle, dataset, split=split, limit=limit, batch_size=batch_size,
+                      severity=severity_for(dataset, severity), device=device)
+    if as_json:
+        typer.echo(json.dumps({"model": str(model or arch), "dataset": result.dataset, "split": split,
+                               "metrics": result.metrics}, indent=2))
+    else:
+        print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics)
+
+
+def info(model: Annotated[Path, typer.Argument(help="A deepslim bundle (.safetensors).")],
+         as_json: AsJson = False) -> None:
+    """Show a bundle's header: architecture, input spec, classes, structural changes, lineage."""
+    from deepslim import bundle as fmt
+    header = fmt.read_header(model)
+    if header is None:
+        raise ConfigError(f"{model} is a plain safetensors file without a deepslim header.")
+    data = header.to_json()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    console.print(f"[bold]{model}[/]  format v{data['format_version']}")
+    console.print(f"arch      {header.arch.source.value}:{header.arch.name} {header.arch.kwargs}")
+    console.print(f"input     {header.input_spec.shape} {header.input_spec.channel_order} "
+                  f"mean={header.input_spec.mean} std={header.input_spec.std}")
+    console.print(f"classes   {len(header.classes)}: {', '.join(header.classes[:12])}"
+                  f"{' ...' if len(header.classes) > 12 else ''}")
+    console.print(f"structure {len(header.structure.get('modules', {}))} modules changed")
+    table = Table(title="lineage")
+    for col in ("stage", "seconds", "metrics", "finished"):
+        table.add_column(col)
+    for rec in header.lineage:
+        test = rec.metrics.get("test", rec.metrics)
+        summary = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float))
+        table.add_row(rec.stage, f"{rec.seconds:.1f}", summary, rec.finished_at)
+    console.print(table)
+
+
+def archs() -> None:
+    """List the architectures deepslim can build by name."""
+    from deepslim.models import BUILTIN, torchvision_names
+    typer.echo("built-in:    " + ", ".join(sorted(BUILTIN)))
+    typer.echo("torchvision: " + ", ".join(torchvision_names()))
+    typer.echo("your own:    path/to/file.py:build_fn")
