@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections import OrderedDict
 import functools
 import importlib.util
 import inspect
@@ -363,6 +364,9 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], *, label: str,
     if problems:
         more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
         raise StateDictMismatchError(f"Weights {source} do not fit {label}: {problems[0]}{more}.")
+    # safetensors keeps no per-module version metadata; the architecture's own is right for it (MNASNet checks it)
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)
     model.load_state_dict(state, strict=True)
     return model
 

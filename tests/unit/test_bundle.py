@@ -37,7 +37,8 @@ def _prune(bundle, ratio=0.5):
     return bundle
 
 
-@pytest.mark.parametrize("arch,size", [("small_cnn", 8), ("resnet18", 32), ("mobilenet_v3_small", 32)])
+@pytest.mark.parametrize("arch,size", [("small_cnn", 8), ("resnet18", 32), ("mobilenet_v3_small", 32),
+                                       ("mnasnet0_5", 32)])  # MNASNet checks state_dict version metadata
 def test_round_trip_is_bit_exact(tmp_path, arch, size):
     bundle = load_model(arch=arch, num_classes=10, input_size=size)
     record = StageRecord("train", {"epochs": 1}, 1.5, {"top1": 0.9})
