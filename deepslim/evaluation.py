@@ -35,22 +35,26 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str = "auto",
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of ``model`` over ``dataset`` (eval mode; the model is put back where it was)."""
+    """Logits and labels of ``model`` over ``dataset``; the model goes back to its mode and device after.
+
+    The model moves to the device outside inference mode: parameters moved inside it would
+    become inference tensors that autograd (fine-tuning, pruning) can no longer use."""
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}.")
     dev = resolve_device(device)
     was_training = model.training
+    home = next((p.device for p in model.parameters()), dev)
     model.eval().to(dev)
     logits, labels = [], []
     try:
-        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            logits.append(_forward(model, x.to(dev)).float().cpu())
-            labels.append(y)
+        with torch.inference_mode():
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+                logits.append(_forward(model, x.to(dev)).float().cpu())
+                labels.append(y)
     finally:
-        model.train(was_training)
+        model.train(was_training).to(home)
     if not logits:
         raise DatasetError("The evaluation split is empty.")
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()

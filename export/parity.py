@@ -74,8 +74,9 @@ def check_parity(source: ModelBundle | str | Path, artifact: str | Path, *, prec
     x, label = parity_inputs(runner.meta.input_spec, dataset, samples)
     got = _run(runner, x, batch)
     if isinstance(source, ModelBundle):
+        model = source.model.eval().cpu()  # moved outside inference mode (see deepslim.evaluation.predict)
         with torch.inference_mode():
-            ref = source.model.eval().cpu()(torch.from_numpy(x)).float().numpy()
+            ref = model(torch.from_numpy(x)).float().numpy()
         against = "torch"
     else:
         reference = open_runner(source, DEFAULT_BACKEND[artifact_kind(source)], RunnerOptions())
