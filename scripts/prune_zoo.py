@@ -81,12 +81,10 @@ def run_isolated(arch: str, args: argparse.Namespace) -> dict:
 
 def _rss_gib(pid: int) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
+        status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        pass
-    return 0.0
+        return 0.0  # the child has just exited
+    return next((int(ln.split()[1]) / 2**20 for ln in status.splitlines() if ln.startswith("VmRSS:")), 0.0)
 
 
 def main() -> None:

@@ -126,6 +126,13 @@ def invoke(args: list[str]) -> Result:
     return CliRunner().invoke(cli.app, args)
 
 
+def ok(args: list) -> Result:
+    """Runs the CLI on ``args`` (paths allowed) and asserts that it succeeded."""
+    result = invoke([str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
 def assert_bad_input(args: list[str], fragments: list[Fragment], root: Path, *, output: str | None = None) -> str:
     """Snapshots ``root``, runs the CLI on ``args`` and asserts the clean failure; returns the message."""
     before = snapshot(root)

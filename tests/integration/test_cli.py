@@ -14,35 +14,31 @@ import torch
 from typer.testing import CliRunner
 
 import cli
+from cli_contract import ok
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def _ok(args):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
 
 def test_train_eval_info_round_trip(tmp_path):
     out = tmp_path / "base.safetensors"
-    _ok(["train", "--arch", "small_cnn", "--dataset", "digits", "--input-size", "8", "--epochs", "3",
+    ok(["train", "--arch", "small_cnn", "--dataset", "digits", "--input-size", "8", "--epochs", "3",
          "--quiet", "-o", out])
     assert out.exists() and not list(tmp_path.glob("*.ckpt")) and not list(tmp_path.glob(".*tmp-*"))
-    metrics = json.loads(_ok(["eval", out, "--dataset", "digits", "--json"]).stdout)["metrics"]
+    metrics = json.loads(ok(["eval", out, "--dataset", "digits", "--json"]).stdout)["metrics"]
     assert metrics["top1"] >= 0.9 and metrics["samples"] == 360
     assert {"top5", "roc_auc_macro", "ap_macro"} <= set(metrics)
-    table = _ok(["eval", out, "--dataset", "digits-c", "--severity", "2"]).stdout
+    table = ok(["eval", out, "--dataset", "digits-c", "--severity", "2"]).stdout
     assert "top1" in table and "roc_auc_macro" in table
-    header = json.loads(_ok(["info", out, "--json"]).stdout)
+    header = json.loads(ok(["info", out, "--json"]).stdout)
     assert header["lineage"][0]["stage"] == "train" and header["input"]["shape"] == [1, 8, 8]
     # fine-tune the bundle further: lineage grows, input untouched
     before = out.read_bytes()
     tuned = tmp_path / "tuned.safetensors"
-    _ok(["train", out, "--dataset", "digits", "--epochs", "1", "--freeze-backbone", "--quiet", "-o", tuned])
+    ok(["train", out, "--dataset", "digits", "--epochs", "1", "--freeze-backbone", "--quiet", "-o", tuned])
     assert out.read_bytes() == before
-    assert [r["stage"] for r in json.loads(_ok(["info", tuned, "--json"]).stdout)["lineage"]] == ["train", "train"]
+    assert [r["stage"] for r in json.loads(ok(["info", tuned, "--json"]).stdout)["lineage"]] == ["train", "train"]
 
 
 def test_eval_arch_with_state_dict_and_pickled_module(tmp_path):
@@ -51,9 +47,9 @@ def test_eval_arch_with_state_dict_and_pickled_module(tmp_path):
     model = SmallCNN(num_classes=10, in_channels=1, width=8)
     torch.save(model.state_dict(), tmp_path / "w.pth")
     torch.save(model, tmp_path / "whole.pt")
-    by_weights = json.loads(_ok(["eval", "--arch", "small_cnn", "--arch-kwargs", '{"width": 8}', "--weights",
+    by_weights = json.loads(ok(["eval", "--arch", "small_cnn", "--arch-kwargs", '{"width": 8}', "--weights",
                                  tmp_path / "w.pth", "--input-size", "8", "--json"]).stdout)["metrics"]
-    by_pickle = json.loads(_ok(["eval", tmp_path / "whole.pt", "--trust-pickle", "--input-size", "8",
+    by_pickle = json.loads(ok(["eval", tmp_path / "whole.pt", "--trust-pickle", "--input-size", "8",
                                 "--json"]).stdout)["metrics"]
     assert by_weights == by_pickle
 
@@ -106,7 +102,7 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
 
 
 def test_demo_trains_exports_benchmarks_and_reports(tmp_path):
-    result = _ok(["demo", "--out-dir", tmp_path / "demo", "--epochs", "4"])
+    result = ok(["demo", "--out-dir", tmp_path / "demo", "--epochs", "4"])
     assert "digits-c (severity 3)" in result.stdout and "onnxruntime" in result.stdout
     demo = tmp_path / "demo"
     names = [f"{stem}{suffix}" for stem in ("base", "pruned") for suffix in (".safetensors", ".onnx", ".xml", ".bin")]
@@ -123,15 +119,15 @@ def test_demo_trains_exports_benchmarks_and_reports(tmp_path):
 def test_resnet18_on_digits_reaches_97_percent(tmp_path):
     """The foundation's acceptance run (about 25 s of training on 2 cores)."""
     out = tmp_path / "base.safetensors"
-    _ok(["train", "--arch", "resnet18", "--dataset", "digits", "--input-size", "32", "--quiet", "-o", out])
-    metrics = json.loads(_ok(["eval", out, "--dataset", "digits", "--json"]).stdout)["metrics"]
+    ok(["train", "--arch", "resnet18", "--dataset", "digits", "--input-size", "32", "--quiet", "-o", out])
+    metrics = json.loads(ok(["eval", out, "--dataset", "digits", "--json"]).stdout)["metrics"]
     assert metrics["top1"] >= 0.97
 
 
 def test_same_seed_on_the_command_line_gives_the_same_model(tmp_path):
     from deepslim.bundle import read_tensors
     for name in ("a", "b"):
-        _ok(["train", "--arch", "small_cnn", "--input-size", "8", "--epochs", "1", "--seed", "7", "--quiet",
+        ok(["train", "--arch", "small_cnn", "--input-size", "8", "--epochs", "1", "--seed", "7", "--quiet",
              "-o", tmp_path / f"{name}.safetensors"])
     a, b = (read_tensors(tmp_path / f"{n}.safetensors") for n in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -10,16 +10,14 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from typer.testing import CliRunner
 
-import cli
+from cli_contract import ok
 from deepslim.artifact import read_onnx_meta
 from deepslim.config import TrainConfig
 from deepslim.models import save_model
 from deepslim.training import model_for_dataset, train
 from export import OnnxConfig, ParityError, VerifyConfig, check_parity, export_model, to_onnx
 
-runner = CliRunner()
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +32,6 @@ def models(tmp_path_factory, trained_cnn):
             "resnet18": save_model(resnet, root / "resnet18.safetensors"), "bundles": {"cnn": trained_cnn,
                                                                                      "resnet18": resnet}}
 
-
-def _ok(args):
-    result = runner.invoke(cli.app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet18"])
@@ -88,7 +81,7 @@ def test_broken_export_is_caught_by_parity(models, tmp_path):
 
 def test_bench_cli_compares_backends_and_writes_reports(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = _ok(["bench", models["cnn"], models["resnet18"], "--backend", "torch,onnxruntime,openvino",
+    out = ok(["bench", models["cnn"], models["resnet18"], "--backend", "torch,onnxruntime,openvino",
                "--batch", "1,4", "--duration", "0.4", "--rounds", "2", "--warmup", "2", "--report", "rep"]).stdout
     assert "report.html" in out and "onnxruntime" in out
     for name in ("report.json", "report.md", "report.html", "accuracy_vs_latency.png", "latency_per_batch.png",
@@ -117,7 +110,7 @@ def test_bench_cli_compares_backends_and_writes_reports(models, tmp_path, monkey
 
 def test_bench_at_deployment_resolution_says_so(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _ok(["bench", models["cnn"], "--backend", "torch,openvino", "--input-size", "32", "--duration", "0.2",
+    ok(["bench", models["cnn"], "--backend", "torch,openvino", "--input-size", "32", "--duration", "0.2",
          "--rounds", "1", "--limit", "50", "--report", "rep"])
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert all(e["input_shape"] == [1, 32, 32] for e in report["entries"])
@@ -131,7 +124,7 @@ def test_user_metric_replaces_the_classification_metrics(models, tmp_path, monke
         def mean_logit(outputs, targets):
             return {"mean_logit": float(np.mean(outputs)), "n": len(targets)}
     """))
-    _ok(["bench", models["cnn"], "--backend", "torch", "--metric", "metric.py:mean_logit", "--duration", "0.1",
+    ok(["bench", models["cnn"], "--backend", "torch", "--metric", "metric.py:mean_logit", "--duration", "0.1",
          "--rounds", "1", "--report", "rep"])
     accuracy = json.loads((tmp_path / "rep" / "report.json").read_text())["entries"][0]["accuracy"]
     assert set(accuracy) == {"mean_logit", "n"} and accuracy["n"] == 360
@@ -139,11 +132,11 @@ def test_user_metric_replaces_the_classification_metrics(models, tmp_path, monke
 
 def test_export_cli_and_check(models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out = _ok(["export", models["cnn"], "--target", "openvino", "--dataset", "digits", "-o", "m.xml"]).stdout
+    out = ok(["export", models["cnn"], "--target", "openvino", "--dataset", "digits", "-o", "m.xml"]).stdout
     assert "parity ok" in out and Path("m.xml").exists() and Path("m.bin").exists()
     assert not list(tmp_path.glob(".*tmp-*"))
-    check = _ok(["export", "--check", models["cnn"]]).stdout
+    check = ok(["export", "--check", models["cnn"]]).stdout
     assert "onnx" in check and "openvino" in check and "tensorrt" in check
-    line = _ok(["export", "m.onnx" if Path("m.onnx").exists() else to_onnx(models["bundles"]["cnn"], tmp_path / "m.onnx"),
+    line = ok(["export", "m.onnx" if Path("m.onnx").exists() else to_onnx(models["bundles"]["cnn"], tmp_path / "m.onnx"),
                 "--target", "tensorrt", "--batch", "1,8", "-o", "m.engine", "--print-trtexec"]).stdout
     assert line.startswith("trtexec --onnx=") and "--maxShapes=input:8x1x8x8" in line
