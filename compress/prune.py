@@ -16,7 +16,7 @@ from torch import nn
 
 from compress.options import Importance
 from deepslim.config import TrainConfig
-from deepslim.data import open_dataset, subset
+from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
 from deepslim.models import ModelBundle, find_head
@@ -267,5 +267,4 @@ def _sync_attention_heads(model: nn.Module, pruner) -> None:
             module.head_dim = module.embed_dim // heads
 
 
-__all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio",
-           "subset"]
+__all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio"]

@@ -35,8 +35,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device: str = "auto",
-            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+            device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of ``model`` over ``dataset``; the model goes back to its mode and device after.
 
     The model moves to the device outside inference mode: parameters moved inside it would
