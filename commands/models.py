@@ -98,9 +98,12 @@ def evaluate(
         print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics)
 
 
-def info(model: Annotated[Path, typer.Argument(help="A deepslim bundle (.safetensors).")],
+def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or an exported .onnx/.xml/.engine.")],
          as_json: AsJson = False) -> None:
-    """Show a bundle's header: architecture, input spec, classes, structural changes, lineage."""
+    """Show a bundle's header (architecture, input spec, classes, structural changes, lineage), or the
+    metadata an exported artifact carries."""
+    if model.suffix.lower() in (".onnx", ".xml", ".engine", ".plan"):
+        return _artifact_info(model, as_json)
     from deepslim import bundle as fmt
     header = fmt.read_header(model)
     if header is None:
@@ -110,7 +113,6 @@ def info(model: Annotated[Path, typer.Argument(help="A deepslim bundle (.safeten
         typer.echo(json.dumps(data, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
     console = Console()
     console.print(f"[bold]{model}[/]  format v{data['format_version']}")
     console.print(f"arch      {header.arch.source.value}:{header.arch.name} {header.arch.kwargs}")
@@ -119,10 +121,31 @@ def info(model: Annotated[Path, typer.Argument(help="A deepslim bundle (.safeten
     console.print(f"classes   {len(header.classes)}: {', '.join(header.classes[:12])}"
                   f"{' ...' if len(header.classes) > 12 else ''}")
     console.print(f"structure {len(header.structure.get('modules', {}))} modules changed")
+    _print_lineage(console, header.lineage)
+
+
+def _artifact_info(path: Path, as_json: bool) -> None:
+    from benchmarks.runners import read_meta
+    meta = read_meta(path)
+    if as_json:
+        typer.echo(meta.to_json())
+        return
+    from rich.console import Console
+    console = Console()
+    spec = meta.input_spec
+    console.print(f"[bold]{path}[/]")
+    console.print(f"export    {', '.join(f'{k}={v}' for k, v in sorted(meta.export.items()))}", highlight=False)
+    console.print(f"input     {spec.shape} {spec.channel_order} mean={spec.mean} std={spec.std}")
+    console.print(f"classes   {len(meta.classes)}: {', '.join(meta.classes[:12])}{' ...' if len(meta.classes) > 12 else ''}")
+    _print_lineage(console, meta.lineage)
+
+
+def _print_lineage(console, lineage) -> None:
+    from rich.table import Table
     table = Table(title="lineage")
     for col in ("stage", "seconds", "metrics", "finished"):
         table.add_column(col)
-    for rec in header.lineage:
+    for rec in lineage:
         test = rec.metrics.get("test", rec.metrics)
         summary = ", ".join(f"{k}={v:.4f}" for k, v in test.items() if isinstance(v, float))
         table.add_row(rec.stage, f"{rec.seconds:.1f}", summary, rec.finished_at)

@@ -39,4 +39,28 @@ def open_runner(path: str | Path, backend: Backend | str, options: RunnerOptions
     return TensorRTRunner.load(path, options)
 
 
-__all__ = ["Backend", "Runner", "RunnerOptions", "can_run", "open_runner"]
+def read_meta(path: str | Path):
+    """deepslim's metadata of an exported artifact (.onnx, OpenVINO .xml, TensorRT .engine) without running it."""
+    import json
+
+    from deepslim.artifact import ArtifactMeta, read_onnx_meta
+    path = Path(path)
+    kind = artifact_kind(path)
+    if not path.is_file():
+        raise InputFileError(f"The artifact {path} does not exist.")
+    if kind is ArtifactKind.ONNX:
+        meta = read_onnx_meta(path)
+    elif kind is ArtifactKind.OPENVINO:
+        from benchmarks.runners.openvino_runner import OpenVINORunner
+        return OpenVINORunner.load(path, RunnerOptions(threads=1)).meta
+    elif kind is ArtifactKind.TENSORRT:
+        from benchmarks.runners.tensorrt_runner import read_sidecar
+        return ArtifactMeta.from_json(json.dumps(read_sidecar(path)["meta"]), path)
+    else:
+        raise ConfigError(f"{path.name} is a bundle; `deepslim info` reads its header directly.")
+    if meta is None:
+        raise InputFileError(f"{path} has no deepslim metadata; it was not exported by deepslim.")
+    return meta
+
+
+__all__ = ["Backend", "Runner", "RunnerOptions", "can_run", "open_runner", "read_meta"]

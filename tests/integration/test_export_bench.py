@@ -135,6 +135,9 @@ def test_export_cli_and_check(models, tmp_path, monkeypatch):
     out = ok(["export", models["cnn"], "--target", "openvino", "--dataset", "digits", "-o", "m.xml"]).stdout
     assert "parity ok" in out and Path("m.xml").exists() and Path("m.bin").exists()
     assert not list(tmp_path.glob(".*tmp-*"))
+    meta = json.loads(ok(["info", "m.xml", "--json"]).stdout)
+    assert meta["export"]["target"] == "openvino" and meta["input"]["shape"] == [1, 8, 8]
+    assert meta["lineage"][0]["stage"] == "train" and len(meta["classes"]) == 10
     check = ok(["export", "--check", models["cnn"]]).stdout
     assert "onnx" in check and "openvino" in check and "tensorrt" in check
     line = ok(["export", "m.onnx" if Path("m.onnx").exists() else to_onnx(models["bundles"]["cnn"], tmp_path / "m.onnx"),
