@@ -97,7 +97,7 @@ def _prune_preflight(bundle, cfg, check: bool, console) -> None:
             ops = f" (failing ops: {', '.join(r.failing_ops)})" if r.failing_ops else ""
             console.print(f"export check: {r.target}: {r.status}: {r.detail}{ops}", highlight=False)
     console.print(f"{the_plan.prunable_groups} prunable layer groups"
-                  + (f", {the_plan.attention_modules} attention modules pruned by whole heads"
+                  + (f", {the_plan.attention_modules} attention modules (whole heads where the module allows)"
                      if the_plan.attention_modules else ""), highlight=False)
     for layer, why in the_plan.ignored.items():
         console.print(f"left out: {layer} ({why})", highlight=False)

@@ -112,7 +112,7 @@ def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio
                 layer_ratios: dict[str, float] | None = None):
     import torch_pruning as tp
     modules = dict(model.named_modules())
-    attention = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+    heads = attention_heads(model)
     # torch-pruning 1.6 applies max_pruning_ratio to per-layer ratios only, so the cap is applied here too
     cap = cfg.max_layer_ratio
     ratio = min(ratio, cap)
@@ -121,8 +121,24 @@ def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio
         model, example, importance=_importance(cfg.importance), global_pruning=cfg.global_pruning,
         pruning_ratio=ratio, pruning_ratio_dict=ratio_dict, max_pruning_ratio=cfg.max_layer_ratio,
         iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
-        round_to=cfg.round_to, num_heads=attention, prune_num_heads=bool(attention), prune_head_dims=not attention,
-        head_pruning_ratio=ratio if attention else 0.0)
+        round_to=cfg.round_to, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
+        head_pruning_ratio=ratio if heads else 0.0)
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Head counts torch-pruning needs to remove whole heads.
+
+    timm/Hugging Face-style attention (a fused ``qkv`` Linear and ``num_heads``) loses whole
+    heads. ``nn.MultiheadAttention`` (torchvision's ViT) ties the attention width to the
+    residual width, so it cannot lose heads without becoming another module: torch-pruning
+    keeps its heads and prunes the MLP widths around it."""
+    heads: dict[nn.Module, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            heads[module] = module.num_heads
+        elif isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int):
+            heads[module.qkv] = module.num_heads
+    return heads
 
 
 def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
@@ -141,8 +157,7 @@ def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
                                        root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
     if not groups:
         raise PruneError(f"{bundle.arch.name} has no prunable layer (every Conv/Linear group is ignored or fixed).")
-    attention = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
-    return PrunePlan(ignored, len(groups), attention)
+    return PrunePlan(ignored, len(groups), len(attention_heads(model)))
 
 
 def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
@@ -261,10 +276,15 @@ def _epochs_for_step(total: int, steps: int, step: int) -> int:
 
 def _sync_attention_heads(model: nn.Module, pruner) -> None:
     """torch-pruning tracks pruned head counts; the attention modules must be told."""
-    for module, heads in getattr(pruner, "num_heads", {}).items():
-        if isinstance(module, nn.MultiheadAttention):
-            module.num_heads = heads
-            module.head_dim = module.embed_dim // heads
+    counts = getattr(pruner, "num_heads", {})
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) and module in counts:
+            module.num_heads = counts[module]
+            module.head_dim = module.embed_dim // module.num_heads
+        elif isinstance(getattr(module, "qkv", None), nn.Linear) and module.qkv in counts:
+            module.num_heads = counts[module.qkv]
+            if hasattr(module, "head_dim"):
+                module.head_dim = module.qkv.out_features // (3 * module.num_heads)
 
 
 __all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio"]

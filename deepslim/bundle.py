@@ -113,7 +113,8 @@ def capture_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
     modules: dict[str, dict[str, Any]] = {}
     for name, module in model.named_modules():
         ref = ref_modules.get(name)
-        if ref is None or type(ref) is not type(module):
+        # by name: a user architecture file imported twice gives two distinct but identical classes
+        if ref is None or type(ref).__qualname__ != type(module).__qualname__:
             raise ModelError(f"Module '{name}' ({type(module).__name__}) is not part of the architecture, so the "
                              "model cannot be saved as a rebuildable bundle.")
         ref_attrs = _scalar_attrs(ref)

@@ -141,3 +141,23 @@ def test_pruned_resnet_reloads_bit_exactly_in_a_fresh_process_without_pickle(tmp
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_timm_style_attention_loses_whole_heads_and_reloads(tmp_path):
+    from pathlib import Path
+
+    from export import VerifyConfig, export_model
+    arch = f"{Path(__file__).resolve().parents[1] / 'data' / 'vit_style.py'}:build"
+    torch.manual_seed(0)
+    bundle = load_model(arch=arch, num_classes=10, input_size=16, channels=1, arch_kwargs={"in_channels": 1})
+    assert plan(bundle, PruneConfig(ratio=0.5)).attention_modules == 2
+    pruned = prune(bundle, PruneConfig(ratio=0.5, round_to=None), dataset=None, progress=False)
+    attn = pruned.model.blocks[0].attn
+    assert attn.num_heads == 4 and attn.head_dim == 8 and attn.qkv.out_features == 3 * 4 * 8  # whole heads gone
+    path = save_model(pruned, tmp_path / "vit.safetensors")
+    reloaded = load_model(path)
+    x = torch.randn(2, 1, 16, 16)
+    assert reloaded.model.blocks[1].attn.num_heads == 4
+    assert torch.equal(reloaded.model.eval()(x), pruned.model.eval()(x))
+    parity = export_model(reloaded, "onnx", tmp_path / "vit.onnx", verify=VerifyConfig()).parity
+    assert parity.passed and parity.max_abs < 1e-4
