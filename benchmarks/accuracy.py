@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from benchmarks.runners import Runner
 from deepslim.data import check_split, open_dataset, subset
 from deepslim.errors import ConfigError, DatasetError, first_line
 from deepslim.metrics import classification_metrics
+from deepslim.usercode import user_attribute
 
 Metric = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
@@ -61,13 +61,7 @@ def load_metric(spec: str) -> Metric:
     file = Path(path)
     if not path.endswith(".py") or not file.is_file():
         raise ConfigError(f"--metric must be path/to/file.py:function, and {path or spec} is not a file.")
-    mod_spec = importlib.util.spec_from_file_location(f"deepslim_user_metric_{abs(hash(str(file.resolve())))}", file)
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: one sentence
-        raise ConfigError(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
-    fn = getattr(module, name, None)
+    fn = user_attribute(file, name, error=ConfigError)
     if not callable(fn) or len(inspect.signature(fn).parameters) < 2:
         raise ConfigError(f"{file} needs a function {name}(outputs, targets) returning named values.")
     return fn

@@ -7,7 +7,6 @@ adapted to its channel count and normalised with its mean/std (the model's
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset, Subset
 
 from deepslim.errors import ConfigError, DatasetError, first_line
 from deepslim.spec import InputSpec
+from deepslim.usercode import user_attribute
 
 Split = Literal["train", "val", "test"]
 SPLITS = ("train", "val", "test")
@@ -166,13 +166,7 @@ class FileSource:
         file = Path(path)
         if not file.is_file():
             raise DatasetError(f"The dataset file {file} does not exist.")
-        mod_spec = importlib.util.spec_from_file_location(f"deepslim_user_data_{abs(hash(str(file.resolve())))}", file)
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:  # user code: any import failure becomes one sentence
-            raise DatasetError(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
-        self.fn, self.label = getattr(module, fn_name, None), f"{file}:{fn_name}"
+        self.fn, self.label = user_attribute(file, fn_name, error=DatasetError), f"{file}:{fn_name}"
         if not callable(self.fn) or "split" not in inspect.signature(self.fn).parameters:
             raise DatasetError(f"{file} needs a function {fn_name}(split) returning a torch Dataset.")
         self._train = self._call("train")

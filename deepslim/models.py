@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from collections import OrderedDict
 import functools
-import importlib.util
 import inspect
 import pickle
 import warnings
@@ -22,6 +21,7 @@ from deepslim.errors import (ConfigError, InputFileError, ModelError, StateDictM
                              UnknownArchitectureError, UnsafePickleError, first_line)
 from deepslim.fileio import require_file, sha256_file
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
+from deepslim.usercode import user_attribute
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,14 +178,7 @@ def _build_from_file(spec: ArchSpec) -> nn.Module:
     if spec.file_sha256 and sha256_file(file) != spec.file_sha256:
         warnings.warn(f"{file} changed since the model was saved; rebuilding from the current file.",
                       UserWarning, stacklevel=2)
-    module_name = f"deepslim_user_arch_{abs(hash(str(file)))}"
-    mod_spec = importlib.util.spec_from_file_location(module_name, file)
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:  # user code: report any import failure as one sentence
-        raise ModelError(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
-    fn = getattr(module, fn_name, None)
+    fn = user_attribute(file, fn_name, error=ModelError)
     if not callable(fn):
         raise ModelError(f"{file} has no function '{fn_name}'.")
     kwargs = dict(spec.kwargs)
