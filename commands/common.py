@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
 
 # --- shared options ---------------------------------------------------------------------------
@@ -32,6 +33,25 @@ Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")]
+
+# --- the shared training loop's options (train, compress distill) ------------------------------
+
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Batch size (per process under torchrun).")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.05 SGD, 1e-3 AdamW).")]
+Optim = Annotated[OptimizerKind, typer.Option("--optimizer", help="Optimizer.")]
+Momentum = Annotated[float, typer.Option(help="SGD momentum (Nesterov).")]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
+Sched = Annotated[Schedule, typer.Option("--schedule", help="Learning-rate schedule.")]
+WarmupEpochs = Annotated[Optional[int], typer.Option(help="Linear warm-up epochs (default 1 if epochs > 2).")]
+LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")]
+Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation.")]
+Accumulate = Annotated[int, typer.Option(help="Gradient accumulation: one optimizer step every N batches.")]
+Seed = Annotated[int, typer.Option(help="Random seed (data order, augmentation, initialisation).")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT.ckpt (written after every epoch) "
+                                      "after an interruption.")]
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:
@@ -72,6 +92,12 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
         raise ConfigError("Give a MODEL file or --arch NAME.")
     return model_for_dataset(arch, dataset, severity=severity_for(dataset, severity), input_size=input_size,
                              channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+
+
+def is_main_process() -> bool:
+    """False on the ranks of a torchrun job that must not write files or print results (all but rank 0)."""
+    from deepslim.distributed import context
+    return context().is_main
 
 
 def severity_for(dataset: str, severity: int | None) -> int:

@@ -1,4 +1,4 @@
-"""`deepslim compress prune` (distill and quantize join this group in later issues)."""
+"""`deepslim compress prune` and `deepslim compress distill` (quantize joins this group in a later issue)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import Arch, ArchKwargs, Channels, Force, InputSize, Model, TrustPickle, Weights, load_bundle
-from compress.options import Allocation, Importance
+from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
+                             Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume, Sched,
+                             Seed, Severity, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
+                             is_main_process, load_bundle, severity_for)
+from compress.options import Allocation, Importance, Recover
+from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
 
-compress_app = typer.Typer(help="Compression stages: structured pruning (distillation and quantization arrive "
-                                  "in later issues).", no_args_is_help=True)
-
-
+compress_app = typer.Typer(help="Compression stages: structured pruning and knowledge distillation "
+                                  "(quantization arrives in a later issue).", no_args_is_help=True)
 
 
 @compress_app.command("prune")
@@ -34,6 +36,11 @@ def prune_cmd(
                                                   "is).")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (shared train loop).")] = 0,
     finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, cosine).")] = 0.03,
+    recover: Annotated[Recover, typer.Option(help="How fine-tuning recovers accuracy: cross-entropy with the "
+                                             "labels, or knowledge distillation from the unpruned model.")]
+    = Recover.FINETUNE,
+    temperature: Annotated[float, typer.Option(help="--recover kd: softmax temperature.")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="--recover kd: weight of the KD term against cross-entropy.")] = 0.9,
     sparsity_train_epochs: Annotated[int, typer.Option(help="bn importance: epochs of L1 on BatchNorm scales first "
                                                        "(network slimming).")] = 0,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, "
@@ -64,7 +71,8 @@ def prune_cmd(
     cfg = PruneConfig(ratio=ratio, speedup=speedup, importance=importance.value, global_pruning=global_pruning,
                       iterative_steps=iterative_steps, round_to=None if round_to == 1 else round_to,
                       max_layer_ratio=max_layer_ratio, ignore=layers, finetune_epochs=finetune_epochs,
-                      finetune_lr=finetune_lr, sparsity_train_epochs=sparsity_train_epochs, seed=seed)
+                      finetune_lr=finetune_lr, recover=recover, temperature=temperature, alpha=alpha,
+                      sparsity_train_epochs=sparsity_train_epochs, seed=seed)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
     bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
@@ -132,4 +140,112 @@ def print_prune(bundle, out: Path) -> None:
     if "test" in m:
         b, a = m["test_before"]["top1"], m["test"]["top1"]
         table.add_row("test top-1", f"{b:.4f}", f"{a:.4f}", f"{100 * (a - b):+.2f} pt")
+    Console().print(table)
+
+
+@compress_app.command("distill")
+def distill_cmd(
+    teacher: Annotated[Path, typer.Option(
+        "--teacher", help="The teacher: a bundle, or an exported .onnx / OpenVINO .xml / TensorRT .engine (run "
+                          "through its runtime: one inference per training batch, logits only).",
+        show_default=False)],
+    student: Annotated[str, typer.Option(
+        "--student", help="The student: a bundle (e.g. a pruned model), small_cnn, a torchvision name, or "
+                          "path/file.py:build_fn (built at the teacher's input size).", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors).",
+                                         show_default=False)],
+    dataset: Dataset = "digits", severity: Severity = None,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the KD term (> 0).")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to cross-entropy with the "
+                                         "labels.")] = 0.9,
+    feature_pairs: Annotated[Optional[str], typer.Option(
+        help="Also match features: teacher.LAYER:student.LAYER,... (a learned 1x1 adapter when channels "
+             "differ; `deepslim info MODEL --layers` lists the names).")] = None,
+    feature_weight: Annotated[float, typer.Option(help="Weight of the feature MSE term.")] = 1.0,
+    teacher_backend: Annotated[Optional[str], typer.Option(
+        help="Runtime of an exported teacher: onnxruntime, openvino or tensorrt (default: by file type).")] = None,
+    arch_kwargs: ArchKwargs = None, input_size: InputSize = None, channels: Channels = None,
+    trust_pickle: TrustPickle = False,
+    epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
+    momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
+    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = True,
+    accumulate: Accumulate = 1, seed: Seed = 0, device: Device = "auto", workers: Workers = 0,
+    resume: Resume = False, force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Train a smaller student to match a teacher (Hinton KD, optional feature distillation).
+
+    Runs the same under `torchrun --nproc-per-node N --no-python deepslim compress distill ...` (DDP:
+    gloo on CPU, NCCL on GPUs; only rank 0 writes).
+
+    Example: deepslim compress distill --teacher base.safetensors --student pruned.safetensors -o student.safetensors
+    """
+    from compress.distill import DistillConfig, parse_feature_pairs
+    from deepslim.config import TrainConfig
+    train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                            weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+                            label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
+                            num_workers=workers, accumulate=accumulate)
+    cfg = DistillConfig(temperature=temperature, alpha=alpha, feature_pairs=parse_feature_pairs(feature_pairs),
+                        feature_weight=feature_weight, train=train_cfg)
+    student_path = Path(student) if _is_model_file(student) else None
+    from deepslim.fileio import check_output, require_file
+    out = check_output(output, force=force, inputs=[teacher, student_path], suffix=".safetensors")
+    require_file(teacher, "teacher")
+    if student_path is not None:
+        require_file(student_path, "student")
+    from compress.distill import distill, open_teacher
+    from deepslim.models import check_saveable, save_model
+    teacher_model = _load_teacher(teacher, teacher_backend, trust_pickle, dataset, severity)
+    severity_value = severity_for(dataset, severity)
+    if student_path is not None:
+        student_bundle = load_bundle(student_path, arch=None, weights=None, arch_kwargs=arch_kwargs,
+                                     input_size=input_size, channels=channels, trust_pickle=trust_pickle,
+                                     dataset=dataset, severity=severity)
+    else:
+        size, chans = teacher_model.input_spec.shape[1], teacher_model.input_spec.shape[0]
+        student_bundle = load_bundle(None, arch=student, weights=None, arch_kwargs=arch_kwargs,
+                                     input_size=input_size or size, channels=channels or chans,
+                                     trust_pickle=False, dataset=dataset, severity=severity, seed=seed)
+    check_saveable(student_bundle)
+    from rich.console import Console
+    console = Console(stderr=True, quiet=quiet or not is_main_process())
+    ckpt = out.with_name(out.name + ".ckpt")
+    result = distill(open_teacher(teacher_model, backend=teacher_backend), student_bundle, dataset, cfg,
+                     severity=severity_value, checkpoint=ckpt, resume=resume, progress=not quiet,
+                     log=lambda m: console.print(m, highlight=False))
+    if not is_main_process():
+        return
+    save_model(result, out)
+    ckpt.unlink(missing_ok=True)
+    print_distill(result, out)
+
+
+def _is_model_file(student: str) -> bool:
+    """A bundle or pickled module path, as opposed to an architecture name or file.py:fn."""
+    return Path(student).suffix.lower() in (".safetensors", ".pt", ".pth") and ".py:" not in student
+
+
+def _load_teacher(path: Path, backend: str | None, trust_pickle: bool, dataset: str, severity: int | None):
+    """Exported artifacts stay paths (run through their runner); anything else loads as a bundle."""
+    if path.suffix.lower() in (".onnx", ".xml", ".engine", ".plan"):
+        if backend is not None and backend not in ("onnxruntime", "openvino", "tensorrt"):
+            raise ConfigError(f"--teacher-backend must be onnxruntime, openvino or tensorrt, got '{backend}'.")
+        from compress.distill import RunnerTeacher
+        return RunnerTeacher(path, backend)
+    if backend is not None:
+        raise ConfigError("--teacher-backend applies to exported teachers (.onnx, .xml, .engine) only.")
+    return load_bundle(path, arch=None, weights=None, arch_kwargs=None, input_size=None, channels=None,
+                       trust_pickle=trust_pickle, dataset=dataset, severity=severity)
+
+
+def print_distill(bundle, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    record = bundle.lineage[-1]
+    m = record.metrics
+    table = Table(title=f"distilled: {out} ({record.seconds:.1f} s, teacher forward {m['teacher_seconds']:.1f} s)")
+    for col in ("test split", "top1", "top5", "roc_auc_macro"):
+        table.add_column(col, justify="right")
+    for name, key in (("teacher", "teacher_test"), ("student before", "test_before"), ("student after", "test")):
+        table.add_row(name, *(f"{m[key][k]:.4f}" for k in ("top1", "top5", "roc_auc_macro")))
     Console().print(table)

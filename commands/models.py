@@ -8,8 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Arch, ArchKwargs, AsJson, Channels, Dataset, Device, Force, InputSize, Model, Severity,
-                             TrustPickle, Weights, load_bundle, print_metrics, severity_for)
+from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
+                             Epochs, Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume,
+                             Sched, Seed, Severity, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
+                             is_main_process, load_bundle, print_metrics, severity_for)
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.errors import ConfigError
 
@@ -22,25 +24,15 @@ def train(
         "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
     input_size: InputSize = None, channels: Channels = None,
     dataset: Dataset = "digits", severity: Severity = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 0.05 SGD, 1e-3 AdamW).")] = None,
-    optimizer: Annotated[OptimizerKind, typer.Option(help="Optimizer.")] = OptimizerKind.SGD,
-    momentum: Annotated[float, typer.Option(help="SGD momentum (Nesterov).")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = 5e-4,
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.COSINE,
-    warmup_epochs: Annotated[Optional[int], typer.Option(help="Linear warm-up epochs (default 1 if epochs > 2).")] = None,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")] = 0.0,
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation.")] = True,
+    epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
+    momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
+    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = True,
+    accumulate: Accumulate = 1,
     init: Annotated[Init, typer.Option(help="Re-initialise Conv/Linear weights before training.")] = Init.DEFAULT,
     freeze_backbone: Annotated[bool, typer.Option(
         "--freeze-backbone", help="Train only the classifier head (transfer learning).")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    device: Device = "auto",
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT.ckpt after an interruption.")] = False,
-    trust_pickle: TrustPickle = False, force: Force = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or epoch lines.")] = False,
+    seed: Seed = 0, device: Device = "auto", workers: Workers = 0, resume: Resume = False,
+    trust_pickle: TrustPickle = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Train (or fine-tune) a model and save it as a bundle with its lineage.
 
@@ -49,7 +41,7 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                       label_smoothing=label_smoothing, augment=augment, init=init, freeze_backbone=freeze_backbone,
-                      seed=seed, device=device, num_workers=workers)
+                      seed=seed, device=device, num_workers=workers, accumulate=accumulate)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors")
     if init is not Init.DEFAULT and (model is not None or weights is not None or pretrained is not None):
@@ -64,6 +56,8 @@ def train(
     ckpt = out.with_name(out.name + ".ckpt")
     trained = run_train(bundle, dataset, cfg, severity=severity_for(dataset, severity), checkpoint=ckpt, resume=resume,
                         progress=not quiet)
+    if not is_main_process():
+        return
     save_model(trained, out)
     ckpt.unlink(missing_ok=True)
     record = trained.lineage[-1]
@@ -99,11 +93,18 @@ def evaluate(
 
 
 def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or an exported .onnx/.xml/.engine.")],
-         as_json: AsJson = False) -> None:
+         as_json: AsJson = False,
+         layers: Annotated[bool, typer.Option("--layers", help="List a bundle's named layers with their output "
+                                              "shapes (the names --feature-pairs and --ignore take).")] = False,
+         ) -> None:
     """Show a bundle's header (architecture, input spec, classes, structural changes, lineage), or the
     metadata an exported artifact carries."""
     if model.suffix.lower() in (".onnx", ".xml", ".engine", ".plan"):
+        if layers:
+            raise ConfigError("--layers reads bundles; an exported artifact has no named PyTorch layers.")
         return _artifact_info(model, as_json)
+    if layers:
+        return _layers(model, as_json)
     from deepslim import bundle as fmt
     header = fmt.read_header(model)
     if header is None:
@@ -122,6 +123,23 @@ def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or 
                   f"{' ...' if len(header.classes) > 12 else ''}")
     console.print(f"structure {len(header.structure.get('modules', {}))} modules changed")
     _print_lineage(console, header.lineage)
+
+
+def _layers(path: Path, as_json: bool) -> None:
+    from deepslim.models import layer_shapes, load_model
+    rows = layer_shapes(load_model(path))
+    if as_json:
+        typer.echo(json.dumps([{"name": n, "type": t, "output": list(s) if s else None} for n, t, s in rows],
+                              indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{path}: layers (output shape for one sample)")
+    for col in ("name", "type", "output"):
+        table.add_column(col)
+    for name, kind, shape in rows:
+        table.add_row(name, kind, "x".join(map(str, shape)) if shape else "-")
+    Console().print(table)
 
 
 def _artifact_info(path: Path, as_json: bool) -> None:

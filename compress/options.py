@@ -17,3 +17,8 @@ class Importance(str, Enum):
 class Allocation(str, Enum):
     UNIFORM = "uniform"          # the same ratio for every layer
     SENSITIVITY = "sensitivity"  # spread by per-layer sensitivity
+
+
+class Recover(str, Enum):
+    FINETUNE = "finetune"  # cross-entropy with the labels
+    KD = "kd"              # knowledge distillation from the model before pruning

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.options import Importance
+from compress.options import Importance, Recover
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
@@ -41,6 +41,9 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()
     finetune_epochs: int = 0
     finetune_lr: float = 0.03
+    recover: Recover = Recover.FINETUNE   # kd: fine-tune by distilling from the model before pruning
+    temperature: float = 4.0            # --recover kd
+    alpha: float = 0.9                  # --recover kd
     sparsity_train_epochs: int = 0      # bn importance: L1 on BatchNorm scales before pruning
     sparsity_lambda: float = 1e-4
     calibration_batches: int = 20       # BatchNorm statistics recomputed on this many training batches
@@ -50,6 +53,12 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "importance", Importance(self.importance))
+        object.__setattr__(self, "recover", Recover(self.recover))
+        if self.recover is Recover.KD:
+            if not self.finetune_epochs:
+                raise ConfigError("--recover kd distills during fine-tuning; give --finetune-epochs N (N >= 1).")
+            from compress.distill import DistillConfig
+            DistillConfig(temperature=self.temperature, alpha=self.alpha)  # same checks as distill
         if (self.ratio is None) == (self.speedup is None):
             raise ConfigError("Give exactly one of --ratio and --speedup.")
         if self.ratio is not None and not 0 < self.ratio < 1:
@@ -69,7 +78,8 @@ class PruneConfig:
             raise ConfigError("--sparsity-train-epochs belongs to --importance bn (network slimming).")
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "importance": self.importance.value, "ignore": list(self.ignore)}
+        return {**asdict(self), "importance": self.importance.value, "recover": self.recover.value,
+                "ignore": list(self.ignore)}
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,7 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
 
     Returns a new bundle (the input is not modified) whose lineage records the stage.
     """
+    from compress.distill import kd_finetune_loss
     from compress.recover import accumulate_taylor_gradients, recalibrate_batchnorm, sparsity_train
     say = log or (lambda _msg: None)
     start = time.perf_counter()
@@ -217,6 +228,7 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     if data is None and (cfg.finetune_epochs or cfg.sparsity_train_epochs or cfg.importance is Importance.TAYLOR):
         raise ConfigError("Fine-tuning, sparsity training and Taylor importance need --dataset.")
     work = copy.deepcopy(bundle)
+    teacher = copy.deepcopy(bundle.model).eval() if cfg.recover is Recover.KD else None
     before_macs, before_params = count_macs_params(work.model, work.input_spec)
     before = evaluate(work, dataset).metrics if dataset else None
     if cfg.sparsity_train_epochs:
@@ -243,7 +255,8 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
             epochs = _epochs_for_step(cfg.finetune_epochs, cfg.iterative_steps, step)
             if epochs:
                 ft = TrainConfig(epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, warmup_epochs=0)
-                row["finetune_val_top1"] = fit(work.model, data["train_aug"], data["val"], ft,
+                loss = kd_finetune_loss(teacher, cfg.temperature, cfg.alpha) if teacher is not None else None
+                row["finetune_val_top1"] = fit(work.model, data["train_aug"], data["val"], ft, loss_fn=loss,
                                                progress=progress).best_val_top1
         history.append(row)
         say(f"step {step + 1}/{cfg.iterative_steps}: {before_macs / row['macs']:.2f}x fewer MACs")

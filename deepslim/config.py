@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
     num_workers: int = 0
+    accumulate: int = 1  # gradient accumulation: optimizer step every N batches
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)
@@ -68,6 +69,7 @@ class TrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
             raise ConfigError(f"--warmup-epochs must be between 0 and epochs - 1, got {self.warmup_epochs}.")
+        _positive_int("accumulate", self.accumulate)
         if self.num_workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.num_workers}.")
         object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))

@@ -60,6 +60,16 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
+def predict_all(model: nn.Module, dataset: Dataset, *, batch_size: int = 256,
+                device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict` over the whole dataset; under torchrun each rank predicts its shard and every
+    rank gets the whole result, in the dataset's order."""
+    from deepslim.distributed import context, gather_shards, shard
+    ctx = context()
+    logits, labels = predict(model, shard(dataset, ctx), batch_size=batch_size, device=device)
+    return gather_shards(logits, len(dataset), ctx), gather_shards(labels, len(dataset), ctx)
+
+
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     try:
         return model(x)

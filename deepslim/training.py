@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -16,12 +17,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
-from deepslim.evaluation import check_compatible, predict, resolve_device
+from deepslim.distributed import DistContext, all_sum, context, local_device, setup
+from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.fileio import atomic_path
 from deepslim.metrics import classification_metrics
 from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
@@ -57,7 +59,7 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
     identity = {"arch": bundle.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name}
     result = fit(model, splits["train"], splits["val"], cfg, checkpoint=Path(checkpoint) if checkpoint else None,
                  resume=resume, progress=progress, identity=identity)
-    logits, labels = predict(model, splits["test"], device=cfg.device)
+    logits, labels = predict_all(model, splits["test"], device=local_device(context(), cfg.device))
     test = classification_metrics(logits, labels)
     record = StageRecord("train", {**cfg.to_json(), "dataset": source.info.name},
                          round(time.perf_counter() - start, 2),
@@ -72,75 +74,104 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``.
 
     ``identity`` (architecture, input spec, dataset...) is stored in the checkpoint and must
-    match on ``resume``, like the config.
+    match on ``resume``, like the config. Under torchrun the model is wrapped in
+    DistributedDataParallel, each rank trains on its shard, validation metrics come from
+    predictions gathered over ranks, and only rank 0 writes the checkpoint.
     """
     identity = identity or {}
+    ctx = setup(cfg.device)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = resolve_device(local_device(ctx, cfg.device))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("The model has no trainable parameters.")
-    steps = math.ceil(len(train_ds) / cfg.batch_size)
+    batches = len(_loader(train_ds, cfg, 0, ctx))
     optimizer = _optimizer(params, cfg)
-    scheduler = _scheduler(optimizer, cfg, steps)
+    scheduler = _scheduler(optimizer, cfg, math.ceil(batches / cfg.accumulate))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     loss_fn = loss_fn or (lambda m, x, y: criterion(m(x), y))
     state, first_epoch, best = FitResult(), 0, _cpu_state(model)
     if resume:
-        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity)
+        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
+    net = _data_parallel(model, device) if ctx.enabled else model
     begin = time.perf_counter() - state.seconds
-    with _progress(progress) as bar:
-        task = bar.add_task("train", total=steps * cfg.epochs, completed=steps * first_epoch)
+    with _progress(progress and ctx.is_main) as bar:
+        task = bar.add_task("train", total=batches * cfg.epochs, completed=batches * first_epoch)
         for epoch in range(first_epoch, cfg.epochs):
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
-            row = _train_epoch(model, train_ds, cfg, epoch, optimizer, scheduler, loss_fn, device,
-                               lambda: bar.advance(task))
+            row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
+                               device, ctx, lambda: bar.advance(task))
             row.update(_validate(model, val_ds, cfg, criterion, device))
             if row["val_top1"] > state.best_val_top1:
                 state.best_val_top1, state.best_epoch = row["val_top1"], epoch + 1
                 best = _cpu_state(model)
             state.history.append(row)
             state.seconds = time.perf_counter() - begin
-            if progress:
+            if progress and ctx.is_main:
                 bar.console.print(_epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
-            if checkpoint is not None:
+            if checkpoint is not None and ctx.is_main:
                 _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
 
 
-def _train_epoch(model, train_ds, cfg, epoch, optimizer, scheduler, loss_fn, device, tick) -> dict[str, float]:
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                        drop_last=len(train_ds) > cfg.batch_size,
-                        generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
-    model.train()
-    _freeze_frozen_batchnorm(model)
-    total, count = 0.0, 0
-    for x, y in loader:
+def _loader(train_ds: Dataset, cfg: TrainConfig, epoch: int, ctx: DistContext) -> DataLoader:
+    """This rank's shuffled batches of one epoch (a DistributedSampler under torchrun)."""
+    per_rank = math.ceil(len(train_ds) / ctx.world_size)
+    drop_last = per_rank > cfg.batch_size
+    if ctx.enabled:
+        sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                          drop_last=drop_last)
+    return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
+                      drop_last=drop_last, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
+
+
+def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device, ctx, tick) -> dict[str, float]:
+    """One pass over ``loader``; the optimizer steps every ``cfg.accumulate`` batches (and at the end)."""
+    net.train()
+    _freeze_frozen_batchnorm(net)
+    total, count, batches = 0.0, 0, len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        try:
-            with _autocast(device, cfg.amp):
-                loss = loss_fn(model, x, y)
-        except RuntimeError as exc:
-            raise ModelError(f"The model fails on training batches of shape {tuple(x.shape)}: {first_line(exc)}; "
-                             "check --input-size and --channels.") from exc
-        if not torch.isfinite(loss):
-            raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        group_start = i - i % cfg.accumulate
+        group = min(cfg.accumulate, batches - group_start)  # micro-batches in this optimizer step
+        steps_now = i == group_start + group - 1
+        sync = contextlib.nullcontext() if steps_now or not ctx.enabled else net.no_sync()
+        with sync:
+            try:
+                with _autocast(device, cfg.amp):
+                    loss = loss_fn(net, x, y)
+            except RuntimeError as exc:
+                raise ModelError(f"The model fails on training batches of shape {tuple(x.shape)}: "
+                                 f"{first_line(exc)}; check --input-size and --channels.") from exc
+            if not torch.isfinite(loss):
+                raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
+            (loss / group).backward()
+        if steps_now:
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         total += loss.item() * len(y)
         count += len(y)
         tick()
+    total, count = all_sum([total, count], ctx)
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
 
 
 @torch.no_grad()
 def _validate(model, val_ds, cfg, criterion, device) -> dict[str, float]:
-    logits, labels = predict(model, val_ds, batch_size=max(cfg.batch_size, 256), device=str(device))
+    logits, labels = predict_all(model, val_ds, batch_size=max(cfg.batch_size, 256), device=str(device))
     loss = criterion(torch.from_numpy(logits), torch.from_numpy(labels)).item()
     return {"val_loss": loss, "val_top1": float(np.mean(logits.argmax(1) == labels))}
 
@@ -200,7 +231,8 @@ def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, 
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig, identity: dict[str, Any]):
+def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig, identity: dict[str, Any],
+                     ctx: DistContext):
     if path is None or not path.is_file():
         raise ConfigError(f"--resume was given but there is no checkpoint {path}; run without --resume to start.")
     try:
@@ -224,7 +256,8 @@ def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainC
     torch.set_rng_state(data["torch_rng"])
     random.setstate(_as_tuple(data["python_rng"]))
     state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"])
-    console.print(f"resuming from {path} after epoch {data['epoch']}", highlight=False)
+    if ctx.is_main:
+        console.print(f"resuming from {path} after epoch {data['epoch']}", highlight=False)
     return state, int(data["epoch"]), data["best"]
 
 

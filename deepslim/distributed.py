@@ -1,0 +1,116 @@
+"""Data-parallel training under ``torchrun``: the process group, sharding and cross-rank reductions.
+
+The same command runs alone or under ``torchrun --nproc-per-node N`` (one process per GPU
+with NCCL, or CPU processes with gloo). Every rank trains on its shard of each epoch; metrics
+are computed from predictions gathered across ranks, so every rank takes the same decisions
+(best epoch, early stop) and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher setting WORLD_SIZE) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def context() -> DistContext:
+    """This process's place in the process group (rank 0 of 1 when there is none)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                           dist.get_backend())
+    return DistContext()
+
+
+def setup(device: str = "auto") -> DistContext:
+    """Join torchrun's process group when launched by it (once per process); a no-op otherwise.
+
+    NCCL when the run uses CUDA, gloo on CPU. Rendezvous (single node or multi-node) comes from
+    torchrun's environment: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK.
+    """
+    if not launched():
+        return DistContext()
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        cuda = device != "cpu" and not device.startswith("mps") and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(_teardown)
+    return context()
+
+
+def _teardown() -> None:
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_device(ctx: DistContext, device: str) -> str:
+    """The device of this rank: its own GPU under torchrun, else what was asked."""
+    if ctx.enabled and device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{ctx.local_rank}"
+    return device
+
+
+def shard(dataset: Dataset, ctx: DistContext) -> Dataset:
+    """Every world_size-th sample starting at this rank (no padding, so gathered metrics are exact)."""
+    if not ctx.enabled:
+        return dataset
+    return Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+
+
+def gather_shards(part: np.ndarray, total: int, ctx: DistContext) -> np.ndarray:
+    """Reassemble per-rank results of :func:`shard` in the dataset's order, on every rank."""
+    if not ctx.enabled:
+        return part
+    import torch.distributed as dist
+    parts: list[np.ndarray | None] = [None] * ctx.world_size
+    dist.all_gather_object(parts, part)
+    full = np.empty((total, *part.shape[1:]), dtype=part.dtype)
+    for rank, piece in enumerate(parts):
+        full[rank::ctx.world_size] = piece
+    return full
+
+
+def all_sum(values: list[float], ctx: DistContext) -> list[float]:
+    """Element-wise sum of ``values`` over ranks."""
+    if not ctx.enabled:
+        return values
+    import torch.distributed as dist
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if ctx.backend == "nccl":
+        tensor = tensor.cuda()
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        import torch.distributed as dist
+        dist.barrier()
