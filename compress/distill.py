@@ -300,9 +300,9 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     teacher = teacher if isinstance(teacher, Teacher) else TorchTeacher(teacher)
+    _check_pairing(teacher, student, say)
     source = open_dataset(dataset, severity=severity)
     check_compatible(student, source.info.num_classes, dataset)
-    _check_pairing(teacher, student, say)
     wrapper = None
     try:
         wrapper = _prepare(teacher, student, cfg)
