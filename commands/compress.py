@@ -40,7 +40,7 @@ def prune_cmd(
                                              "labels, or knowledge distillation from the unpruned model.")]
     = Recover.FINETUNE,
     temperature: Annotated[float, typer.Option(help="--recover kd: softmax temperature.")] = 4.0,
-    alpha: Annotated[float, typer.Option(help="--recover kd: weight of the KD term against cross-entropy.")] = 0.9,
+    alpha: Annotated[float, typer.Option(help="--recover kd: weight of the KD term against cross-entropy.")] = 0.5,
     sparsity_train_epochs: Annotated[int, typer.Option(help="bn importance: epochs of L1 on BatchNorm scales first "
                                                        "(network slimming).")] = 0,
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, "
@@ -157,7 +157,7 @@ def distill_cmd(
     dataset: Dataset = "digits", severity: Severity = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the KD term (> 0).")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to cross-entropy with the "
-                                         "labels.")] = 0.9,
+                                         "labels.")] = 0.5,
     feature_pairs: Annotated[Optional[str], typer.Option(
         help="Also match features: teacher.LAYER:student.LAYER,... (a learned 1x1 adapter when channels "
              "differ; `deepslim info MODEL --layers` lists the names).")] = None,
@@ -202,9 +202,12 @@ def distill_cmd(
                                      input_size=input_size, channels=channels, trust_pickle=trust_pickle,
                                      dataset=dataset, severity=severity)
     else:
-        size, chans = teacher_model.input_spec.shape[1], teacher_model.input_spec.shape[0]
+        from deepslim.models import torchvision_names
+        chans, size = teacher_model.input_spec.shape[:2]
+        if channels is None and student not in torchvision_names():  # torchvision models take 3 channels
+            channels = chans
         student_bundle = load_bundle(None, arch=student, weights=None, arch_kwargs=arch_kwargs,
-                                     input_size=input_size or size, channels=channels or chans,
+                                     input_size=input_size or size, channels=channels,
                                      trust_pickle=False, dataset=dataset, severity=severity, seed=seed)
     check_saveable(student_bundle)
     from rich.console import Console

@@ -1,6 +1,6 @@
-"""Compression stages: structured pruning (distillation and quantization arrive in later issues).
+"""Compression stages: structured pruning and knowledge distillation (quantization arrives in a later issue).
 
-    from compress import prune, PruneConfig
+    from compress import prune, PruneConfig, distill, DistillConfig, open_teacher
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ from typing import Any
 
 _LAZY = {"prune": "compress.prune", "PruneConfig": "compress.prune", "Importance": "compress.prune",
          "PruneError": "compress.prune", "plan": "compress.prune", "analyze": "compress.sensitivity",
-         "allocate": "compress.sensitivity", "write_sensitivity": "compress.sensitivity"}
+         "allocate": "compress.sensitivity", "write_sensitivity": "compress.sensitivity",
+         "distill": "compress.distill", "DistillConfig": "compress.distill", "open_teacher": "compress.distill",
+         "DistillError": "compress.distill", "kd_loss": "compress.losses", "distillation_loss": "compress.losses",
+         "feature_loss": "compress.losses"}
 
 __all__ = list(_LAZY)
 

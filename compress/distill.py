@@ -50,7 +50,7 @@ class DistillConfig:
     """How the student learns: the loss mix and the shared training loop's settings."""
 
     temperature: float = 4.0
-    alpha: float = 0.9                 # weight of the KD term; 1 - alpha goes to cross-entropy with the labels
+    alpha: float = 0.5                 # weight of the KD term; 1 - alpha goes to cross-entropy with the labels
     feature_pairs: tuple[tuple[str, str], ...] = ()   # (teacher layer, student layer)
     feature_weight: float = 1.0        # weight of the mean feature MSE
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -118,23 +118,32 @@ class Teacher:
         self.seconds += time.perf_counter() - start
         return out
 
-    def pair(self, student_spec: InputSpec) -> None:
-        """Feed the teacher batches prepared for the student: same shape, the teacher's normalisation."""
-        if tuple(student_spec.shape) != tuple(self.input_spec.shape):
+    def pair(self, student_spec: InputSpec, data_channels: int = 0) -> None:
+        """Feed the teacher batches prepared for the student, converted to the teacher's normalisation.
+
+        The spatial size must match. Channel counts may differ (1 vs 3) only for greyscale data
+        (``data_channels == 1``), whose 3-channel form repeats one channel: the conversion is then exact.
+        """
+        (sc, *s_size), (tc, *t_size) = student_spec.shape, self.input_spec.shape
+        grey = data_channels == 1 and {sc, tc} <= {1, 3}
+        if s_size != t_size or (sc != tc and not grey):
             raise DistillError(f"The student takes {_shape(student_spec)} inputs but the teacher "
                                f"{_shape(self.input_spec)}; distillation feeds both the same batch, so build "
                                "the student at the teacher's input size and channels.")
         s_mean, s_std = _stats(student_spec)
         t_mean, t_std = _stats(self.input_spec)
-        same = torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std)
-        self._affine = None if same else (s_std / t_std, (s_mean - t_mean) / t_std)
+        same = sc == tc and torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std)
+        self._convert = None if same else (s_mean, s_std, t_mean, t_std)
 
     def _renormalize(self, x: torch.Tensor) -> torch.Tensor:
-        affine = getattr(self, "_affine", None)
-        if affine is None:
+        convert = getattr(self, "_convert", None)
+        if convert is None:
             return x
-        scale, shift = (a.to(x.device, x.dtype) for a in affine)
-        return x * scale + shift
+        s_mean, s_std, t_mean, t_std = (a.to(x.device, x.dtype) for a in convert)
+        raw = x * s_std + s_mean
+        if raw.shape[1] != t_mean.shape[0]:  # greyscale: 3 equal channels <-> 1
+            raw = raw.mean(1, keepdim=True) if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
+        return (raw - t_mean) / t_std
 
     def watch(self, layers: list[str]) -> None:
         raise DistillError(f"The teacher {self.name} is an exported {self.kind} artifact whose inner layers "
@@ -300,8 +309,8 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     teacher = teacher if isinstance(teacher, Teacher) else TorchTeacher(teacher)
-    _check_pairing(teacher, student, say)
     source = open_dataset(dataset, severity=severity)
+    _check_pairing(teacher, student, source.info.channels, say)
     check_compatible(student, source.info.num_classes, dataset)
     wrapper = None
     try:
@@ -340,13 +349,13 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     return student.with_record(record, model=model.cpu().eval())
 
 
-def _check_pairing(teacher: Teacher, student: ModelBundle, say: Callable[[str], None]) -> None:
+def _check_pairing(teacher: Teacher, student: ModelBundle, data_channels: int, say: Callable[[str], None]) -> None:
     if len(teacher.classes) != student.num_classes:
         raise DistillError(f"The teacher predicts {len(teacher.classes)} classes but the student "
                            f"{student.num_classes}; distillation needs the same classes in the same order.")
     if list(teacher.classes) != list(student.classes):
         say("warning: teacher and student name their classes differently; they are matched by position")
-    teacher.pair(student.input_spec)
+    teacher.pair(student.input_spec, data_channels)
 
 
 def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> StudentWithAdapters:

@@ -43,7 +43,7 @@ class PruneConfig:
     finetune_lr: float = 0.03
     recover: Recover = Recover.FINETUNE   # kd: fine-tune by distilling from the model before pruning
     temperature: float = 4.0            # --recover kd
-    alpha: float = 0.9                  # --recover kd
+    alpha: float = 0.5                  # --recover kd
     sparsity_train_epochs: int = 0      # bn importance: L1 on BatchNorm scales before pruning
     sparsity_lambda: float = 1e-4
     calibration_batches: int = 20       # BatchNorm statistics recomputed on this many training batches

@@ -41,7 +41,7 @@ def test_distill_from_a_bundle_with_feature_pairs(tmp_path, teacher):
     config, metrics = record["config"], record["metrics"]
     assert config["teacher"]["name"] == "teacher.safetensors" and config["teacher"]["kind"] == "bundle"
     assert config["losses"] == ["ce", "kd", "feature_mse"] and config["feature_pairs"] == ["features.3:features.3"]
-    assert (config["temperature"], config["alpha"], config["train"]["epochs"]) == (4.0, 0.9, 3)
+    assert (config["temperature"], config["alpha"], config["train"]["epochs"]) == (4.0, 0.5, 3)
     assert metrics["teacher_test"]["top1"] >= 0.9
     assert metrics["test"]["top1"] >= 0.75, metrics["test"]
     assert len(metrics["history"]) == 3

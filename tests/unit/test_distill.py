@@ -57,6 +57,20 @@ def test_teacher_renormalises_a_student_batch_to_its_own_statistics(trained_cnn)
         teacher.pair(InputSpec((1, 16, 16), mean=(0.5,), std=(0.25,)))
 
 
+def test_greyscale_teacher_reads_a_three_channel_student_batch(trained_cnn):
+    teacher = TorchTeacher(copy.deepcopy(trained_cnn))  # 1 channel
+    t_spec = trained_cnn.input_spec
+    s_spec = InputSpec((3, *t_spec.shape[1:]), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    grey = torch.rand(2, 1, *t_spec.shape[1:])
+    as_student = (grey.expand(-1, 3, -1, -1) - torch.tensor(s_spec.mean).view(3, 1, 1)) / \
+        torch.tensor(s_spec.std).view(3, 1, 1)
+    teacher.pair(s_spec, data_channels=1)
+    expected = (grey - t_spec.mean[0]) / t_spec.std[0]
+    assert torch.allclose(teacher._renormalize(as_student), expected, atol=1e-5)
+    with pytest.raises(DistillError, match="takes 3x8x8 inputs but the teacher 1x8x8"):
+        teacher.pair(s_spec, data_channels=3)  # colour data: repeating would invent colour
+
+
 def test_unknown_feature_layer_names_the_known_ones(trained_cnn):
     with pytest.raises(DistillError, match="the student has no layer 'layer3'.*features, pool, classifier"):
         StudentWithAdapters(copy.deepcopy(trained_cnn.model), ["layer3"], [])
