@@ -110,6 +110,19 @@ def all_sum(values: list[float], ctx: DistContext) -> list[float]:
     return tensor.cpu().tolist()
 
 
+def broadcast_buffers(model: torch.nn.Module, ctx: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step each
+    rank still holds the statistics of its own last batch; without this, ranks would validate
+    (and save) slightly different models."""
+    if not ctx.enabled:
+        return
+    import torch.distributed as dist
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         import torch.distributed as dist

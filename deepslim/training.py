@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
-from deepslim.distributed import DistContext, all_sum, context, local_device, setup
+from deepslim.distributed import DistContext, all_sum, broadcast_buffers, context, local_device, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.fileio import atomic_path
 from deepslim.metrics import classification_metrics
@@ -102,6 +102,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
             row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
                                device, ctx, lambda: bar.advance(task))
+            broadcast_buffers(model, ctx)
             row.update(_validate(model, val_ds, cfg, criterion, device))
             if row["val_top1"] > state.best_val_top1:
                 state.best_val_top1, state.best_epoch = row["val_top1"], epoch + 1
