@@ -96,8 +96,8 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
 
 def is_main_process() -> bool:
     """False on the ranks of a torchrun job that must not write files or print results (all but rank 0)."""
-    from deepslim.distributed import context
-    return context().is_main
+    from deepslim.distributed import launched_rank
+    return launched_rank() == 0
 
 
 def severity_for(dataset: str, severity: int | None) -> int:

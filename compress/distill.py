@@ -187,15 +187,16 @@ class TorchTeacher(Teacher):
 
     def watch(self, layers: list[str]) -> None:
         modules = dict(self.model.named_modules())
-        for name in layers:
-            self._hooks.append(_module(modules, name, "teacher").register_forward_hook(_capture(self.features, name)))
+        targets = [_module(modules, name, "teacher") for name in layers]  # every name checked before any hook
+        for module, name in zip(targets, layers):
+            self._hooks.append(module.register_forward_hook(_capture(self.features, name)))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device != self.device:
             self.to(x.device)
         try:
             return self.model(x)
-        except RuntimeError as exc:
+        except Exception as exc:  # a user's model may raise anything
             raise ModelError(f"The teacher fails on inputs of shape {tuple(x.shape)}: {first_line(exc)}.") from exc
 
     def identity(self) -> dict[str, Any]:
@@ -224,8 +225,16 @@ class RunnerTeacher(Teacher):
         self.input_spec, self.classes, self.features = meta.input_spec, list(meta.classes), {}
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.runner.run(x.detach().float().cpu().numpy())
-        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+        """Runs the batch in chunks the artifact accepts (a TensorRT profile or a fixed ONNX batch)."""
+        batch = x.detach().float().cpu().numpy()
+        step = self.runner.max_batch or len(batch)
+        try:
+            outs = [np.asarray(self.runner.run(batch[i:i + step]), dtype=np.float32)
+                    for i in range(0, len(batch), step)]
+        except Exception as exc:  # runtimes raise their own exception types
+            raise ModelError(f"The teacher {self.name} fails on a batch of shape {tuple(batch[:step].shape)} "
+                             f"through {self.backend}: {first_line(exc)}.") from exc
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
 
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "backend": self.backend, "sha256": sha256_file(self.path)}
@@ -263,8 +272,8 @@ class StudentWithAdapters(nn.Module):
         self.captured: dict[str, torch.Tensor] = {}
         self.adapted: list[torch.Tensor] = []
         modules = dict(student.named_modules())
-        self._hooks = [_module(modules, n, "student").register_forward_hook(_capture(self.captured, n))
-                       for n in layers]
+        targets = [_module(modules, n, "student") for n in layers]  # every name checked before any hook
+        self._hooks = [m.register_forward_hook(_capture(self.captured, n)) for m, n in zip(targets, layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.student(x)
@@ -309,11 +318,12 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     teacher = teacher if isinstance(teacher, Teacher) else TorchTeacher(teacher)
-    source = open_dataset(dataset, severity=severity)
-    _check_pairing(teacher, student, source.info.channels, say)
-    check_compatible(student, source.info.num_classes, dataset)
     wrapper = None
     try:
+        source = open_dataset(dataset, severity=severity)
+        _check_pairing(teacher, student, source.info.channels, say)
+        check_compatible(student, source.info.num_classes, dataset)
+        start_weights = _fingerprint(student.model)
         wrapper = _prepare(teacher, student, cfg)
         spec = student.input_spec
         splits = {name: source.split(name, spec, augment=cfg.train.augment and name == "train")
@@ -323,12 +333,15 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         if isinstance(teacher, TorchTeacher):
             teacher.to(device)
         if isinstance(teacher, RunnerTeacher):
+            where = "the GPU" if teacher.backend == "tensorrt" else "the CPU"
             say(f"teacher {teacher.name} runs through {teacher.backend}: one inference of the exported model per "
-                "training batch, on the CPU, logits only")
+                f"training batch, on {where}, logits only")
         teacher_test = classification_metrics(*teacher.predict(splits["test"]))
         before = classification_metrics(*predict_all(student.model, splits["test"], device=str(device)))
-        identity = {"student_arch": student.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name,
-                    "teacher": teacher.identity(), "distill": {k: v for k, v in cfg.to_json().items()
+        teacher_identity = teacher.identity()
+        identity = {"student_arch": student.arch.to_json(), "student_weights": start_weights,
+                    "input": spec.to_json(), "dataset": source.info.name,
+                    "teacher": teacher_identity, "distill": {k: v for k, v in cfg.to_json().items()
                                                                if k != "train"}}
         teacher.seconds = 0.0
         result = fit(wrapper, splits["train"], splits["val"], cfg.train, loss_fn=_loss_fn(teacher, wrapper, cfg),
@@ -341,7 +354,7 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         if wrapper is not None:
             wrapper.close()
         teacher.close()
-    params = {**cfg.to_json(), "teacher": teacher.identity(), "dataset": source.info.name}
+    params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": source.info.name}
     metrics = {"teacher_test": teacher_test, "test_before": before, "test": test, "val_top1": result.best_val_top1,
                "best_epoch": result.best_epoch, "history": result.history,
                "teacher_seconds": round(teacher_seconds, 2)}
@@ -360,51 +373,71 @@ def _check_pairing(teacher: Teacher, student: ModelBundle, data_channels: int, s
 
 def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> StudentWithAdapters:
     """Hook the feature layers, run one batch through both models and size the adapters on it."""
-    t_layers = [t for t, _ in cfg.feature_pairs]
-    s_layers = [s for _, s in cfg.feature_pairs]
-    if t_layers:
-        teacher.watch(t_layers)
-    wrapper = StudentWithAdapters(student.model, s_layers, [])
-    x = torch.zeros(2, *student.input_spec.shape)
+    pairs = _active_pairs(cfg)
+    if pairs:
+        teacher.watch([t for t, _ in pairs])
+    wrapper = StudentWithAdapters(student.model, [s for _, s in pairs], [])
+    try:
+        x = torch.zeros(2, *student.input_spec.shape)
+        out = _trial_forward(student)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != student.num_classes:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(f"The student returns {got} for a batch of 2, not (2, {student.num_classes}) logits.")
+        if not pairs:
+            return wrapper
+        teacher.logits(x)
+        torch.manual_seed(cfg.train.seed)
+        adapters = [_adapter(wrapper.captured, teacher.features, t, s) for t, s in pairs]
+        wrapper.adapters = nn.ModuleList(adapters)
+        return wrapper
+    except BaseException:
+        wrapper.close()
+        raise
+
+
+def _trial_forward(student: ModelBundle) -> Any:
     model = student.model
     was_training = model.training
     try:
         with torch.no_grad():
-            out = model.eval()(x)
-    except RuntimeError as exc:
-        wrapper.close()
+            return model.eval()(torch.zeros(2, *student.input_spec.shape))
+    except Exception as exc:  # a user's model may raise anything
         raise ModelError(f"The student does not accept {_shape(student.input_spec)} inputs: "
                          f"{first_line(exc)}.") from exc
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != student.num_classes:
-        wrapper.close()
-        raise ModelError(f"The student returns {tuple(out.shape)} for a batch of 2, not (2, "
-                         f"{student.num_classes}) logits.")
-    if not t_layers:
-        return wrapper
-    teacher.logits(x)
-    torch.manual_seed(cfg.train.seed)
-    adapters = []
-    for (t, s) in cfg.feature_pairs:
-        try:
-            adapters.append(make_adapter(wrapper.captured[s].shape, teacher.features[t].shape))
-        except ValueError as exc:
-            wrapper.close()
-            raise DistillError(f"--feature-pairs {t}:{s}: {exc}.") from exc
-    wrapper.adapters = nn.ModuleList(adapters)
-    return wrapper
+
+
+def _adapter(student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor], t: str,
+             s: str) -> nn.Module:
+    """The adapter of one feature pair, sized and tried on the trial batch's features."""
+    for role, feats, name in (("teacher", teacher_feats, t), ("student", student_feats, s)):
+        if not isinstance(feats.get(name), torch.Tensor):
+            raise DistillError(f"--feature-pairs {t}:{s}: the {role} layer '{name}' gives no tensor in a forward "
+                               "pass (it is not called, or returns something else).")
+    try:
+        adapter = make_adapter(student_feats[s].shape, teacher_feats[t].shape)
+        with torch.no_grad():
+            feature_loss(adapter(student_feats[s]), teacher_feats[t])
+    except (ValueError, RuntimeError) as exc:
+        raise DistillError(f"--feature-pairs {t}:{s}: {first_line(exc)}.") from exc
+    return adapter
+
+
+def _active_pairs(cfg: DistillConfig) -> tuple[tuple[str, str], ...]:
+    """Feature pairs that contribute to the loss (none at --feature-weight 0: unused adapters would stall DDP)."""
+    return cfg.feature_pairs if cfg.feature_weight > 0 else ()
 
 
 def _loss_fn(teacher: Teacher, wrapper: StudentWithAdapters, cfg: DistillConfig):
-    smoothing, pairs = cfg.train.label_smoothing, cfg.feature_pairs
+    smoothing, pairs = cfg.train.label_smoothing, _active_pairs(cfg)
 
     def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = teacher.logits(x)
         logits = net(x)
         loss = distillation_loss(logits, target, y, temperature=cfg.temperature, alpha=cfg.alpha,
                                  label_smoothing=smoothing)
-        if pairs and cfg.feature_weight > 0:
+        if pairs:
             feats = sum(feature_loss(s, teacher.features[t]) for s, (t, _) in zip(wrapper.adapted, pairs))
             loss = loss + cfg.feature_weight * feats / len(pairs)
         return loss

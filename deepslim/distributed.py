@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,11 @@ class DistContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun); known before setup()."""
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 def launched() -> bool:
@@ -55,6 +61,10 @@ def setup(device: str = "auto") -> DistContext:
     """
     if not launched():
         return DistContext()
+    if re.fullmatch(r"cuda:\d+", device):
+        from deepslim.errors import ConfigError
+        raise ConfigError(f"Under torchrun every process uses the GPU of its LOCAL_RANK; use --device cuda or auto, "
+                          f"not {device}.")
     import torch.distributed as dist
     if not dist.is_initialized():
         cuda = device != "cpu" and not device.startswith("mps") and torch.cuda.is_available()

@@ -78,8 +78,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     DistributedDataParallel, each rank trains on its shard, validation metrics come from
     predictions gathered over ranks, and only rank 0 writes the checkpoint.
     """
-    identity = identity or {}
     ctx = setup(cfg.device)
+    # the process count sets the batches per epoch, the schedule's length and the effective batch
+    identity = {**(identity or {}), "processes": ctx.world_size}
     seed_everything(cfg.seed)
     device = resolve_device(local_device(ctx, cfg.device))
     model.to(device)
@@ -100,6 +101,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
         task = bar.add_task("train", total=batches * cfg.epochs, completed=batches * first_epoch)
         for epoch in range(first_epoch, cfg.epochs):
             bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            if ctx.enabled:  # each rank draws its own augmentation and dropout, reproducibly after a resume
+                seed_everything(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
             row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
                                device, ctx, lambda: bar.advance(task))
             broadcast_buffers(model, ctx)
@@ -153,9 +156,10 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
             try:
                 with _autocast(device, cfg.amp):
                     loss = loss_fn(net, x, y)
-            except RuntimeError as exc:
-                raise ModelError(f"The model fails on training batches of shape {tuple(x.shape)}: "
-                                 f"{first_line(exc)}; check --input-size and --channels.") from exc
+            except (RuntimeError, ValueError, TypeError) as exc:
+                hint = "; check --input-size and --channels" if _looks_like_shape_error(exc) else ""
+                raise ModelError(f"Training failed on a batch of shape {tuple(x.shape)}: {first_line(exc)}"
+                                 f"{hint}.") from exc
             if not torch.isfinite(loss):
                 raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
             (loss / group).backward()
@@ -168,6 +172,11 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
         tick()
     total, count = all_sum([total, count], ctx)
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
+
+
+def _looks_like_shape_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(word in text for word in ("shape", "size", "channels", "dimension"))
 
 
 @torch.no_grad()

@@ -53,6 +53,11 @@ class Runner(ABC):
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch the artifact accepts (None: any)."""
+        return None
+
     def __enter__(self) -> Runner:
         return self
 

@@ -45,6 +45,11 @@ class OnnxRuntimeRunner(Runner):
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: as_batch(batch)})[0]
 
+    @property
+    def max_batch(self) -> int | None:
+        first = self.session.get_inputs()[0].shape[0]
+        return first if isinstance(first, int) and first > 0 else None
+
 
 def _providers(ort, device: str) -> list[str]:
     available = ort.get_available_providers()

@@ -81,6 +81,11 @@ class TensorRTRunner(Runner):
         return cls(path, meta, options, details, engine=engine, context=engine.create_execution_context(),
                    input_name=inputs[0], output_name=outputs[0])
 
+    @property
+    def max_batch(self) -> int | None:
+        shapes = self.engine.get_tensor_profile_shape(self.input_name, 0)  # [min, opt, max]
+        return int(shapes[2][0])
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
         x = torch.from_numpy(as_batch(batch)).cuda()

@@ -93,3 +93,49 @@ def test_distill_beats_nothing_and_records_lineage(trained_cnn):
     # the adapters and hooks are gone: the student is the plain architecture again
     assert not out.model._forward_hooks and all(not mod._forward_hooks for mod in out.model.modules())
     assert set(out.model.state_dict()) == set(student.model.state_dict())
+
+
+def test_feature_weight_zero_trains_without_adapters(trained_cnn):
+    student = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 4}, seed=0)
+    cfg = DistillConfig(feature_pairs=(("features.3", "features.3"),), feature_weight=0.0,
+                        train=TrainConfig(epochs=1, seed=0))
+    out = distill(copy.deepcopy(trained_cnn), student, "digits", cfg, progress=False)
+    assert out.lineage[-1].config["losses"] == ["ce", "kd"]
+
+
+def test_runner_teacher_splits_batches_to_what_the_artifact_accepts():
+    from compress.distill import RunnerTeacher
+
+    class FixedBatchRunner:
+        max_batch = 2
+        calls: list[int] = []
+
+        def run(self, batch):
+            assert len(batch) <= 2, "the artifact only takes batches of 2"
+            self.calls.append(len(batch))
+            return batch.reshape(len(batch), -1)[:, :3] * 2
+
+    teacher = RunnerTeacher.__new__(RunnerTeacher)
+    teacher.runner, teacher.name, teacher.backend = FixedBatchRunner(), "t.onnx", "onnxruntime"
+    x = torch.arange(5 * 3, dtype=torch.float32).view(5, 3, 1, 1)
+    out = teacher._forward(x)
+    assert FixedBatchRunner.calls == [2, 2, 1]
+    assert torch.equal(out, x.view(5, 3) * 2)
+
+
+def test_student_that_returns_a_tuple_is_one_clear_error(trained_cnn):
+    from deepslim.errors import ModelError
+
+    class Pair(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x), x
+
+    student = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 4}, seed=0)
+    student.model = Pair(student.model)
+    with pytest.raises(ModelError, match="The student returns tuple for a batch of 2, not \\(2, 10\\) logits"):
+        distill(copy.deepcopy(trained_cnn), student, "digits", DistillConfig(train=TrainConfig(epochs=1)),
+                progress=False)
