@@ -1,0 +1,349 @@
+"""Quantization: static int8 (PTQ), dynamic int8, fp16 and QAT, each written in the format its runtime runs fastest.
+
+    from compress.quantize import QuantizeConfig, quantize
+    result = quantize(bundle, "model_int8.onnx", QuantizeConfig(method="ptq", target="onnxruntime"), "digits")
+
+Every path starts from the fp32 ONNX export (or a given deepslim ONNX file) and uses the
+libraries made for the job: onnxruntime.quantization for Q/DQ ONNX (U8S8 on CPUs, as
+onnxruntime advises, with 7-bit weights on CPUs without VNNI; symmetric S8S8 with
+per-channel weights and float bias for TensorRT, checked against its explicit-quantization
+rules), NNCF for OpenVINO IR (with its accuracy-control loop for ``max_accuracy_drop``).
+Accuracy and latency of the fp32 and the quantized artifact are measured by the benchmark
+runners, the same harness as ``deepslim bench``, and recorded in the artifact's lineage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.options import Activations, Calibration, Method, QuantTarget, Recover
+from deepslim.artifact import ArtifactMeta, read_onnx_meta
+from deepslim.data import open_dataset
+from deepslim.errors import ConfigError, DatasetError, DeepSlimError, InputFileError
+from deepslim.fileio import atomic_files
+from deepslim.models import ModelBundle
+from deepslim.spec import InputSpec, StageRecord
+
+SUFFIX = {QuantTarget.ONNXRUNTIME: ".onnx", QuantTarget.TENSORRT: ".onnx", QuantTarget.OPENVINO: ".xml"}
+BACKEND = {QuantTarget.ONNXRUNTIME: "onnxruntime", QuantTarget.TENSORRT: "onnxruntime",
+           QuantTarget.OPENVINO: "openvino"}
+QUANTIZED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+
+
+class QuantizeError(DeepSlimError):
+    """The quantized model cannot meet what was asked (accuracy, TensorRT's rules)."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    method: Method = Method.PTQ
+    target: QuantTarget = QuantTarget.ONNXRUNTIME
+    calibration: Calibration | None = None   # None: the library's default (onnxruntime MinMax, NNCF's presets)
+    calibration_samples: int = 300
+    per_channel: bool = True
+    activations: Activations = Activations.AUTO
+    max_accuracy_drop: float | None = None   # top-1 points on the val split; None: no guard
+    input_size: int | None = None            # export (and measure) at another resolution
+    qat_epochs: int = 3
+    qat_lr: float = 0.005
+    recover: Recover = Recover.FINETUNE      # qat: kd distills from the fp32 model
+    temperature: float = 4.0
+    alpha: float = 0.5
+    latency: bool = True                     # time fp32 vs quantized on the target's runner
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, enum in (("method", Method), ("target", QuantTarget), ("activations", Activations),
+                           ("recover", Recover)):
+            object.__setattr__(self, name, _enum(enum, getattr(self, name), name))
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", _enum(Calibration, self.calibration, "calibration"))
+        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+            raise ConfigError(f"--calibration-samples must be a positive integer, got {self.calibration_samples}.")
+        if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
+            raise ConfigError(f"--max-accuracy-drop is in top-1 points and must be >= 0, got {self.max_accuracy_drop}.")
+        if self.method is Method.DYNAMIC and self.target is not QuantTarget.ONNXRUNTIME:
+            raise ConfigError("--method dynamic is onnxruntime's dynamic int8 (activations quantized at run time); "
+                              "use --target onnxruntime.")
+        if self.calibration is not None and self.method not in (Method.PTQ, Method.QAT):
+            raise ConfigError(f"--calibration applies to --method ptq and qat, not {self.method.value}.")
+        if self.target is QuantTarget.OPENVINO and self.calibration is Calibration.ENTROPY:
+            raise ConfigError("--calibration entropy is onnxruntime's calibrator; NNCF (--target openvino) offers "
+                              "minmax or percentile.")
+        if self.method is Method.QAT and self.qat_epochs < 1:
+            raise ConfigError(f"--qat-epochs must be a positive integer, got {self.qat_epochs}.")
+        if self.method in (Method.FP16, Method.DYNAMIC) and self.max_accuracy_drop is not None:
+            raise ConfigError(f"--max-accuracy-drop guards int8 static quantization (ptq, qat), not "
+                              f"{self.method.value}.")
+        if self.recover is Recover.KD:
+            from compress.distill import DistillConfig
+            DistillConfig(temperature=self.temperature, alpha=self.alpha)  # same checks as distill
+
+    @property
+    def suffix(self) -> str:
+        return SUFFIX[self.target]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("method", "target", "activations", "recover", "calibration"):
+            data[key] = getattr(self, key).value if getattr(self, key) is not None else None
+        return data
+
+
+def _enum(enum, value, name: str):
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(e.value for e in enum)
+        raise ConfigError(f"--{name.replace('_', '-')} must be one of {choices}, got '{value}'.") from None
+
+
+@dataclass
+class QuantizeResult:
+    artifact: Path
+    extra_files: tuple[Path, ...]
+    record: StageRecord
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+@dataclass
+class QuantData:
+    calibration: np.ndarray   # (N, C, H, W) float32, normalised for the artifact
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+
+def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3, seed: int = 0) -> QuantData:
+    """Calibration samples (a seeded subset of the train split, no augmentation) and the val and test splits."""
+    import torch
+    source = open_dataset(dataset, severity=severity)
+    train = source.split("train", spec)
+    if len(train) < samples:
+        raise DatasetError(f"--calibration-samples {samples} asks for more than the {len(train)} images of "
+                           f"{source.info.name}'s train split; lower it.")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:samples]
+    calibration = np.stack([train[int(i)][0].numpy() for i in order]).astype(np.float32)
+    return QuantData(calibration, _arrays(source.split("val", spec)), _arrays(source.split("test", spec)))
+
+
+def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    xs, ys = [], []
+    for x, y in torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+# --- measuring through the benchmark runners ------------------------------------------------------
+
+def run_logits(path: Path, backend: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    from benchmarks.runners import RunnerOptions, open_runner
+    with open_runner(path, backend, RunnerOptions()) as runner:
+        runner.prepare(batch)
+        out = []
+        for i in range(0, len(x), batch):
+            chunk = x[i:i + batch]
+            pad = batch - len(chunk)  # static-shape runners get full batches; the padding is dropped
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            out.append(np.asarray(runner.run(chunk))[: batch - pad])
+    return np.concatenate(out)
+
+
+def score(path: Path, backend: str, data: QuantData, reference: dict[str, np.ndarray] | None = None):
+    """Metrics on val and test (with agreement against the reference logits) and the logits themselves."""
+    from deepslim.metrics import classification_metrics
+    logits = {name: run_logits(path, backend, getattr(data, name)[0]) for name in ("val", "test")}
+    metrics = {name: classification_metrics(logits[name], getattr(data, name)[1],
+                                            reference_logits=None if reference is None else reference[name])
+               for name in logits}
+    return metrics, logits
+
+
+def compare_latency(fp32: Path, quantized: Path, backend: str) -> dict[str, float]:
+    """p50 at batch 1 of both artifacts, interleaved in one run (short: a sanity check, not the benchmark)."""
+    from benchmarks.latency import LatencyConfig, measure
+    from benchmarks.runners import RunnerOptions, open_runner
+    runners = [open_runner(p, backend, RunnerOptions()) for p in (fp32, quantized)]
+    stats = measure(runners, LatencyConfig(batches=(1,), rounds=3, duration=1.5, warmup=3))
+    a, b = stats[0][1].p50_ms, stats[1][1].p50_ms
+    return {"fp32_p50_ms": round(a, 3), "quantized_p50_ms": round(b, 3), "ratio": round(b / a, 3),
+            "within_noise": bool(stats[1][1].within_noise)}
+
+
+# --- the stage --------------------------------------------------------------------------------------
+
+def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: QuantizeConfig | None = None,
+             dataset: str = "digits", *, severity: int = 3, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> QuantizeResult:
+    """Quantize ``source`` (a bundle, or a deepslim ONNX file for ptq/dynamic/fp16) into ``output``.
+
+    Writes nothing unless everything succeeds (accuracy guard and TensorRT checks included).
+    """
+    cfg = cfg or QuantizeConfig()
+    say = log or (lambda _msg: None)
+    out = Path(output)
+    start = time.perf_counter()
+    _check_request(source, out, cfg)
+    with tempfile.TemporaryDirectory(prefix="deepslim-quantize-") as tmp_name:
+        tmp = Path(tmp_name)
+        fp32_onnx, bundle = _fp32_onnx(source, tmp, cfg)
+        meta = read_onnx_meta(fp32_onnx)
+        data = load_data(dataset, meta.input_spec, cfg.calibration_samples, severity=severity, seed=cfg.seed)
+        backend = BACKEND[cfg.target]
+        fp32_artifact = _fp32_artifact(fp32_onnx, tmp, cfg)
+        fp32_metrics, fp32_logits = score(fp32_artifact, backend, data)
+        say(f"fp32 {fp32_artifact.suffix.lstrip('.')}: val top-1 {fp32_metrics['val']['top1']:.4f}, "
+            f"test top-1 {fp32_metrics['test']['top1']:.4f}")
+        from compress import quantize_backends as qb
+        details: dict[str, Any] = {}
+        if cfg.method is Method.QAT:
+            if bundle is None:
+                raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
+            quantized = qb.qat(bundle, tmp, cfg, data, dataset, details, progress=progress, say=say)
+        elif cfg.method is Method.FP16:
+            quantized = qb.fp16(fp32_onnx, tmp, cfg, details)
+        elif cfg.method is Method.DYNAMIC:
+            quantized = qb.dynamic(fp32_onnx, tmp, cfg, details)
+        elif cfg.target is QuantTarget.OPENVINO:
+            quantized = qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say)
+        else:
+            quantized = qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
+        q_metrics, _ = score(quantized, backend, data, reference=fp32_logits)
+        drop = 100 * (fp32_metrics["val"]["top1"] - q_metrics["val"]["top1"])
+        say(f"{cfg.method.value} {cfg.target.value}: val top-1 {q_metrics['val']['top1']:.4f} ({-drop:+.2f} pt), "
+            f"test top-1 {q_metrics['test']['top1']:.4f}")
+        if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop + 1e-9:
+            raise QuantizeError(f"The quantized model loses {drop:.2f} points of val top-1, more than "
+                                f"--max-accuracy-drop {cfg.max_accuracy_drop:g}, even with "
+                                f"{len(details.get('fp32_layers', []))} layers kept in fp32.")
+        warnings = list(details.pop("warnings", []))
+        metrics: dict[str, Any] = {"fp32": fp32_metrics, "quantized": q_metrics, "val_drop_points": round(drop, 3),
+                                   "test_drop_points": round(100 * (fp32_metrics["test"]["top1"]
+                                                                    - q_metrics["test"]["top1"]), 3), **details}
+        if cfg.latency and cfg.method is not Method.FP16:
+            metrics["latency"] = compare_latency(fp32_artifact, quantized, backend)
+            if metrics["latency"]["ratio"] >= 1.0:
+                warnings.append(_slow_warning(cfg, metrics, details))
+        for w in warnings:
+            say(f"warning: {w}")
+        record = StageRecord("quantize", {**cfg.to_json(), "dataset": dataset, "environment": _environment()},
+                             round(time.perf_counter() - start, 2), {**metrics, "warnings": warnings},
+                             versions=_versions())
+        files = _finish(quantized, out, meta, record, cfg)
+    return QuantizeResult(out, files[1:], record, warnings)
+
+
+def _check_request(source, out: Path, cfg: QuantizeConfig) -> None:
+    if out.suffix.lower() != cfg.suffix:
+        what = {".onnx": "a Q/DQ ONNX file (*.onnx)", ".xml": "an OpenVINO IR (*.xml, with a .bin beside it)"}
+        raise ConfigError(f"--target {cfg.target.value} writes {what[cfg.suffix]}; got {out.name}.")
+    if not isinstance(source, ModelBundle):
+        path = Path(source)
+        if path.suffix.lower() != ".onnx":
+            raise InputFileError(f"Quantization starts from a bundle (.safetensors) or a deepslim ONNX file; got "
+                                 f"{path.name}.")
+        if cfg.method is Method.QAT:
+            raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
+        if cfg.input_size is not None:
+            raise ConfigError(f"--input-size applies when exporting a bundle; {path.name} keeps its size.")
+
+
+def _fp32_onnx(source, tmp: Path, cfg: QuantizeConfig) -> tuple[Path, ModelBundle | None]:
+    from export.onnx import OnnxConfig, to_onnx
+    if isinstance(source, ModelBundle):
+        return to_onnx(source, tmp / "fp32.onnx", OnnxConfig(input_size=cfg.input_size)), source
+    path = Path(source)
+    meta = read_onnx_meta(path)
+    if meta is None:
+        raise InputFileError(f"{path} has no deepslim metadata; export it with `deepslim export --target onnx`.")
+    if meta.export.get("precision", "fp32") != "fp32" or _has_qdq(path):
+        raise InputFileError(f"{path.name} is already quantized ({meta.export.get('precision', 'Q/DQ')}); start from "
+                             "the fp32 model.")
+    copy = tmp / "fp32.onnx"
+    shutil.copyfile(path, copy)
+    return copy, None
+
+
+def _has_qdq(path: Path) -> bool:
+    import onnx
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") for n in graph.node)
+
+
+def _fp32_artifact(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig) -> Path:
+    """The fp32 reference on the target's runtime: the ONNX file, or its OpenVINO IR."""
+    if cfg.target is not QuantTarget.OPENVINO:
+        return fp32_onnx
+    from export.openvino import to_openvino
+    return to_openvino(fp32_onnx, tmp / "fp32.xml")
+
+
+def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord, cfg: QuantizeConfig) -> tuple[Path, ...]:
+    """Stamp the metadata (input spec, classes, lineage + this stage) and move the artifact into place atomically."""
+    precision = "fp16" if cfg.method is Method.FP16 else "int8"
+    new_meta = ArtifactMeta(meta.input_spec, meta.classes, [*meta.lineage, record],
+                            {**meta.export, "target": cfg.target.value, "precision": precision,
+                             "quantization": cfg.method.value})
+    if quantized.suffix == ".xml":
+        import openvino as ov
+        from deepslim.artifact import META_KEY
+        model = ov.Core().read_model(str(quantized))
+        model.set_rt_info(new_meta.to_json(), [META_KEY, "meta"])
+        with atomic_files(out, out.with_suffix(".bin")) as (tmp_xml, _):
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=cfg.method is Method.FP16)
+        return out, out.with_suffix(".bin")
+    import onnx
+
+    from export.onnx import set_metadata
+    proto = onnx.load(str(quantized))
+    set_metadata(proto, new_meta)
+    with atomic_files(out) as (tmp_onnx,):
+        onnx.save_model(proto, str(tmp_onnx))
+    return (out,)
+
+
+def _slow_warning(cfg: QuantizeConfig, metrics: dict[str, Any], details: dict[str, Any]) -> str:
+    lat = metrics["latency"]
+    causes = []
+    if details.get("activation_type") == "s8" and not _environment()["vnni"]:
+        causes.append("signed int8 activations on a CPU without VNNI (use --activations u8)")
+    if details.get("fp32_layers"):
+        causes.append(f"{len(details['fp32_layers'])} layers left in fp32 by the accuracy guard")
+    if cfg.target is QuantTarget.TENSORRT:
+        causes.append("the TensorRT-style Q/DQ graph is built for GPUs; onnxruntime's CPU kernels fuse it less well")
+    if not causes:
+        causes.append("a model too small for int8 kernels to pay for their quantize/dequantize steps")
+    return (f"the quantized model is not faster than fp32 on {BACKEND[cfg.target]} here ({lat['quantized_p50_ms']} "
+            f"vs {lat['fp32_p50_ms']} ms at batch 1); likely cause: {'; '.join(causes)}.")
+
+
+def _environment() -> dict[str, Any]:
+    from benchmarks.env import cpu_info
+    info = cpu_info()
+    return {"cpu": info["model"], "vnni": info["vnni"], "flags": info["flags"]}
+
+
+def _versions() -> dict[str, str]:
+    from deepslim.training import versions
+    out = versions()
+    for module in ("onnxruntime", "openvino", "nncf"):
+        try:
+            out[module] = __import__(module).__version__
+        except ImportError:
+            continue
+    return out
+
+
+__all__ = ["QuantizeConfig", "QuantizeError", "QuantizeResult", "load_data", "quantize", "score"]

@@ -1,0 +1,332 @@
+"""The quantization paths behind :func:`compress.quantize.quantize`, one function per method and format.
+
+Each writes its artifact into the stage's temporary directory and returns its path; what it
+chose (activation type, calibration, layers kept in fp32, per-layer errors) goes into ``details``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.options import Activations, Calibration, QuantTarget
+from compress.quantize import QUANTIZED_OPS, QuantData, QuantizeConfig, QuantizeError, score
+from deepslim.errors import DeepSlimError, ModelError, first_line
+
+Say = Callable[[str], None]
+
+
+# --- onnxruntime Q/DQ (targets onnxruntime and tensorrt) ------------------------------------------
+
+def ptq_onnx(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, details: dict[str, Any],
+             fp32_metrics: dict[str, Any], *, say: Say) -> Path:
+    """Static int8 Q/DQ with onnxruntime.quantization; the accuracy guard keeps the noisiest layers in fp32."""
+    source = _preprocess(fp32_onnx, tmp, details)
+    settings = ort_settings(cfg)
+    details.update({k: v for k, v in settings.items() if k in ("activation_type", "reduce_range", "calibration")})
+    cache = tmp / "calibration.json"
+
+    def build(exclude: list[str]) -> Path:
+        out = tmp / f"int8-{len(exclude)}.onnx"
+        _quantize_static(source, out, cfg, data.calibration, exclude, cache)
+        return out
+
+    quantized = build([])
+    errors = layer_errors(source, quantized, data.calibration, tmp)
+    details["layer_errors"] = errors[:15]
+    if cfg.max_accuracy_drop is None:
+        return quantized
+    return _guard(build, quantized, errors, cfg, data, details, fp32_metrics["val"]["top1"], say)
+
+
+def ort_settings(cfg: QuantizeConfig, vnni: bool | None = None) -> dict[str, Any]:
+    """Activation type, weight range and calibration for onnxruntime, as its documentation advises per target.
+
+    onnxruntime on x86 CPUs: unsigned activations with signed weights (U8S8); 7-bit weights
+    (``reduce_range``) on CPUs without VNNI, whose 8-bit multiply-add can saturate. TensorRT:
+    symmetric signed int8 everywhere (S8S8, zero-points 0), per-channel weights, float bias.
+    """
+    if vnni is None:
+        from compress.quantize import _environment
+        vnni = _environment()["vnni"]
+    tensorrt = cfg.target is QuantTarget.TENSORRT
+    act = cfg.activations
+    if act is Activations.AUTO:
+        act = Activations.S8 if tensorrt else Activations.U8
+    extra: dict[str, Any] = {}
+    if tensorrt:
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+    if cfg.calibration is Calibration.PERCENTILE:
+        extra.update(CalibPercentile=99.99)
+    return {"activation_type": act.value, "reduce_range": not vnni and not tensorrt and act is Activations.U8,
+            "calibration": (cfg.calibration or Calibration.MINMAX).value, "extra_options": extra}
+
+
+def _quantize_static(source: Path, out: Path, cfg: QuantizeConfig, calibration: np.ndarray, exclude: list[str],
+                     cache: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    settings = ort_settings(cfg)
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[settings["calibration"]]
+    act = QuantType.QUInt8 if settings["activation_type"] == "u8" else QuantType.QInt8
+    try:
+        quantize_static(str(source), str(out), _reader(source, calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=cfg.per_channel, reduce_range=settings["reduce_range"], activation_type=act,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude or None, calibrate_method=method,
+                        extra_options=settings["extra_options"], calibration_cache_path=str(cache))
+    except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantize
+        raise QuantizeError(f"onnxruntime could not quantize {source.name}: {first_line(exc)}.") from exc
+    if cfg.target is QuantTarget.TENSORRT:
+        import onnx
+
+        from export.tensorrt import check_qdq_for_tensorrt
+        problems = check_qdq_for_tensorrt(onnx.load(str(out), load_external_data=False))
+        if problems:
+            raise QuantizeError(f"The int8 model breaks TensorRT's explicit-quantization rules ({problems[0]}"
+                                f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); use "
+                                "--activations s8 and per-channel weights for --target tensorrt.")
+
+
+def _reader(model: Path, calibration: np.ndarray, batch: int = 16):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader
+    name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    return Reader()
+
+
+def _preprocess(fp32_onnx: Path, tmp: Path, details: dict[str, Any]) -> Path:
+    """onnxruntime's recommended pre-processing (shape inference, graph optimisation); the fp32 file if it fails."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    out = tmp / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(fp32_onnx), str(out))
+        return out
+    except Exception as exc:  # optional step: say so and go on without it
+        details.setdefault("warnings", []).append(f"onnxruntime's pre-processing failed ({first_line(exc)}); "
+                                                  "quantized the exported graph as is")
+        return fp32_onnx
+
+
+def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path) -> list[dict[str, Any]]:
+    """Per quantized layer: SQNR (dB, higher is better) of the Q/DQ model's activations against the fp32
+    model's at the layer's input and output, the dB lost inside the layer, and its weight's SQNR.
+
+    Sorted by dB lost, worst first: the order in which the accuracy guard keeps layers in fp32.
+    (onnxruntime's per-tensor ``qdq_err`` is not used: where it folds a Relu into the quantization
+    range, the tensor before Q/DQ still holds the negative values and the number means nothing.)"""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
+                                                          compute_weight_error, create_activation_matching,
+                                                          create_weight_matching,
+                                                          modify_model_output_intermediate_tensors)
+    float_aug, q_aug = tmp / "float_aug.onnx", tmp / "q_aug.onnx"
+    modify_model_output_intermediate_tensors(str(fp32), str(float_aug))
+    modify_model_output_intermediate_tensors(str(quantized), str(q_aug))
+    x = calibration[: _diagnostic_samples(calibration)]
+    matched = create_activation_matching(collect_activations(str(q_aug), _reader(q_aug, x, 4)),
+                                         collect_activations(str(float_aug), _reader(float_aug, x, 4)))
+    sqnr = {k: v["xmodel_err"] for k, v in compute_activation_error(matched).items() if "xmodel_err" in v}
+    weights = compute_weight_error(create_weight_matching(str(fp32), str(quantized)))
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    rows = []
+    for node in graph.node:
+        weight = weights.get(node.input[1]) if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else None
+        if weight is None:
+            continue  # not quantized (excluded, or an op onnxruntime leaves in float)
+        inp = _measured(node.input[0], sqnr, lambda t: [producers[t]] if t in producers else [], "input")
+        out = _measured(node.output[0], sqnr, lambda t: consumers.get(t, []), "output")
+        lost = inp - out if inp is not None and out is not None else None
+        rows.append({"layer": node.name, "op": node.op_type, "input_sqnr_db": _round(inp),
+                     "output_sqnr_db": _round(out), "lost_db": _round(lost), "weight_sqnr_db": _round(weight)})
+    return sorted(rows, key=lambda r: (-(r["lost_db"] if r["lost_db"] is not None else -1e9), r["weight_sqnr_db"]))
+
+
+def _measured(tensor: str, sqnr: dict[str, float], neighbours, side: str, depth: int = 3) -> float | None:
+    """The SQNR of ``tensor``, or of the nearest measured tensor through single-input/-output ops around it."""
+    for _ in range(depth):
+        if tensor in sqnr:
+            return sqnr[tensor]
+        nodes = neighbours(tensor)
+        if len(nodes) != 1:
+            return None
+        tensor = nodes[0].input[0] if side == "input" else nodes[0].output[0]
+    return sqnr.get(tensor)
+
+
+def _diagnostic_samples(calibration: np.ndarray) -> int:
+    """Few enough samples that every intermediate tensor of both models fits in memory comfortably."""
+    per_sample = calibration[0].nbytes * 400  # a deep CNN keeps a few hundred input-sized tensors
+    return int(max(1, min(32, 500_000_000 // max(per_sample, 1))))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
+def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dict[str, Any]], cfg: QuantizeConfig,
+           data: QuantData, details: dict[str, Any], fp32_top1: float, say: Say) -> Path:
+    """Keep the layers with the worst quantization error in fp32 (1, 2, 4, ... of them) until the drop fits."""
+    def drop_of(path: Path) -> float:
+        return 100 * (fp32_top1 - score(path, "onnxruntime", data)[0]["val"]["top1"])
+
+    ranked = [row["layer"] for row in errors]  # most dB lost first
+    drop, count, steps = drop_of(quantized), 0, []
+    steps.append({"fp32_layers": 0, "val_drop_points": round(drop, 3)})
+    while drop > cfg.max_accuracy_drop + 1e-9 and count < len(ranked):
+        count = min(len(ranked), max(1, 2 * count))
+        quantized = build(ranked[:count])
+        drop = drop_of(quantized)
+        steps.append({"fp32_layers": count, "val_drop_points": round(drop, 3)})
+        say(f"accuracy guard: {count} layer(s) kept in fp32 -> val drop {drop:.2f} pt")
+    if count and drop <= cfg.max_accuracy_drop + 1e-9:
+        count = _shrink(build, ranked, count, cfg.max_accuracy_drop, drop_of, steps)
+        quantized = build(ranked[:count])
+    details.update(fp32_layers=ranked[:count], guard_steps=steps)
+    return quantized
+
+
+def _shrink(build, ranked: list[str], count: int, limit: float, drop_of, steps: list[dict[str, Any]]) -> int:
+    """After doubling overshot, bisect down to the fewest fp32 layers that still fit."""
+    low, high = count // 2, count  # low does not fit (or is 0), high fits
+    while high - low > 1:
+        mid = (low + high) // 2
+        drop = drop_of(build(ranked[:mid]))
+        steps.append({"fp32_layers": mid, "val_drop_points": round(drop, 3)})
+        low, high = (low, mid) if drop <= limit + 1e-9 else (mid, high)
+    return high
+
+
+# --- NNCF for OpenVINO ------------------------------------------------------------------------------
+
+def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, details: dict[str, Any], *,
+                 say: Say) -> Path:
+    """NNCF post-training quantization of the OpenVINO model; with a guard, NNCF's accuracy-control loop."""
+    import nncf
+    import openvino as ov
+    model = ov.Core().read_model(str(fp32_xml))
+    calibration = nncf.Dataset([data.calibration[i:i + 1] for i in range(len(data.calibration))])
+    kwargs: dict[str, Any] = {"subset_size": len(data.calibration)}
+    advanced = _nncf_advanced(cfg)
+    if advanced is not None:
+        kwargs["advanced_quantization_parameters"] = advanced
+    details.update(calibration=cfg.calibration.value if cfg.calibration else "nncf-default", library="nncf")
+    try:
+        if cfg.max_accuracy_drop is None:
+            quantized = nncf.quantize(model, calibration, **kwargs)
+        else:
+            x, y = data.val
+            validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
+            quantized = nncf.quantize_with_accuracy_control(
+                model, calibration, validation, validation_fn=_nncf_top1, max_drop=cfg.max_accuracy_drop / 100,
+                drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+            details["fp32_layers"] = fp32_layers_openvino(quantized)
+            say(f"accuracy guard (NNCF): {len(details['fp32_layers'])} layer(s) kept in fp32")
+    except DeepSlimError:
+        raise
+    except Exception as exc:  # NNCF and OpenVINO raise many types
+        raise QuantizeError(f"NNCF could not quantize {fp32_xml.name}: {first_line(exc)}.") from exc
+    out = tmp / "int8.xml"
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
+    return out
+
+
+def _nncf_top1(compiled_model, items) -> tuple[float, list[float]]:
+    hits = []
+    for x, y in items:
+        logits = compiled_model(x)[0]
+        hits.append(float(np.argmax(logits, axis=1)[0] == y))
+    return float(np.mean(hits)), hits
+
+
+def _nncf_advanced(cfg: QuantizeConfig):
+    if cfg.calibration is None and cfg.per_channel:
+        return None
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    kwargs: dict[str, Any] = {}
+    if cfg.calibration is not None:
+        kwargs["activations_range_estimator_params"] = {
+            Calibration.MINMAX: RangeEstimatorParametersSet.MINMAX,
+            Calibration.PERCENTILE: RangeEstimatorParametersSet.MEAN_QUANTILE}[cfg.calibration]
+    if not cfg.per_channel:
+        kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
+    return AdvancedQuantizationParameters(**kwargs)
+
+
+def fp32_layers_openvino(model) -> list[str]:
+    """Convolution/MatMul ops of an NNCF-quantized model whose inputs pass through no FakeQuantize."""
+    names = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
+            continue
+        sources = [op.input_value(i).get_node() for i in range(op.get_input_size())]
+        if not any(_through_fake_quantize(s) for s in sources):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def _through_fake_quantize(node, depth: int = 3) -> bool:
+    for _ in range(depth):
+        if node.get_type_name() == "FakeQuantize":
+            return True
+        if node.get_input_size() == 0:
+            return False
+        node = node.input_value(0).get_node()
+    return False
+
+
+# --- dynamic int8 and fp16 ------------------------------------------------------------------------------
+
+def dynamic(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
+    """onnxruntime dynamic quantization: int8 weights, activations quantized per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    out = tmp / "dynamic.onnx"
+    source = _preprocess(fp32_onnx, tmp, details)
+    try:
+        quantize_dynamic(str(source), str(out), per_channel=cfg.per_channel, weight_type=QuantType.QInt8)
+    except Exception as exc:  # onnxruntime raises many types
+        raise QuantizeError(f"onnxruntime could not quantize {fp32_onnx.name} dynamically: {first_line(exc)}.") from exc
+    details.update(activation_type="dynamic u8", library="onnxruntime")
+    return out
+
+
+def fp16(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
+    """Half-precision weights: an fp16 ONNX graph (fp32 inputs and outputs kept), or an IR with fp16 weights."""
+    details["library"] = "openvino" if cfg.target is QuantTarget.OPENVINO else "onnxruntime.transformers"
+    if cfg.target is QuantTarget.OPENVINO:
+        import openvino as ov
+        out = tmp / "fp16.xml"
+        ov.save_model(ov.Core().read_model(str(tmp / "fp32.xml")), str(out), compress_to_fp16=True)
+        return out
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    out = tmp / "fp16.onnx"
+    onnx.save_model(convert_float_to_float16(onnx.load(str(fp32_onnx)), keep_io_types=True), str(out))
+    if cfg.target is QuantTarget.ONNXRUNTIME:
+        details.setdefault("warnings", []).append("fp16 on onnxruntime's CPU provider is emulated and slower than "
+                                                  "fp32; it is meant for GPUs (CUDA/TensorRT providers)")
+    return out
+
+
+# --- QAT ----------------------------------------------------------------------------------------------
+
+def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, details: dict[str, Any], *,
+        progress: bool, say: Say) -> Path:
+    raise ModelError("QAT is not available yet.")
+
