@@ -1,4 +1,4 @@
-"""`deepslim compress prune` and `deepslim compress distill` (quantize joins this group in a later issue)."""
+"""`deepslim compress prune`, `distill` and `quantize`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, C
                              Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume, Sched,
                              Seed, Severity, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
                              is_main_process, load_bundle, severity_for)
-from compress.options import Allocation, Importance, Recover
+from compress.options import Activations, Allocation, Calibration, Importance, Method, QuantTarget, Recover
 from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
 
-compress_app = typer.Typer(help="Compression stages: structured pruning and knowledge distillation "
-                                  "(quantization arrives in a later issue).", no_args_is_help=True)
+compress_app = typer.Typer(help="Compression stages: structured pruning, knowledge distillation, quantization.",
+                           no_args_is_help=True)
 
 
 @compress_app.command("prune")
@@ -252,3 +252,97 @@ def print_distill(bundle, out: Path) -> None:
     for name, key in (("teacher", "teacher_test"), ("student before", "test_before"), ("student after", "test")):
         table.add_row(name, *(f"{m[key][k]:.4f}" for k in ("top1", "top5", "roc_auc_macro")))
     Console().print(table)
+
+
+@compress_app.command("quantize")
+def quantize_cmd(
+    model: Annotated[Path, typer.Argument(help="A bundle (.safetensors), or a deepslim fp32 .onnx for ptq, "
+                                          "dynamic and fp16.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Quantized artifact: .onnx for onnxruntime and "
+                                         "tensorrt, .xml (+ .bin) for openvino.", show_default=False)],
+    method: Annotated[Method, typer.Option(help="ptq: static int8 calibrated on data; qat: fake-quantized "
+                                           "fine-tuning; dynamic: onnxruntime int8 weights; fp16.")] = Method.PTQ,
+    target: Annotated[QuantTarget, typer.Option(help="The runtime the artifact is for (sets its format).")]
+    = QuantTarget.ONNXRUNTIME,
+    dataset: Dataset = "digits", severity: Severity = None,
+    calibration: Annotated[Optional[Calibration], typer.Option(
+        help="Activation range estimation (default: the library's own: onnxruntime minmax, NNCF's preset).")]
+    = None,
+    calibration_samples: Annotated[int, typer.Option(help="Training images used for calibration.")] = 300,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per output "
+                                              "channel (TensorRT requires it).")] = True,
+    activations: Annotated[Activations, typer.Option(
+        help="Activation int8 type: auto = u8 for onnxruntime CPUs (7-bit weights without VNNI), symmetric s8 "
+             "for TensorRT.")] = Activations.AUTO,
+    max_accuracy_drop: Annotated[Optional[float], typer.Option(
+        help="Top-1 points the quantized model may lose on the val split; the most sensitive layers stay fp32 "
+             "until it fits.")] = None,
+    input_size: InputSize = None,
+    qat_epochs: Annotated[int, typer.Option(help="qat: fine-tuning epochs.")] = 3,
+    qat_lr: Annotated[float, typer.Option(help="qat: learning rate (SGD, cosine).")] = 0.005,
+    recover: Annotated[Recover, typer.Option(help="qat: cross-entropy, or KD from the fp32 model.")]
+    = Recover.FINETUNE,
+    temperature: Annotated[float, typer.Option(help="qat --recover kd: softmax temperature.")] = 4.0,
+    alpha: Annotated[float, typer.Option(help="qat --recover kd: weight of the KD term.")] = 0.5,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time fp32 vs quantized on the target's "
+                                          "runner and warn when int8 is not faster.")] = True,
+    seed: Seed = 0, force: Force = False, quiet: Quiet = False,
+) -> None:
+    """Quantize to int8 (or fp16) in the format the target runs fastest, measured against fp32.
+
+    Example: deepslim compress quantize base.safetensors --method ptq --target openvino -o base_int8.xml
+    """
+    from compress.quantize import QuantizeConfig
+    cfg = QuantizeConfig(method=method, target=target, calibration=calibration,
+                         calibration_samples=calibration_samples, per_channel=per_channel, activations=activations,
+                         max_accuracy_drop=max_accuracy_drop, input_size=input_size, qat_epochs=qat_epochs,
+                         qat_lr=qat_lr, recover=recover, temperature=temperature, alpha=alpha, latency=latency,
+                         seed=seed)
+    from deepslim.fileio import check_output, require_file
+    out = check_output(output, force=force, inputs=[model], suffix=cfg.suffix)
+    if out.suffix.lower() == ".xml":
+        check_output(out.with_suffix(".bin"), force=force, inputs=[model])
+    require_file(model, "model")
+    if model.suffix.lower() == ".onnx":
+        if method is Method.QAT:
+            raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
+        source = model
+    else:
+        source = load_bundle(model, arch=None, weights=None, arch_kwargs=None, input_size=None, channels=None,
+                             trust_pickle=False, dataset=dataset, severity=severity)
+    from rich.console import Console
+    console = Console(stderr=True, quiet=quiet)
+    from compress.quantize import quantize
+    result = quantize(source, out, cfg, dataset, severity=severity_for(dataset, severity), progress=not quiet,
+                      log=lambda m: console.print(m, highlight=False))
+    print_quantize(result)
+
+
+def print_quantize(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    m, cfg = result.record.metrics, result.record.config
+    table = Table(title=f"{cfg['method']} for {cfg['target']}: {result.artifact} ({result.record.seconds:.1f} s)")
+    for col in ("", "fp32", "quantized", "change"):
+        table.add_column(col, justify="right")
+    for split in ("val", "test"):
+        a, b = m["fp32"][split]["top1"], m["quantized"][split]["top1"]
+        table.add_row(f"{split} top-1", f"{a:.4f}", f"{b:.4f}", f"{100 * (b - a):+.2f} pt")
+    table.add_row("test agreement", "", f"{m['quantized']['test']['agreement']:.4f}", "")
+    if "latency" in m:
+        lat = m["latency"]
+        table.add_row("p50 batch 1", f"{lat['fp32_p50_ms']:.3f} ms", f"{lat['quantized_p50_ms']:.3f} ms",
+                      f"{lat['ratio']:.2f}x" + (" ~" if lat["within_noise"] else ""))
+    console = Console()
+    console.print(table)
+    if m.get("fp32_layers"):
+        console.print(f"kept in fp32 by the accuracy guard: {', '.join(m['fp32_layers'])}", highlight=False)
+    if m.get("layer_errors"):
+        errors = Table(title="per-layer quantization error (SQNR vs fp32, dB; worst first)")
+        for col in ("layer", "op", "input", "output", "lost", "weight"):
+            errors.add_column(col, justify="left" if col in ("layer", "op") else "right")
+        for row in m["layer_errors"][:8]:
+            errors.add_row(row["layer"], row["op"], *(f"{row[k]:.1f}" if row[k] is not None else "-"
+                                                      for k in ("input_sqnr_db", "output_sqnr_db", "lost_db",
+                                                                "weight_sqnr_db")))
+        console.print(errors)

@@ -225,9 +225,12 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         say(f"{cfg.method.value} {cfg.target.value}: val top-1 {q_metrics['val']['top1']:.4f} ({-drop:+.2f} pt), "
             f"test top-1 {q_metrics['test']['top1']:.4f}")
         if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop + 1e-9:
-            raise QuantizeError(f"The quantized model loses {drop:.2f} points of val top-1, more than "
-                                f"--max-accuracy-drop {cfg.max_accuracy_drop:g}, even with "
-                                f"{len(details.get('fp32_layers', []))} layers kept in fp32.")
+            steps = details.get("guard_steps") or [{"val_drop_points": drop, "fp32_layers": details.get("fp32_layers", [])}]
+            best = min(steps, key=lambda step: step["val_drop_points"])
+            raise QuantizeError(f"No quantization fits --max-accuracy-drop {cfg.max_accuracy_drop:g}: the best reached "
+                                f"loses {best['val_drop_points']:.2f} points of val top-1 (with "
+                                f"{len(best['fp32_layers'])} layers kept in fp32); raise the limit or try --method "
+                                "qat.")
         warnings = list(details.pop("warnings", []))
         metrics: dict[str, Any] = {"fp32": fp32_metrics, "quantized": q_metrics, "val_drop_points": round(drop, 3),
                                    "test_drop_points": round(100 * (fp32_metrics["test"]["top1"]

@@ -39,7 +39,7 @@ def ptq_onnx(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, d
     details["layer_errors"] = errors[:15]
     if cfg.max_accuracy_drop is None:
         return quantized
-    return _guard(build, quantized, errors, cfg, data, details, fp32_metrics["val"]["top1"], say)
+    return _guard(build, quantized, errors, cfg, data, details, fp32_metrics["val"]["top1"], source, say)
 
 
 def ort_settings(cfg: QuantizeConfig, vnni: bool | None = None) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
         inp = _measured(node.input[0], sqnr, lambda t: [producers[t]] if t in producers else [], "input")
         out = _measured(node.output[0], sqnr, lambda t: consumers.get(t, []), "output")
         lost = inp - out if inp is not None and out is not None else None
-        rows.append({"layer": node.name, "op": node.op_type, "input_sqnr_db": _round(inp),
+        rows.append({"layer": node.name, "op": node.op_type, "weight": node.input[1], "input_sqnr_db": _round(inp),
                      "output_sqnr_db": _round(out), "lost_db": _round(lost), "weight_sqnr_db": _round(weight)})
     return sorted(rows, key=lambda r: (-(r["lost_db"] if r["lost_db"] is not None else -1e9), r["weight_sqnr_db"]))
 
@@ -180,36 +180,62 @@ def _round(value: float | None) -> float | None:
 
 
 def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dict[str, Any]], cfg: QuantizeConfig,
-           data: QuantData, details: dict[str, Any], fp32_top1: float, say: Say) -> Path:
-    """Keep the layers with the worst quantization error in fp32 (1, 2, 4, ... of them) until the drop fits."""
+           data: QuantData, details: dict[str, Any], fp32_top1: float, source: Path, say: Say) -> Path:
+    """Keep the layers that lose the most in fp32 (1, 2, 4, ... of them, then bisected down) until the drop fits.
+
+    Keeping a layer in fp32 also keeps its input in fp32: in a Q/DQ graph an activation is
+    quantized at the output of the op that produces it, so that producer is excluded too."""
     def drop_of(path: Path) -> float:
         return 100 * (fp32_top1 - score(path, "onnxruntime", data)[0]["val"]["top1"])
 
-    ranked = [row["layer"] for row in errors]  # most dB lost first
+    groups = _exclusion_groups(source, [row["layer"] for row in errors])  # most dB lost first
+
+    def excluded(k: int) -> list[str]:
+        return list(dict.fromkeys(name for group in groups[:k] for name in group))
+
     drop, count, steps = drop_of(quantized), 0, []
-    steps.append({"fp32_layers": 0, "val_drop_points": round(drop, 3)})
-    while drop > cfg.max_accuracy_drop + 1e-9 and count < len(ranked):
-        count = min(len(ranked), max(1, 2 * count))
-        quantized = build(ranked[:count])
+    steps.append({"layers": 0, "fp32_layers": [], "val_drop_points": round(drop, 3)})
+    while drop > cfg.max_accuracy_drop + 1e-9 and count < len(groups):
+        count = min(len(groups), max(1, 2 * count))
+        quantized = build(excluded(count))
         drop = drop_of(quantized)
-        steps.append({"fp32_layers": count, "val_drop_points": round(drop, 3)})
-        say(f"accuracy guard: {count} layer(s) kept in fp32 -> val drop {drop:.2f} pt")
-    if count and drop <= cfg.max_accuracy_drop + 1e-9:
-        count = _shrink(build, ranked, count, cfg.max_accuracy_drop, drop_of, steps)
-        quantized = build(ranked[:count])
-    details.update(fp32_layers=ranked[:count], guard_steps=steps)
+        steps.append({"layers": count, "fp32_layers": excluded(count), "val_drop_points": round(drop, 3)})
+        say(f"accuracy guard: {', '.join(excluded(count))} kept in fp32 -> val drop {drop:.2f} pt")
+    if count > 1 and drop <= cfg.max_accuracy_drop + 1e-9:
+        low, high = count // 2, count  # bisect down to the fewest layers that still fit
+        while high - low > 1:
+            mid = (low + high) // 2
+            mid_drop = drop_of(build(excluded(mid)))
+            steps.append({"layers": mid, "fp32_layers": excluded(mid), "val_drop_points": round(mid_drop, 3)})
+            low, high = (low, mid) if mid_drop <= cfg.max_accuracy_drop + 1e-9 else (mid, high)
+        count = high
+        quantized = build(excluded(count))
+    details.update(fp32_layers=excluded(count), guard_steps=steps)
     return quantized
 
 
-def _shrink(build, ranked: list[str], count: int, limit: float, drop_of, steps: list[dict[str, Any]]) -> int:
-    """After doubling overshot, bisect down to the fewest fp32 layers that still fit."""
-    low, high = count // 2, count  # low does not fit (or is 0), high fits
-    while high - low > 1:
-        mid = (low + high) // 2
-        drop = drop_of(build(ranked[:mid]))
-        steps.append({"fp32_layers": mid, "val_drop_points": round(drop, 3)})
-        low, high = (low, mid) if drop <= limit + 1e-9 else (mid, high)
-    return high
+def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:
+    """For each ranked layer: itself and the quantized ops that produce its input (through Relu, pooling, ...)."""
+    import onnx
+    graph = onnx.load(str(model), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    by_name = {n.name: n for n in graph.node}
+    groups = []
+    for name in ranked:
+        group, frontier = [name], [by_name[name].input[0]] if name in by_name else []
+        for _ in range(4):
+            nxt = []
+            for tensor in frontier:
+                node = producers.get(tensor)
+                if node is None:
+                    continue
+                if node.op_type in QUANTIZED_OPS:
+                    group.append(node.name)
+                else:
+                    nxt += [i for i in node.input[:1]]
+            frontier = nxt
+        groups.append(group)
+    return groups
 
 
 # --- NNCF for OpenVINO ------------------------------------------------------------------------------
