@@ -292,13 +292,14 @@ def quantize_cmd(
 
     Example: deepslim compress quantize base.safetensors --method ptq --target openvino -o base_int8.xml
     """
-    from compress.quantize import QuantizeConfig
+    from compress.quantize import QuantizeConfig, check_suffix
     cfg = QuantizeConfig(method=method, target=target, calibration=calibration,
                          calibration_samples=calibration_samples, per_channel=per_channel, activations=activations,
                          max_accuracy_drop=max_accuracy_drop, input_size=input_size, qat_epochs=qat_epochs,
                          qat_lr=qat_lr, recover=recover, temperature=temperature, alpha=alpha, latency=latency,
                          seed=seed)
     from deepslim.fileio import check_output, require_file
+    check_suffix(output, cfg)
     out = check_output(output, force=force, inputs=[model], suffix=cfg.suffix)
     if out.suffix.lower() == ".xml":
         check_output(out.with_suffix(".bin"), force=force, inputs=[model])

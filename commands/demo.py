@@ -16,7 +16,8 @@ def demo(
     = Path("runs/demo"),
     epochs: Annotated[int, typer.Option(help="Training epochs of the built-in model.")] = 10,
 ) -> None:
-    """The whole pipeline on the built-in digits data: train, prune, export to ONNX and OpenVINO, benchmark."""
+    """The whole pipeline on the built-in digits data: train, prune, export to ONNX and OpenVINO, quantize to int8,
+    benchmark."""
     from pipeline.demo import run_demo
     result = run_demo(out_dir, epochs=epochs)
     from rich.console import Console
@@ -30,5 +31,9 @@ def demo(
     Console().print(table)
     typer.echo(f"trained in {result.train_seconds:.1f} s; bundle: {result.model_path}")
     print_prune(result.pruned, result.pruned.path)
+    for q in result.quantized:
+        m = q.record.metrics
+        typer.echo(f"int8 {q.record.config['target']}: {q.artifact}, test top-1 {m['fp32']['test']['top1']:.4f} -> "
+                   f"{m['quantized']['test']['top1']:.4f} ({-m['test_drop_points']:+.2f} pt)")
     print_bench(result.bench)
     typer.echo(f"report: {result.report}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from compress.options import Activations, Calibration, Method, QuantTarget, Recover
 from deepslim.artifact import ArtifactMeta, read_onnx_meta
-from deepslim.data import open_dataset
+from deepslim.data import calibration_images, open_dataset
 from deepslim.errors import ConfigError, DatasetError, DeepSlimError, InputFileError
 from deepslim.fileio import atomic_files
 from deepslim.models import ModelBundle
@@ -123,16 +123,14 @@ class QuantData:
     test: tuple[np.ndarray, np.ndarray]
 
 
-def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3, seed: int = 0) -> QuantData:
+def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3, seed: int = 0,
+              num_classes: int | None = None) -> QuantData:
     """Calibration samples (a seeded subset of the train split, no augmentation) and the val and test splits."""
-    import torch
     source = open_dataset(dataset, severity=severity)
-    train = source.split("train", spec)
-    if len(train) < samples:
-        raise DatasetError(f"--calibration-samples {samples} asks for more than the {len(train)} images of "
-                           f"{source.info.name}'s train split; lower it.")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:samples]
-    calibration = np.stack([train[int(i)][0].numpy() for i in order]).astype(np.float32)
+    if num_classes is not None and num_classes != source.info.num_classes:
+        raise DatasetError(f"The model predicts {num_classes} classes but dataset '{dataset}' has "
+                           f"{source.info.num_classes}.")
+    calibration = calibration_images(dataset, spec, samples, severity=severity, seed=seed)
     return QuantData(calibration, _arrays(source.split("val", spec)), _arrays(source.split("test", spec)))
 
 
@@ -200,7 +198,8 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         tmp = Path(tmp_name)
         fp32_onnx, bundle = _fp32_onnx(source, tmp, cfg)
         meta = read_onnx_meta(fp32_onnx)
-        data = load_data(dataset, meta.input_spec, cfg.calibration_samples, severity=severity, seed=cfg.seed)
+        data = load_data(dataset, meta.input_spec, cfg.calibration_samples, severity=severity, seed=cfg.seed,
+                         num_classes=len(meta.classes))
         backend = BACKEND[cfg.target]
         fp32_artifact = _fp32_artifact(fp32_onnx, tmp, cfg)
         fp32_metrics, fp32_logits = score(fp32_artifact, backend, data)
@@ -220,6 +219,7 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
             quantized = qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say)
         else:
             quantized = qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
+        _stamp(quantized, meta)
         q_metrics, _ = score(quantized, backend, data, reference=fp32_logits)
         drop = 100 * (fp32_metrics["val"]["top1"] - q_metrics["val"]["top1"])
         say(f"{cfg.method.value} {cfg.target.value}: val top-1 {q_metrics['val']['top1']:.4f} ({-drop:+.2f} pt), "
@@ -248,10 +248,14 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
     return QuantizeResult(out, files[1:], record, warnings)
 
 
-def _check_request(source, out: Path, cfg: QuantizeConfig) -> None:
+def check_suffix(out: Path, cfg: QuantizeConfig) -> None:
     if out.suffix.lower() != cfg.suffix:
         what = {".onnx": "a Q/DQ ONNX file (*.onnx)", ".xml": "an OpenVINO IR (*.xml, with a .bin beside it)"}
         raise ConfigError(f"--target {cfg.target.value} writes {what[cfg.suffix]}; got {out.name}.")
+
+
+def _check_request(source, out: Path, cfg: QuantizeConfig) -> None:
+    check_suffix(out, cfg)
     if not isinstance(source, ModelBundle):
         path = Path(source)
         if path.suffix.lower() != ".onnx":
@@ -315,6 +319,31 @@ def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord,
     with atomic_files(out) as (tmp_onnx,):
         onnx.save_model(proto, str(tmp_onnx))
     return (out,)
+
+
+def _stamp(path: Path, meta: ArtifactMeta) -> None:
+    """Give an interim artifact the fp32 model's metadata so the runners can feed it (QAT exports have none)."""
+    from benchmarks.runners import read_meta
+    try:
+        read_meta(path)
+        return
+    except InputFileError:
+        pass
+    if path.suffix == ".xml":
+        import openvino as ov
+        from deepslim.artifact import META_KEY
+        model = ov.Core().read_model(str(path))
+        model.set_rt_info(meta.to_json(), [META_KEY, "meta"])
+        ov.save_model(model, str(path.with_name("stamped-" + path.name)), compress_to_fp16=False)
+        path.with_name("stamped-" + path.name).replace(path)
+        path.with_name("stamped-" + path.with_suffix(".bin").name).replace(path.with_suffix(".bin"))
+        return
+    import onnx
+
+    from export.onnx import set_metadata
+    proto = onnx.load(str(path))
+    set_metadata(proto, meta)
+    onnx.save_model(proto, str(path))
 
 
 def _slow_warning(cfg: QuantizeConfig, metrics: dict[str, Any], details: dict[str, Any]) -> str:

@@ -249,18 +249,17 @@ def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData
     calibration = nncf.Dataset([data.calibration[i:i + 1] for i in range(len(data.calibration))])
     kwargs: dict[str, Any] = {"subset_size": len(data.calibration)}
     advanced = _nncf_advanced(cfg)
-    if advanced is not None:
-        kwargs["advanced_quantization_parameters"] = advanced
     details.update(calibration=cfg.calibration.value if cfg.calibration else "nncf-default", library="nncf")
     try:
         if cfg.max_accuracy_drop is None:
-            quantized = nncf.quantize(model, calibration, **kwargs)
+            quantized = nncf.quantize(model, calibration, **kwargs, **_nncf_kwargs(cfg))
         else:
             x, y = data.val
             validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
             quantized = nncf.quantize_with_accuracy_control(
                 model, calibration, validation, validation_fn=_nncf_top1, max_drop=cfg.max_accuracy_drop / 100,
-                drop_type=nncf.DropType.ABSOLUTE, **kwargs)
+                drop_type=nncf.DropType.ABSOLUTE, **kwargs,
+                **({} if advanced is None else {"advanced_quantization_parameters": advanced}))
             details["fp32_layers"] = fp32_layers_openvino(quantized)
             say(f"accuracy guard (NNCF): {len(details['fp32_layers'])} layer(s) kept in fp32")
     except DeepSlimError:
@@ -354,5 +353,100 @@ def fp16(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any
 
 def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, details: dict[str, Any], *,
         progress: bool, say: Say) -> Path:
-    raise ModelError("QAT is not available yet.")
+    """Quantization-aware training with NNCF's PyTorch backend, exported to the target's int8 format.
 
+    NNCF inserts fake quantizers initialised by post-training calibration; the shared train loop
+    then fine-tunes weights and quantizer ranges together (with KD from the fp32 model when
+    ``recover`` is kd). onnxruntime and TensorRT get a Q/DQ ONNX, OpenVINO an IR with FakeQuantize.
+    """
+    import copy
+    import logging
+    import os
+
+    # NNCF compiles a small C++ extension on first use (about 30 s on 2 cores) and gives up after
+    # 60 s by default, falling back to slow kernels; give a fresh machine's first build time.
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
+    import nncf
+    import torch
+
+    from compress.distill import kd_finetune_loss
+    from compress.options import Recover
+    from deepslim.config import TrainConfig
+    from deepslim.training import fit
+    nncf.set_log_level(logging.ERROR)
+    fp32 = copy.deepcopy(bundle.model).cpu().eval()
+    batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
+    try:
+        qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches),
+                               **_nncf_kwargs(cfg))
+    except Exception as exc:  # NNCF raises many types for models it cannot trace
+        raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
+                            f"{first_line(exc)}.") from exc
+    source = open_dataset_splits(dataset, bundle.input_spec)
+    train_cfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup_epochs=0)
+    loss = kd_finetune_loss(copy.deepcopy(fp32), cfg.temperature, cfg.alpha) if cfg.recover is Recover.KD else None
+    say(f"QAT: {cfg.qat_epochs} epochs of fake-quantized fine-tuning"
+        + (" distilled from the fp32 model" if loss is not None else ""))
+    result = fit(qmodel, source["train"], source["val"], train_cfg, loss_fn=loss, progress=progress)
+    qmodel.cpu().eval()
+    details.update(library="nncf", qat_val_top1=result.best_val_top1, qat_best_epoch=result.best_epoch,
+                   qat_history=result.history, calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
+    size = cfg.input_size or bundle.input_spec.shape[1]
+    example = torch.zeros(1, bundle.input_spec.shape[0], size, size)
+    if cfg.target is QuantTarget.OPENVINO:
+        return _qat_openvino(qmodel, example, tmp)
+    return _qat_onnx(qmodel, example, tmp, cfg)
+
+
+def _nncf_kwargs(cfg: QuantizeConfig) -> dict[str, Any]:
+    advanced = _nncf_advanced(cfg)
+    return {} if advanced is None else {"advanced_parameters": advanced}
+
+
+def open_dataset_splits(dataset: str, spec) -> dict[str, Any]:
+    from deepslim.data import open_dataset
+    source = open_dataset(dataset)
+    return {"train": source.split("train", spec, augment=True), "val": source.split("val", spec)}
+
+
+def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig) -> Path:
+    """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter)."""
+    import copy
+    import contextlib
+    import io
+    import warnings
+
+    import torch
+    from nncf.torch.quantization.layers import BaseQuantizer, QuantizerExportMode
+    model = copy.deepcopy(qmodel).eval()
+    for module in model.modules():
+        if isinstance(module, BaseQuantizer):
+            module.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
+    out = tmp / "int8-qat.onnx"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    except Exception as exc:  # the exporter raises many types
+        raise QuantizeError(f"The QAT model could not be exported to ONNX: {first_line(exc)}.") from exc
+    if cfg.target is QuantTarget.TENSORRT:
+        import onnx
+
+        from export.tensorrt import check_qdq_for_tensorrt
+        problems = check_qdq_for_tensorrt(onnx.load(str(out)))
+        if problems:
+            raise QuantizeError(f"The QAT model breaks TensorRT's explicit-quantization rules ({problems[0]}); "
+                                "use --method ptq --target tensorrt.")
+    return out
+
+
+def _qat_openvino(qmodel, example, tmp: Path) -> Path:
+    import openvino as ov
+    try:
+        model = ov.convert_model(qmodel, example_input=example)
+    except Exception as exc:  # OpenVINO's frontends raise many types
+        raise QuantizeError(f"OpenVINO could not convert the QAT model: {first_line(exc)}.") from exc
+    out = tmp / "int8-qat.xml"
+    ov.save_model(model, str(out), compress_to_fp16=False)
+    return out

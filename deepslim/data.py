@@ -85,6 +85,20 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     return Subset(dataset, order[:count].tolist())
 
 
+def calibration_images(dataset: str, spec: InputSpec, count: int, *, severity: int = 3, seed: int = 0) -> np.ndarray:
+    """``count`` training images (a seeded subset, no augmentation) as one float32 array, normalised for ``spec``.
+
+    The calibration set of post-training quantization; one function, so every quantizer compared
+    (deepslim's, NNCF's defaults in the benchmark) sees the same images."""
+    source = open_dataset(dataset, severity=severity)
+    train = source.split("train", spec)
+    if len(train) < count:
+        raise DatasetError(f"--calibration-samples {count} asks for more than the {len(train)} images of "
+                           f"{source.info.name}'s train split; lower it.")
+    picked = subset(train, count, seed=seed)
+    return np.stack([picked[i][0].numpy() for i in range(len(picked))]).astype(np.float32)
+
+
 def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], *, name: str = "the dataset",
                      seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
     """Indices of a fixed stratified train/val/test split (a test fraction of 0 gives train/val only)."""

@@ -1,0 +1,65 @@
+"""`deepslim compress quantize` end to end: PTQ for each target, QAT against PTQ, the artifact in `bench` and `info`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_contract import ok
+from deepslim.models import save_model
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """small_cnn width 4 at 8x8, 5 epochs: small enough that int8 costs it some accuracy."""
+    from deepslim.config import TrainConfig
+    from deepslim.training import model_for_dataset, train
+    bundle = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 4}, seed=0)
+    bundle = train(bundle, "digits", TrainConfig(epochs=5, seed=0), progress=False)
+    return save_model(bundle, tmp_path_factory.mktemp("quantize") / "narrow.safetensors")
+
+
+def _record(path) -> dict:
+    return json.loads(ok(["info", path, "--json"]).stdout)["lineage"][-1]
+
+
+def test_ptq_for_onnxruntime_is_benchmarked_like_any_artifact(tmp_path, narrow):
+    out = tmp_path / "q.onnx"
+    result = ok(["compress", "quantize", narrow, "--target", "onnxruntime", "--quiet", "-o", out])
+    assert "val top-1" in result.stdout and "per-layer quantization error" in result.stdout
+    record = _record(out)
+    assert record["stage"] == "quantize" and record["config"]["method"] == "ptq"
+    m = record["metrics"]
+    assert m["fp32"]["test"]["top1"] >= 0.85 and m["quantized"]["test"]["top1"] >= 0.8
+    assert m["latency"]["fp32_p50_ms"] > 0 and m["latency"]["quantized_p50_ms"] > 0
+    assert "activation_type" in m and record["config"]["environment"]["cpu"]
+    report = tmp_path / "bench"
+    ok(["bench", out, "--backend", "onnxruntime", "--duration", "0.2", "--rounds", "2", "--warmup", "1",
+        "--report", report])
+    entry = json.loads((report / "report.json").read_text())["entries"][0]
+    assert entry["accuracy"]["top1"] == pytest.approx(m["quantized"]["test"]["top1"])
+
+
+def test_qat_is_at_least_as_accurate_as_ptq_at_the_same_settings(tmp_path, narrow):
+    ptq, qat = tmp_path / "ptq.onnx", tmp_path / "qat.onnx"
+    common = ["--target", "onnxruntime", "--no-latency", "--quiet", "--calibration-samples", "300"]
+    ok(["compress", "quantize", narrow, "--method", "ptq", *common, "-o", ptq])
+    ok(["compress", "quantize", narrow, "--method", "qat", "--qat-epochs", "3", *common, "-o", qat])
+    p, q = _record(ptq)["metrics"], _record(qat)["metrics"]
+    assert q["quantized"]["test"]["top1"] >= p["quantized"]["test"]["top1"], (p["quantized"], q["quantized"])
+    assert q["quantized"]["val"]["top1"] >= p["quantized"]["val"]["top1"]
+    assert len(q["qat_history"]) == 3 and q["library"] == "nncf"
+
+
+def test_openvino_ptq_with_a_guard_and_qat_write_ir_pairs(tmp_path, narrow):
+    out = tmp_path / "q.xml"
+    ok(["compress", "quantize", narrow, "--target", "openvino", "--max-accuracy-drop", "2", "--quiet", "-o", out])
+    assert out.with_suffix(".bin").is_file()
+    m = _record(out)["metrics"]
+    assert m["val_drop_points"] <= 2.0 and "fp32_layers" in m
+    qat = tmp_path / "qat.xml"
+    ok(["compress", "quantize", narrow, "--method", "qat", "--target", "openvino", "--qat-epochs", "1",
+        "--recover", "kd", "--no-latency", "--quiet", "-o", qat])
+    record = _record(qat)
+    assert record["config"]["recover"] == "kd" and record["metrics"]["quantized"]["test"]["top1"] >= 0.8
