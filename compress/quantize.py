@@ -216,7 +216,7 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         elif cfg.method is Method.DYNAMIC:
             quantized = qb.dynamic(fp32_onnx, tmp, cfg, details)
         elif cfg.target is QuantTarget.OPENVINO:
-            quantized = qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say)
+            quantized = qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say, progress=progress)
         else:
             quantized = qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
         _stamp(quantized, meta)

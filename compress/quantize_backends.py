@@ -14,7 +14,7 @@ import numpy as np
 
 from compress.options import Activations, Calibration, QuantTarget
 from compress.quantize import QUANTIZED_OPS, QuantData, QuantizeConfig, QuantizeError, score
-from deepslim.errors import DeepSlimError, ModelError, first_line
+from deepslim.errors import DeepSlimError, first_line
 
 Say = Callable[[str], None]
 
@@ -241,25 +241,27 @@ def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:
 # --- NNCF for OpenVINO ------------------------------------------------------------------------------
 
 def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, details: dict[str, Any], *,
-                 say: Say) -> Path:
+                 say: Say, progress: bool = True) -> Path:
     """NNCF post-training quantization of the OpenVINO model; with a guard, NNCF's accuracy-control loop."""
-    import nncf
     import openvino as ov
+    nncf = import_nncf()
     model = ov.Core().read_model(str(fp32_xml))
     calibration = nncf.Dataset([data.calibration[i:i + 1] for i in range(len(data.calibration))])
     kwargs: dict[str, Any] = {"subset_size": len(data.calibration)}
     advanced = _nncf_advanced(cfg)
     details.update(calibration=cfg.calibration.value if cfg.calibration else "nncf-default", library="nncf")
     try:
-        if cfg.max_accuracy_drop is None:
-            quantized = nncf.quantize(model, calibration, **kwargs, **_nncf_kwargs(cfg))
-        else:
-            x, y = data.val
-            validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
-            quantized = nncf.quantize_with_accuracy_control(
-                model, calibration, validation, validation_fn=_nncf_top1, max_drop=cfg.max_accuracy_drop / 100,
-                drop_type=nncf.DropType.ABSOLUTE, **kwargs,
-                **({} if advanced is None else {"advanced_quantization_parameters": advanced}))
+        with _nncf_output(progress):
+            if cfg.max_accuracy_drop is None:
+                quantized = nncf.quantize(model, calibration, **kwargs, **_nncf_kwargs(cfg))
+            else:
+                x, y = data.val
+                validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, calibration, validation, validation_fn=_nncf_top1,
+                    max_drop=cfg.max_accuracy_drop / 100, drop_type=nncf.DropType.ABSOLUTE, **kwargs,
+                    **({} if advanced is None else {"advanced_quantization_parameters": advanced}))
+        if cfg.max_accuracy_drop is not None:
             details["fp32_layers"] = fp32_layers_openvino(quantized)
             say(f"accuracy guard (NNCF): {len(details['fp32_layers'])} layer(s) kept in fp32")
     except DeepSlimError:
@@ -269,6 +271,24 @@ def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData
     out = tmp / "int8.xml"
     ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out
+
+
+def import_nncf():
+    """nncf, imported without the warning torch prints when NNCF looks for a CUDA toolkit on a CPU machine."""
+    import logging
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    import nncf
+    return nncf
+
+
+def _nncf_output(progress: bool):
+    """NNCF draws its progress bars and logs on stdout; without progress they are swallowed."""
+    import contextlib
+    import io
+    import logging
+    nncf = import_nncf()
+    nncf.set_log_level(logging.INFO if progress else logging.ERROR)
+    return contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
 
 
 def _nncf_top1(compiled_model, items) -> tuple[float, list[float]]:
@@ -360,25 +380,23 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, d
     ``recover`` is kd). onnxruntime and TensorRT get a Q/DQ ONNX, OpenVINO an IR with FakeQuantize.
     """
     import copy
-    import logging
     import os
 
     # NNCF compiles a small C++ extension on first use (about 30 s on 2 cores) and gives up after
     # 60 s by default, falling back to slow kernels; give a fresh machine's first build time.
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
-    import nncf
     import torch
+    nncf = import_nncf()
 
     from compress.distill import kd_finetune_loss
     from compress.options import Recover
     from deepslim.config import TrainConfig
     from deepslim.training import fit
-    nncf.set_log_level(logging.ERROR)
     fp32 = copy.deepcopy(bundle.model).cpu().eval()
     batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
     try:
-        qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches),
-                               **_nncf_kwargs(cfg))
+        with _nncf_output(progress):
+            qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **_nncf_kwargs(cfg))
     except Exception as exc:  # NNCF raises many types for models it cannot trace
         raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
                             f"{first_line(exc)}.") from exc
