@@ -39,7 +39,10 @@ def nncf_default(fp32_xml: Path, out: Path, dataset: str, samples: int) -> None:
     images = calibration_images(dataset, meta.input_spec, samples, seed=0)
     model = ov.Core().read_model(str(fp32_xml))
     quantized = nncf.quantize(model, nncf.Dataset([images[i:i + 1] for i in range(len(images))]), subset_size=samples)
-    quantized.set_rt_info(meta.to_json(), [META_KEY, "meta"])
+    from deepslim.artifact import ArtifactMeta
+    labelled = ArtifactMeta(meta.input_spec, meta.classes, meta.lineage,
+                            {**meta.export, "precision": "int8", "quantization": "nncf-default"})
+    quantized.set_rt_info(labelled.to_json(), [META_KEY, "meta"])
     ov.save_model(quantized, str(out), compress_to_fp16=False)
 
 

@@ -268,7 +268,8 @@ def quantize_cmd(
     calibration: Annotated[Optional[Calibration], typer.Option(
         help="Activation range estimation (default: the library's own: onnxruntime minmax, NNCF's preset).")]
     = None,
-    calibration_samples: Annotated[int, typer.Option(help="Training images used for calibration.")] = 300,
+    calibration_samples: Annotated[Optional[int], typer.Option(
+        help="Training images used for calibration (default 300, or the whole train split when smaller).")] = None,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales per output "
                                               "channel (TensorRT requires it).")] = True,
     activations: Annotated[Activations, typer.Option(
@@ -292,6 +293,10 @@ def quantize_cmd(
 
     Example: deepslim compress quantize base.safetensors --method ptq --target openvino -o base_int8.xml
     """
+    from deepslim.distributed import launched
+    if launched():
+        raise ConfigError("deepslim compress quantize runs in one process (calibration and timing are not "
+                          "data-parallel); start it without torchrun.")
     from compress.quantize import QuantizeConfig, check_suffix
     cfg = QuantizeConfig(method=method, target=target, calibration=calibration,
                          calibration_samples=calibration_samples, per_channel=per_channel, activations=activations,

@@ -47,7 +47,7 @@ class QuantizeConfig:
     method: Method = Method.PTQ
     target: QuantTarget = QuantTarget.ONNXRUNTIME
     calibration: Calibration | None = None   # None: the library's default (onnxruntime MinMax, NNCF's presets)
-    calibration_samples: int = 300
+    calibration_samples: int | None = None   # None: 300, or the whole train split when it is smaller
     per_channel: bool = True
     activations: Activations = Activations.AUTO
     max_accuracy_drop: float | None = None   # top-1 points on the val split; None: no guard
@@ -66,7 +66,8 @@ class QuantizeConfig:
             object.__setattr__(self, name, _enum(enum, getattr(self, name), name))
         if self.calibration is not None:
             object.__setattr__(self, "calibration", _enum(Calibration, self.calibration, "calibration"))
-        if not isinstance(self.calibration_samples, int) or self.calibration_samples < 1:
+        if self.calibration_samples is not None and (not isinstance(self.calibration_samples, int)
+                                                     or self.calibration_samples < 1):
             raise ConfigError(f"--calibration-samples must be a positive integer, got {self.calibration_samples}.")
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
             raise ConfigError(f"--max-accuracy-drop is in top-1 points and must be >= 0, got {self.max_accuracy_drop}.")
@@ -75,9 +76,10 @@ class QuantizeConfig:
                               "use --target onnxruntime.")
         if self.calibration is not None and self.method not in (Method.PTQ, Method.QAT):
             raise ConfigError(f"--calibration applies to --method ptq and qat, not {self.method.value}.")
-        if self.target is QuantTarget.OPENVINO and self.calibration is Calibration.ENTROPY:
-            raise ConfigError("--calibration entropy is onnxruntime's calibrator; NNCF (--target openvino) offers "
-                              "minmax or percentile.")
+        if self.calibration is Calibration.ENTROPY and (self.target is QuantTarget.OPENVINO
+                                                        or self.method is Method.QAT):
+            raise ConfigError("--calibration entropy is onnxruntime's calibrator; NNCF (--target openvino, "
+                              "--method qat) offers minmax or percentile.")
         if self.method is Method.QAT and self.qat_epochs < 1:
             raise ConfigError(f"--qat-epochs must be a positive integer, got {self.qat_epochs}.")
         if self.method in (Method.FP16, Method.DYNAMIC) and self.max_accuracy_drop is not None:
@@ -148,6 +150,7 @@ def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
 def run_logits(path: Path, backend: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
     from benchmarks.runners import RunnerOptions, open_runner
     with open_runner(path, backend, RunnerOptions()) as runner:
+        batch = min(batch, runner.max_batch or batch)
         runner.prepare(batch)
         out = []
         for i in range(0, len(x), batch):
@@ -210,7 +213,7 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         if cfg.method is Method.QAT:
             if bundle is None:
                 raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
-            quantized = qb.qat(bundle, tmp, cfg, data, dataset, details, progress=progress, say=say)
+            quantized = qb.qat(bundle, tmp, cfg, dataset, severity, details, progress=progress, say=say)
         elif cfg.method is Method.FP16:
             quantized = qb.fp16(fp32_onnx, tmp, cfg, details)
         elif cfg.method is Method.DYNAMIC:
@@ -227,10 +230,10 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop + 1e-9:
             steps = details.get("guard_steps") or [{"val_drop_points": drop, "fp32_layers": details.get("fp32_layers", [])}]
             best = min(steps, key=lambda step: step["val_drop_points"])
+            hint = "raise the limit" + (" or try --method qat" if cfg.method is not Method.QAT else "")
             raise QuantizeError(f"No quantization fits --max-accuracy-drop {cfg.max_accuracy_drop:g}: the best reached "
                                 f"loses {best['val_drop_points']:.2f} points of val top-1 (with "
-                                f"{len(best['fp32_layers'])} layers kept in fp32); raise the limit or try --method "
-                                "qat.")
+                                f"{len(best['fp32_layers'])} layers kept in fp32); {hint}.")
         warnings = list(details.pop("warnings", []))
         metrics: dict[str, Any] = {"fp32": fp32_metrics, "quantized": q_metrics, "val_drop_points": round(drop, 3),
                                    "test_drop_points": round(100 * (fp32_metrics["test"]["top1"]
@@ -249,7 +252,7 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
 
 
 def check_suffix(out: Path, cfg: QuantizeConfig) -> None:
-    if out.suffix.lower() != cfg.suffix:
+    if out.suffix != cfg.suffix:
         what = {".onnx": "a Q/DQ ONNX file (*.onnx)", ".xml": "an OpenVINO IR (*.xml, with a .bin beside it)"}
         raise ConfigError(f"--target {cfg.target.value} writes {what[cfg.suffix]}; got {out.name}.")
 
@@ -315,6 +318,8 @@ def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord,
 
     from export.onnx import set_metadata
     proto = onnx.load(str(quantized))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    new_meta.export["opset"] = opset
     set_metadata(proto, new_meta)
     with atomic_files(out) as (tmp_onnx,):
         onnx.save_model(proto, str(tmp_onnx))

@@ -35,7 +35,12 @@ def ptq_onnx(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, d
         return out
 
     quantized = build([])
-    errors = layer_errors(source, quantized, data.calibration, tmp)
+    try:
+        errors = layer_errors(source, quantized, data.calibration, tmp)
+    except Exception as exc:  # a diagnostic: say it failed, keep the model
+        details.setdefault("warnings", []).append(f"the per-layer error analysis failed ({type(exc).__name__}: "
+                                                  f"{first_line(exc)}); the accuracy guard has no ranking")
+        errors = []
     details["layer_errors"] = errors[:15]
     if cfg.max_accuracy_drop is None:
         return quantized
@@ -215,25 +220,39 @@ def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dic
 
 
 def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:
-    """For each ranked layer: itself and the quantized ops that produce its input (through Relu, pooling, ...)."""
+    """For each ranked layer, the nodes to exclude so that the layer really computes on fp32 inputs.
+
+    In a Q/DQ graph an activation is quantized where it is produced, or where any quantized
+    reader asks for it; so the group holds the layer, the ops between it and the quantized ops
+    that produce its input (Relu, pooling, Flatten, a residual Add), those producers, and every
+    other reader of the tensors on that path."""
     import onnx
     graph = onnx.load(str(model), load_external_data=False).graph
     producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     by_name = {n.name: n for n in graph.node}
     groups = []
     for name in ranked:
-        group, frontier = [name], [by_name[name].input[0]] if name in by_name else []
+        group = [name]
+        frontier, seen = ([by_name[name].input[0]] if name in by_name else []), set()
         for _ in range(4):
-            nxt = []
+            following = []
             for tensor in frontier:
+                if tensor in seen:
+                    continue
+                seen.add(tensor)
+                group += [u.name for u in consumers.get(tensor, []) if u.name not in group]
                 node = producers.get(tensor)
                 if node is None:
                     continue
-                if node.op_type in QUANTIZED_OPS:
+                if node.name not in group:
                     group.append(node.name)
-                else:
-                    nxt += [i for i in node.input[:1]]
-            frontier = nxt
+                if node.op_type not in QUANTIZED_OPS:
+                    following += [i for i in node.input if i in producers]
+            frontier = following
         groups.append(group)
     return groups
 
@@ -371,7 +390,7 @@ def fp16(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any
 
 # --- QAT ----------------------------------------------------------------------------------------------
 
-def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, details: dict[str, Any], *,
+def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, details: dict[str, Any], *,
         progress: bool, say: Say) -> Path:
     """Quantization-aware training with NNCF's PyTorch backend, exported to the target's int8 format.
 
@@ -392,20 +411,24 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, d
     from compress.options import Recover
     from deepslim.config import TrainConfig
     from deepslim.training import fit
+    from deepslim.data import calibration_images, open_dataset
     fp32 = copy.deepcopy(bundle.model).cpu().eval()
-    batches = [torch.from_numpy(data.calibration[i:i + 32]) for i in range(0, len(data.calibration), 32)]
+    spec = bundle.input_spec  # QAT calibrates and trains at the model's own size; export may use --input-size
+    images = calibration_images(dataset, spec, cfg.calibration_samples, severity=severity, seed=cfg.seed)
+    batches = [torch.from_numpy(images[i:i + 32]) for i in range(0, len(images), 32)]
     try:
         with _nncf_output(progress):
             qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **_nncf_kwargs(cfg))
     except Exception as exc:  # NNCF raises many types for models it cannot trace
         raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
                             f"{first_line(exc)}.") from exc
-    source = open_dataset_splits(dataset, bundle.input_spec)
+    source = open_dataset(dataset, severity=severity)
+    splits = {"train": source.split("train", spec, augment=True), "val": source.split("val", spec)}
     train_cfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup_epochs=0)
     loss = kd_finetune_loss(copy.deepcopy(fp32), cfg.temperature, cfg.alpha) if cfg.recover is Recover.KD else None
     say(f"QAT: {cfg.qat_epochs} epochs of fake-quantized fine-tuning"
         + (" distilled from the fp32 model" if loss is not None else ""))
-    result = fit(qmodel, source["train"], source["val"], train_cfg, loss_fn=loss, progress=progress)
+    result = fit(qmodel, splits["train"], splits["val"], train_cfg, loss_fn=loss, progress=progress, keep_start=True)
     qmodel.cpu().eval()
     details.update(library="nncf", qat_val_top1=result.best_val_top1, qat_best_epoch=result.best_epoch,
                    qat_history=result.history, calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
@@ -419,12 +442,6 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, data: QuantData, dataset: str, d
 def _nncf_kwargs(cfg: QuantizeConfig) -> dict[str, Any]:
     advanced = _nncf_advanced(cfg)
     return {} if advanced is None else {"advanced_parameters": advanced}
-
-
-def open_dataset_splits(dataset: str, spec) -> dict[str, Any]:
-    from deepslim.data import open_dataset
-    source = open_dataset(dataset)
-    return {"train": source.split("train", spec, augment=True), "val": source.split("val", spec)}
 
 
 def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig) -> Path:

@@ -85,13 +85,16 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     return Subset(dataset, order[:count].tolist())
 
 
-def calibration_images(dataset: str, spec: InputSpec, count: int, *, severity: int = 3, seed: int = 0) -> np.ndarray:
-    """``count`` training images (a seeded subset, no augmentation) as one float32 array, normalised for ``spec``.
+def calibration_images(dataset: str, spec: InputSpec, count: int | None, *, severity: int = 3,
+                       seed: int = 0) -> np.ndarray:
+    """``count`` training images (a seeded subset, no augmentation) as one float32 array, normalised for ``spec``;
+    ``None``: 300, or the whole train split when it is smaller.
 
     The calibration set of post-training quantization; one function, so every quantizer compared
     (deepslim's, NNCF's defaults in the benchmark) sees the same images."""
     source = open_dataset(dataset, severity=severity)
     train = source.split("train", spec)
+    count = min(300, len(train)) if count is None else count
     if len(train) < count:
         raise DatasetError(f"--calibration-samples {count} asks for more than the {len(train)} images of "
                            f"{source.info.name}'s train split; lower it.")

@@ -70,8 +70,11 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
         checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
-        identity: dict[str, Any] | None = None) -> FitResult:
+        identity: dict[str, Any] | None = None, keep_start: bool = False) -> FitResult:
     """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``.
+
+    ``keep_start`` validates the model before training and lets that state win (best epoch 0)
+    when no epoch beats it: fine-tuning (QAT) then never ends below where it started.
 
     ``identity`` (architecture, input spec, dataset...) is stored in the checkpoint and must
     match on ``resume``, like the config. Under torchrun the model is wrapped in
@@ -93,6 +96,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     loss_fn = loss_fn or (lambda m, x, y: criterion(m(x), y))
     state, first_epoch, best = FitResult(), 0, _cpu_state(model)
+    if keep_start and not resume:
+        state.best_val_top1 = _validate(model, val_ds, cfg, criterion, device)["val_top1"]
     if resume:
         state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
     net = _data_parallel(model, device) if ctx.enabled else model

@@ -96,6 +96,17 @@ def _(ws: Workspace):
     return ([*QUANTIZE, ws.bundle(), "--target", "openvino", "-o", OUT], ["--target openvino", ".xml"])
 
 
+@case("quantize-uppercase-xml")
+def _(ws: Workspace):
+    return ([*QUANTIZE, ws.bundle(), "--target", "openvino", "-o", "out.XML"], ["--target openvino", ".xml"])
+
+
+@case("quantize-qat-entropy")
+def _(ws: Workspace):
+    return ([*QUANTIZE, ws.bundle(), "--method", "qat", "--calibration", "entropy", "-o", OUT],
+            ["entropy", "minmax or percentile"])
+
+
 @case("quantize-output-exists")
 def _(ws: Workspace):
     ws.write(OUT, b"keep me")

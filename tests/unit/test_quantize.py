@@ -141,3 +141,41 @@ def test_dynamic_and_fp16_formats(tmp_path, trained_cnn):
     assert onnx.TensorProto.FLOAT16 in types
     assert half.record.metrics["quantized"]["test"]["agreement"] >= 0.99
     np.testing.assert_equal(half.record.metrics["fp32"]["test"]["samples"], 360)
+
+
+def test_a_layer_kept_in_fp32_reads_an_fp32_input_even_behind_a_residual_add(tmp_path):
+    from torch import nn
+
+    from compress import quantize_backends as qb
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.b1, self.b2, self.fc = nn.Conv2d(3, 8, 3, padding=1), Block(), Block(), nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = self.b2(self.b1(torch.relu(self.stem(x))))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], dynamic_axes={"input": {0: "batch"}})
+    source = qb._preprocess(path, tmp_path, {})
+    layers = ["/b2/c1/Conv", "/fc/Gemm"]
+    calibration = np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)
+    for layer, group in zip(layers, qb._exclusion_groups(source, layers)):
+        out = tmp_path / "q.onnx"
+        qb._quantize_static(source, out, QuantizeConfig(), calibration, group, tmp_path / "cache.json")
+        graph = onnx.load(str(out)).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        node = next(n for n in graph.node if n.name == layer)
+        assert producers[node.input[0]].op_type != "DequantizeLinear", (layer, group)
+        assert all(producers[i].op_type != "DequantizeLinear" for i in node.input[1:] if i in producers), layer
