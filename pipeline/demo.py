@@ -60,7 +60,8 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int = 10, speedup: fl
         q = quantize(pruned, out / f"pruned_int8{suffix}", QuantizeConfig(target=target, latency=False), DEMO_DATASET,
                      progress=progress)
         result.quantized.append(q)
-        targets.append(BenchTarget(q.artifact, backend, note=f"int8 ptq, val drop {q.record.metrics['val_drop_points']:+.2f} pt"))
+        targets.append(BenchTarget(q.artifact, backend, note=f"{q.artifact.name}: int8 ptq for {target}, val top-1 "
+                                                             f"drop {q.record.metrics['val_drop_points']:+.2f} pt"))
     result.bench = bench(targets, LatencyConfig(batches=(1, 8), rounds=3, duration=bench_seconds), dataset=DEMO_DATASET)
     result.report = write_report(result.bench, out / "bench")["report.html"]
     return result
