@@ -13,6 +13,7 @@ from typer._click.exceptions import UsageError as _UsageError
 from typer.core import TyperGroup
 
 from commands import compress, demo, deploy, models
+from commands import run as run_cmd
 from deepslim.errors import DeepSlimError
 
 
@@ -66,6 +67,7 @@ app.add_typer(compress.compress_app, name="compress")
 app.command()(models.info)
 app.command()(models.archs)
 app.command()(demo.demo)
+app.command()(run_cmd.run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""The recipe: a typed, validated description of a whole compression run (`deepslim run recipe.yaml`).
+
+    name: resnet18-digits
+    dataset: digits
+    model: {arch: resnet18, input_size: 32}
+    stages:
+      - {stage: train, epochs: 10}
+      - {stage: prune, speedup: 2, finetune_epochs: 5, recover: kd}
+      - {stage: quantize, method: ptq, target: openvino}
+      - {stage: export, targets: [onnx, openvino]}
+    bench: {backends: [torch, onnxruntime, openvino], batches: [1]}
+
+Everything is checked before any work: field types and allowed values (pydantic; the error
+names the field path), files that must exist, the order of stages (what each one produces
+must be what the next one takes), and whether the backends it needs are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.options import Calibration, Importance, Method, QuantTarget, Recover
+from deepslim.errors import ConfigError, InputFileError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    """The starting model: a file (bundle, or ONNX for quantize/export only) or an architecture to build."""
+
+    path: str | None = None
+    arch: str | None = None
+    input_size: PositiveInt | None = None
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.arch is None):
+            raise ValueError("give exactly one of path and arch")
+        if self.path is not None and (self.input_size is not None or self.arch_kwargs):
+            raise ValueError("input_size and arch_kwargs apply to arch, not to a model file")
+        return self
+
+
+class TrainStage(_Strict):
+    stage: Literal["train"]
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] | None = None
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    augment: bool = True
+
+
+class PruneStage(_Strict):
+    stage: Literal["prune"]
+    ratio: Fraction | None = None
+    speedup: Annotated[float, Field(gt=1)] | None = None
+    importance: Importance = Importance.L2
+    global_pruning: bool = False
+    iterative_steps: PositiveInt = 1
+    round_to: PositiveInt = 8
+    finetune_epochs: NonNegInt = 0
+    finetune_lr: Annotated[float, Field(gt=0)] = 0.03
+    recover: Recover = Recover.FINETUNE
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+    @model_validator(mode="after")
+    def _target(self) -> PruneStage:
+        if (self.ratio is None) == (self.speedup is None):
+            raise ValueError("give exactly one of ratio and speedup")
+        if self.recover is Recover.KD and not self.finetune_epochs:
+            raise ValueError("recover: kd distills during fine-tuning; set finetune_epochs >= 1")
+        return self
+
+
+class DistillStage(_Strict):
+    stage: Literal["distill"]
+    teacher: str = "original"   # "original": the model before compression (after training); or a file
+    epochs: PositiveInt = 5
+    lr: Annotated[float, Field(gt=0)] | None = None
+    temperature: Annotated[float, Field(gt=0)] = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+
+
+class QuantizeStage(_Strict):
+    stage: Literal["quantize"]
+    method: Method = Method.PTQ
+    target: QuantTarget = QuantTarget.OPENVINO
+    calibration: Calibration | None = None
+    calibration_samples: PositiveInt | None = None
+    max_accuracy_drop: Annotated[float, Field(ge=0)] | None = None
+    input_size: PositiveInt | None = None
+    qat_epochs: PositiveInt = 3
+
+
+class ExportStage(_Strict):
+    stage: Literal["export"]
+    targets: list[Literal["onnx", "openvino", "tensorrt"]] = Field(default_factory=lambda: ["onnx", "openvino"],
+                                                                    min_length=1)
+    input_size: PositiveInt | None = None
+
+
+Stage = Annotated[Union[TrainStage, PruneStage, DistillStage, QuantizeStage, ExportStage],
+                  Field(discriminator="stage")]
+
+
+class BenchSpec(_Strict):
+    backends: list[Literal["torch", "onnxruntime", "openvino", "tensorrt"]] = Field(
+        default_factory=lambda: ["torch", "onnxruntime", "openvino"], min_length=1)
+    batches: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    input_size: PositiveInt | None = None
+    duration: Annotated[float, Field(gt=0)] = 2.0
+    rounds: PositiveInt = 3
+    accuracy: bool = True
+
+
+class Recipe(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    dataset: str = "digits"
+    seed: int = 0
+    model: ModelSpec
+    stages: list[Stage] = Field(default_factory=list)
+    bench: BenchSpec | None = Field(default_factory=BenchSpec)
+
+    @model_validator(mode="after")
+    def _formats_chain(self) -> Recipe:
+        """What each stage produces must be what the next takes (e.g. no prune after quantize)."""
+        kind = "onnx" if self.model.path and self.model.path.lower().endswith(".onnx") else "bundle"
+        for i, stage in enumerate(self.stages):
+            needs = ("bundle", "onnx") if isinstance(stage, QuantizeStage) and stage.method is not Method.QAT \
+                else ("bundle",)
+            if kind not in needs:
+                made = f"stage {i - 1} ({self.stages[i - 1].stage})" if i else "the model"
+                raise ValueError(f"stages.{i} ({stage.stage}) takes a PyTorch bundle, but {made} gives "
+                                 f"{'a quantized artifact' if kind == 'quantized' else 'an ONNX file'}; put "
+                                 f"{stage.stage} before quantize")
+            if isinstance(stage, QuantizeStage):
+                kind = "quantized"
+        return self
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe file; every problem is one sentence naming the field."""
+    import yaml
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"The recipe {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}.") from None
+    return parse_recipe(data, source=path)
+
+
+def parse_recipe(data: Any, *, source: str | Path = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping with name, model and stages.")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_first_error(exc)}") from None
+    base = Path(source).parent if isinstance(source, Path) else Path(".")
+    _check_files(recipe, base)
+    return recipe
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Stage"))  # drop union member names
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc or 'recipe'}: {msg}{more}."
+
+
+def _check_files(recipe: Recipe, base: Path) -> None:
+    if recipe.model.path is not None and not resolve(recipe.model.path, base).is_file():
+        raise InputFileError(f"model.path: {recipe.model.path} does not exist.")
+    for i, stage in enumerate(recipe.stages):
+        if isinstance(stage, DistillStage) and stage.teacher != "original" and not resolve(stage.teacher, base).is_file():
+            raise InputFileError(f"stages.{i}.teacher: {stage.teacher} does not exist (use 'original' for the model "
+                                 "before compression).")
+
+
+def resolve(path: str, base: Path) -> Path:
+    """Recipe paths are relative to the recipe file."""
+    p = Path(path)
+    return p if p.is_absolute() else base / p
+
+
+def feasibility(recipe: Recipe) -> list[str]:
+    """Notes on what this machine cannot run: missing backends fail now; TensorRT without a GPU is skipped."""
+    missing = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+    wanted = set(recipe.bench.backends if recipe.bench else [])
+    for stage in recipe.stages:
+        if isinstance(stage, ExportStage):
+            wanted |= {"onnxruntime" if t == "onnx" else t for t in stage.targets}
+        if isinstance(stage, QuantizeStage):
+            wanted.add("openvino" if stage.target is QuantTarget.OPENVINO else "onnxruntime")
+    for backend, module in missing.items():
+        if backend in wanted and importlib.util.find_spec(module) is None:
+            raise ConfigError(f"The recipe needs {backend}, which is not installed; `pip install {module}`.")
+    notes = []
+    if "tensorrt" in wanted and not tensorrt_available():
+        notes.append("TensorRT targets are skipped: this machine has no tensorrt package or no CUDA GPU")
+    return notes
+
+
+def tensorrt_available() -> bool:
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    import torch
+    return torch.cuda.is_available()

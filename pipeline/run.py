@@ -1,0 +1,289 @@
+"""Run a recipe in a resumable run directory (`deepslim run recipe.yaml --run-dir DIR`).
+
+    DIR/00-model/model.safetensors      the starting model (built, or copied from model.path)
+    DIR/01-train/model.safetensors      one folder per stage, holding its artifacts only
+    DIR/02-prune/model.safetensors
+    DIR/03-quantize/model_int8.xml (+ .bin)
+    DIR/bench/report.html|.md|.json     every stage's artifact side by side
+    DIR/manifest.json                   per stage: config, its hash, input and output hashes, seconds, metrics
+
+A stage is skipped when its config and the hashes of its inputs match the manifest and its
+outputs are still there, unchanged. Otherwise its folder is emptied and it runs again, and so
+does every stage after it (their inputs change). The manifest is rewritten atomically after
+each stage, and every artifact is written under a temporary name and renamed, so a run killed
+at any point leaves finished stages intact and no partial file that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepslim.errors import ConfigError, InputFileError
+from deepslim.fileio import atomic_path, sha256_file
+from pipeline.recipe import (DistillStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainStage, feasibility,
+                             resolve, tensorrt_available)
+
+MANIFEST_VERSION = 1
+Say = Callable[[str], None]
+
+
+@dataclass
+class StageOutcome:
+    index: int
+    kind: str
+    outputs: list[Path]
+    cached: bool
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    stages: list[StageOutcome]
+    report: Path | None
+    notes: list[str]
+
+
+def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), progress: bool = True,
+               log: Say | None = None) -> RunResult:
+    """Run (or resume) ``recipe`` in ``run_dir``; returns what each stage did and the report path."""
+    say = log or (lambda _msg: None)
+    run_dir = Path(run_dir)
+    notes = feasibility(recipe)
+    for note in notes:
+        say(f"note: {note}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _load_manifest(run_dir, recipe)
+    steps: list[Any] = [recipe.model, *recipe.stages]
+    current: Path | None = None
+    original: Path | None = None
+    outcomes: list[StageOutcome] = []
+    for index, step in enumerate(steps):
+        kind = "model" if index == 0 else step.stage
+        stage_dir = run_dir / f"{index:02d}-{kind}"
+        inputs = _inputs(step, current, original, recipe, base)
+        key = _key(recipe, step, inputs)
+        entry = manifest["stages"].get(str(index))
+        if entry is not None and entry["key"] == key and _outputs_intact(run_dir, entry):
+            outputs = [run_dir / p for p in entry["outputs"]]
+            outcomes.append(StageOutcome(index, kind, outputs, True, entry["seconds"], entry.get("metrics", {})))
+            say(f"[{index}] {kind}: unchanged, kept {', '.join(p.name for p in outputs)}")
+        else:
+            _invalidate(manifest, index, run_dir)
+            if stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            stage_dir.mkdir(parents=True)
+            say(f"[{index}] {kind}: running")
+            start = time.perf_counter()
+            outputs, metrics = _execute(step, current, original, stage_dir, recipe, base, progress, say)
+            seconds = round(time.perf_counter() - start, 2)
+            manifest["stages"][str(index)] = {
+                "kind": kind, "config": _config(step), "key": key, "inputs": inputs, "seconds": seconds,
+                "outputs": [str(p.relative_to(run_dir)) for p in outputs],
+                "output_hashes": {str(p.relative_to(run_dir)): sha256_file(p) for p in outputs},
+                "metrics": metrics, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            _write_manifest(run_dir, manifest)
+            outcomes.append(StageOutcome(index, kind, outputs, False, seconds, metrics))
+            say(f"[{index}] {kind}: done in {seconds:.1f} s -> {', '.join(p.name for p in outputs)}")
+        if kind != "export":
+            current = outcomes[-1].outputs[0]
+        if kind in ("model", "train"):
+            original = current
+    report = _bench(recipe, run_dir, outcomes, manifest, notes, say) if recipe.bench else None
+    return RunResult(run_dir, outcomes, report, notes)
+
+
+# --- one stage --------------------------------------------------------------------------------
+
+def _execute(step, current: Path | None, original: Path | None, stage_dir: Path, recipe: Recipe, base: Path,
+             progress: bool, say: Say) -> tuple[list[Path], dict[str, Any]]:
+    from deepslim.models import load_model, save_model
+    if current is None:  # the model step
+        return _model(step, stage_dir, recipe, base)
+    if isinstance(step, TrainStage):
+        from deepslim.config import TrainConfig
+        from deepslim.training import train
+        cfg = TrainConfig(epochs=step.epochs, batch_size=step.batch_size, lr=step.lr,
+                          label_smoothing=step.label_smoothing, augment=step.augment, seed=recipe.seed)
+        out = train(load_model(current), recipe.dataset, cfg, progress=progress)
+        return [save_model(out, stage_dir / "model.safetensors")], _test(out)
+    if isinstance(step, PruneStage):
+        from compress.prune import PruneConfig, prune
+        cfg = PruneConfig(ratio=step.ratio, speedup=step.speedup, importance=step.importance,
+                          global_pruning=step.global_pruning, iterative_steps=step.iterative_steps,
+                          round_to=None if step.round_to == 1 else step.round_to, finetune_epochs=step.finetune_epochs,
+                          finetune_lr=step.finetune_lr, recover=step.recover, temperature=step.temperature,
+                          alpha=step.alpha, seed=recipe.seed)
+        out = prune(load_model(current), cfg, dataset=recipe.dataset, progress=progress, log=say)
+        m = out.lineage[-1].metrics
+        return [save_model(out, stage_dir / "model.safetensors")], {**_test(out), "mac_reduction": m["mac_reduction"]}
+    if isinstance(step, DistillStage):
+        from compress.distill import DistillConfig, distill, open_teacher
+        from deepslim.config import TrainConfig
+        teacher = original if step.teacher == "original" else resolve(step.teacher, base)
+        cfg = DistillConfig(temperature=step.temperature, alpha=step.alpha,
+                            train=TrainConfig(epochs=step.epochs, lr=step.lr, seed=recipe.seed))
+        out = distill(open_teacher(teacher), load_model(current), recipe.dataset, cfg, progress=progress, log=say)
+        return [save_model(out, stage_dir / "model.safetensors")], _test(out)
+    if isinstance(step, QuantizeStage):
+        from compress.quantize import QuantizeConfig, quantize
+        cfg = QuantizeConfig(method=step.method, target=step.target, calibration=step.calibration,
+                             calibration_samples=step.calibration_samples, max_accuracy_drop=step.max_accuracy_drop,
+                             input_size=step.input_size, qat_epochs=step.qat_epochs, seed=recipe.seed)
+        source = load_model(current) if current.suffix == ".safetensors" else current
+        result = quantize(source, stage_dir / f"model_int8{cfg.suffix}", cfg, recipe.dataset, progress=progress,
+                          log=say)
+        m = result.record.metrics
+        return [result.artifact, *result.extra_files], {"test": m["quantized"]["test"],
+                                                        "test_drop_points": m["test_drop_points"]}
+    return _export(step, current, stage_dir, recipe, say), {}
+
+
+def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path], dict[str, Any]]:
+    from deepslim.models import load_model, save_model
+    if spec.path is not None:
+        source = resolve(spec.path, base)
+        out = stage_dir / Path(spec.path).name
+        if source.suffix.lower() == ".safetensors":
+            return [save_model(load_model(source), out)], {}
+        with atomic_path(out) as tmp:
+            shutil.copyfile(source, tmp)
+        return [out], {}
+    from deepslim.training import model_for_dataset
+    bundle = model_for_dataset(spec.arch, recipe.dataset, input_size=spec.input_size, arch_kwargs=spec.arch_kwargs,
+                               seed=recipe.seed)
+    return [save_model(bundle, stage_dir / "model.safetensors")], {}
+
+
+def _export(step: ExportStage, current: Path, stage_dir: Path, recipe: Recipe, say: Say) -> list[Path]:
+    from deepslim.models import load_model
+    from export import OnnxConfig, VerifyConfig, export_model
+    bundle = load_model(current)
+    outputs: list[Path] = []
+    for target in step.targets:
+        if target == "tensorrt" and not tensorrt_available():
+            say("export to tensorrt skipped: no tensorrt package or no CUDA GPU here")
+            continue
+        suffix = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}[target]
+        result = export_model(bundle, target, stage_dir / f"model{suffix}", onnx_config=OnnxConfig(input_size=step.input_size),
+                              verify=VerifyConfig(recipe.dataset))
+        outputs += [result.artifact, *result.extra_files]
+    return outputs
+
+
+def _test(bundle) -> dict[str, Any]:
+    test = bundle.lineage[-1].metrics.get("test")
+    return {"test": test} if test else {}
+
+
+# --- the bench over every stage's artifact ---------------------------------------------------
+
+def _bench(recipe: Recipe, run_dir: Path, outcomes: list[StageOutcome], manifest: dict[str, Any], notes: list[str],
+           say: Say) -> Path:
+    from benchmarks import Backend, LatencyConfig, bench, write_report
+    from benchmarks.runners import can_run
+    from pipeline.bench import plan_targets
+    spec = recipe.bench
+    artifacts = _bench_artifacts(outcomes)
+    key = hashlib.sha256(json.dumps({"bench": spec.model_dump(mode="json"),
+                                     "artifacts": {str(p.relative_to(run_dir)): sha256_file(p) for p in artifacts}},
+                                    sort_keys=True).encode()).hexdigest()
+    report_dir = run_dir / "bench"
+    entry = manifest.get("bench")
+    if entry and entry["key"] == key and (report_dir / "report.html").is_file():
+        say("bench: unchanged, kept the report")
+        return report_dir / "report.html"
+    backends = [Backend(b) for b in spec.backends if b != "tensorrt" or tensorrt_available()]
+    runnable = [p for p in artifacts if p.suffix == ".safetensors" or any(can_run(b, p) for b in backends)]
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    dataset = recipe.dataset if spec.accuracy else None
+    targets, bench_notes = plan_targets(runnable, backends, report_dir / "artifacts", input_size=spec.input_size,
+                                        dataset=dataset)
+    say(f"bench: {len(targets)} artifact/backend pairs")
+    result = bench(targets, LatencyConfig(batches=tuple(spec.batches), rounds=spec.rounds, duration=spec.duration),
+                   dataset=dataset, notes=notes + bench_notes)
+    paths = write_report(result, report_dir)
+    manifest["bench"] = {"key": key, "report": str(paths["report.html"].relative_to(run_dir))}
+    _write_manifest(run_dir, manifest)
+    return paths["report.html"]
+
+
+def _bench_artifacts(outcomes: list[StageOutcome]) -> list[Path]:
+    """The starting model (after training) and the main artifact of every stage that makes one."""
+    seen, out = set(), []
+    for outcome in outcomes:
+        if outcome.kind == "model" and any(o.kind == "train" for o in outcomes):
+            continue
+        for path in outcome.outputs:
+            if path.suffix in (".safetensors", ".onnx", ".xml", ".engine") and path not in seen:
+                seen.add(path)
+                out.append(path)
+    return out
+
+
+# --- the manifest ------------------------------------------------------------------------------
+
+def _load_manifest(run_dir: Path, recipe: Recipe) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        if any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} is not empty and has no manifest.json; give a new --run-dir.")
+        return {"format_version": MANIFEST_VERSION, "recipe": recipe.name, "stages": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputFileError(f"{path} is corrupt ({exc}); delete the run directory and start again.") from exc
+    if manifest.get("recipe") != recipe.name:
+        raise ConfigError(f"{run_dir} holds a run of recipe '{manifest.get('recipe')}', not '{recipe.name}'; give "
+                          "another --run-dir.")
+    return manifest
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    from benchmarks.env import environment
+    manifest["environment"] = manifest.get("environment") or environment()
+    with atomic_path(run_dir / "manifest.json") as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _invalidate(manifest: dict[str, Any], index: int, run_dir: Path) -> None:
+    """This stage reruns: its entry and every later one (and the bench) go."""
+    for key in [k for k in manifest["stages"] if int(k) >= index]:
+        del manifest["stages"][key]
+    manifest.pop("bench", None)
+    _write_manifest(run_dir, manifest)
+
+
+def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
+    hashes = entry.get("output_hashes", {})
+    return bool(entry.get("outputs")) and all((run_dir / p).is_file() and sha256_file(run_dir / p) == hashes.get(p)
+                                              for p in entry["outputs"])
+
+
+def _config(step) -> dict[str, Any]:
+    return step.model_dump(mode="json")
+
+
+def _inputs(step, current: Path | None, original: Path | None, recipe: Recipe, base: Path) -> dict[str, str]:
+    files: dict[str, Path] = {}
+    if current is not None:
+        files["input"] = current
+    elif step.path is not None:
+        files["model"] = resolve(step.path, base)
+    if isinstance(step, DistillStage):
+        files["teacher"] = original if step.teacher == "original" else resolve(step.teacher, base)
+    return {k: sha256_file(v) for k, v in files.items() if v is not None}
+
+
+def _key(recipe: Recipe, step, inputs: dict[str, str]) -> str:
+    payload = {"config": _config(step), "inputs": inputs, "dataset": recipe.dataset, "seed": recipe.seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
