@@ -180,7 +180,10 @@ def parse_recipe(data: Any, *, source: str | Path = "recipe") -> Recipe:
 def _first_error(exc: ValidationError) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).endswith("Stage"))  # drop union member names
+    parts = list(first["loc"])
+    tags = {"train", "prune", "distill", "quantize", "export"}
+    parts = [p for i, p in enumerate(parts) if not (i and isinstance(parts[i - 1], int) and p in tags)]
+    loc = ".".join(str(p) for p in parts)  # the union member's tag dropped: stages.0.epochs
     msg = first["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc or 'recipe'}: {msg}{more}."
