@@ -16,19 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> None:
-    cmd = [sys.executable, str(ROOT / "cli.py"), *args, "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+from benchmarks.drive import deepslim
 
 
 def top1(path: Path) -> float:
@@ -61,14 +52,14 @@ def main() -> None:
     teacher = out / "teacher.safetensors"
     student_kwargs = json.dumps({"width": args.student_width})
     if not teacher.exists():
-        cli("train", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": args.teacher_width}),
+        deepslim("train", "--arch", "small_cnn", "--arch-kwargs", json.dumps({"width": args.teacher_width}),
             "--input-size", "16", "--epochs", str(args.teacher_epochs), "--seed", "0", "-o", str(teacher))
     rows = []
     for seed in seeds:
         plain, kd = out / f"plain-{seed}.safetensors", out / f"kd-{seed}.safetensors"
         common = ["--arch-kwargs", student_kwargs, "--epochs", str(args.epochs), "--seed", str(seed), "--force"]
-        cli("train", "--arch", "small_cnn", "--input-size", "16", *common, "-o", str(plain))
-        cli("compress", "distill", "--teacher", str(teacher), "--student", "small_cnn", "--temperature",
+        deepslim("train", "--arch", "small_cnn", "--input-size", "16", *common, "-o", str(plain))
+        deepslim("compress", "distill", "--teacher", str(teacher), "--student", "small_cnn", "--temperature",
             str(args.temperature), "--alpha", str(args.alpha), *common, "-o", str(kd))
         rows.append({"seed": seed, "plain": top1(plain), "distill": top1(kd)})
         print(f"seed {seed}: plain {rows[-1]['plain']:.4f}  distill {rows[-1]['distill']:.4f}", flush=True)

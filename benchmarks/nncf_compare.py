@@ -12,19 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> str:
-    cmd = [sys.executable, str(ROOT / "cli.py"), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
+from benchmarks.drive import deepslim
 
 
 def nncf_default(fp32_xml: Path, out: Path, dataset: str, samples: int) -> None:
@@ -59,16 +49,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if not args.model.exists():
         args.model.parent.mkdir(parents=True, exist_ok=True)
-        cli("train", "--arch", "resnet18", "--input-size", "32", "--epochs", "10", "--seed", "0", "--quiet",
+        deepslim("train", "--arch", "resnet18", "--input-size", "32", "--epochs", "10", "--seed", "0", "--quiet",
             "-o", str(args.model))
     size = ["--input-size", str(args.input_size)]
     fp32, ours, theirs = out / "fp32.xml", out / "deepslim_int8.xml", out / "nncf_default_int8.xml"
-    cli("export", str(args.model), "--target", "openvino", *size, "--force", "-o", str(fp32))
-    cli("compress", "quantize", str(args.model), "--target", "openvino", *size, "--calibration-samples",
+    deepslim("export", str(args.model), "--target", "openvino", *size, "--force", "-o", str(fp32))
+    deepslim("compress", "quantize", str(args.model), "--target", "openvino", *size, "--calibration-samples",
         str(args.samples), "--dataset", args.dataset, "--no-latency", "--quiet", "--force", "-o", str(ours))
     nncf_default(fp32, theirs, args.dataset, args.samples)
     report = out / "bench"
-    cli("bench", str(fp32), str(ours), str(theirs), "--backend", "openvino", "--batch", "1", "--dataset", args.dataset,
+    deepslim("bench", str(fp32), str(ours), str(theirs), "--backend", "openvino", "--batch", "1", "--dataset", args.dataset,
         "--duration", str(args.duration), "--force", "--report", str(report))
     entries = {Path(e["artifact"]).name: e for e in json.loads((report / "report.json").read_text())["entries"]}
     print("| IR | test top-1 | p50 batch 1 |")

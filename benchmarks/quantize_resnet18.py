@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str) -> str:
-    cmd = [sys.executable, str(ROOT / "cli.py"), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
+from benchmarks.drive import deepslim
 
 
 def lineage(path: Path) -> dict:
-    return json.loads(cli("info", str(path), "--json"))["lineage"][-1]
+    return json.loads(deepslim("info", str(path), "--json"))["lineage"][-1]
 
 
 def main() -> None:
@@ -40,24 +30,24 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base.safetensors"
     if not base.exists():
-        cli("train", "--arch", "resnet18", "--input-size", "32", "--epochs", "10", "--seed", "0", "--quiet",
+        deepslim("train", "--arch", "resnet18", "--input-size", "32", "--epochs", "10", "--seed", "0", "--quiet",
             "-o", str(base))
     rows = []
     for target, suffix in (("openvino", ".xml"), ("onnxruntime", ".onnx")):
         q = out / f"int8_32{suffix}"
-        cli("compress", "quantize", str(base), "--target", target, "--no-latency", "--quiet", "--force", "-o", str(q))
+        deepslim("compress", "quantize", str(base), "--target", target, "--no-latency", "--quiet", "--force", "-o", str(q))
         m = lineage(q)["metrics"]
         rows.append((target, m["fp32"]["test"]["top1"], m["quantized"]["test"]["top1"], m["test_drop_points"]))
     artifacts = []
     for target, suffix in (("openvino", ".xml"), ("onnxruntime", ".onnx")):
         fp32, q = out / f"fp32_224{suffix}", out / f"int8_224{suffix}"
-        cli("export", str(base), "--target", "onnx" if suffix == ".onnx" else "openvino", "--input-size", "224",
+        deepslim("export", str(base), "--target", "onnx" if suffix == ".onnx" else "openvino", "--input-size", "224",
             "--force", "-o", str(fp32))
-        cli("compress", "quantize", str(base), "--target", target, "--input-size", "224", "--no-latency", "--quiet",
+        deepslim("compress", "quantize", str(base), "--target", target, "--input-size", "224", "--no-latency", "--quiet",
             "--force", "--calibration-samples", "100", "-o", str(q))
         artifacts += [str(fp32), str(q)]
     report = out / "bench"
-    cli("bench", *artifacts, "--backend", "openvino,onnxruntime", "--batch", "1", "--duration", str(args.duration),
+    deepslim("bench", *artifacts, "--backend", "openvino,onnxruntime", "--batch", "1", "--duration", str(args.duration),
         "--no-accuracy", "--force", "--report", str(report))
     entries = json.loads((report / "report.json").read_text())["entries"]
     p50 = {(Path(e["artifact"]).name, e["backend"]): e["latency"]["1"]["p50_ms"] for e in entries}

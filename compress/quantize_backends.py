@@ -130,7 +130,6 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
     Sorted by dB lost, worst first: the order in which the accuracy guard keeps layers in fp32.
     (onnxruntime's per-tensor ``qdq_err`` is not used: where it folds a Relu into the quantization
     range, the tensor before Q/DQ still holds the negative values and the number means nothing.)"""
-    import onnx
     from onnxruntime.quantization.qdq_loss_debug import (collect_activations, compute_activation_error,
                                                           compute_weight_error, create_activation_matching,
                                                           create_weight_matching,
@@ -143,12 +142,7 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
                                          collect_activations(str(float_aug), _reader(float_aug, x, 4)))
     sqnr = {k: v["xmodel_err"] for k, v in compute_activation_error(matched).items() if "xmodel_err" in v}
     weights = compute_weight_error(create_weight_matching(str(fp32), str(quantized)))
-    graph = onnx.load(str(fp32), load_external_data=False).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    graph, producers, consumers = _graph_links(fp32)
     rows = []
     for node in graph.node:
         weight = weights.get(node.input[1]) if node.op_type in QUANTIZED_OPS and len(node.input) > 1 else None
@@ -160,6 +154,18 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
         rows.append({"layer": node.name, "op": node.op_type, "weight": node.input[1], "input_sqnr_db": _round(inp),
                      "output_sqnr_db": _round(out), "lost_db": _round(lost), "weight_sqnr_db": _round(weight)})
     return sorted(rows, key=lambda r: (-(r["lost_db"] if r["lost_db"] is not None else -1e9), r["weight_sqnr_db"]))
+
+
+def _graph_links(model: Path):
+    """An ONNX graph with, per tensor, the node that produces it and the nodes that read it."""
+    import onnx
+    graph = onnx.load(str(model), load_external_data=False).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return graph, producers, consumers
 
 
 def _measured(tensor: str, sqnr: dict[str, float], neighbours, side: str, depth: int = 3) -> float | None:
@@ -226,13 +232,7 @@ def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:
     reader asks for it; so the group holds the layer, the ops between it and the quantized ops
     that produce its input (Relu, pooling, Flatten, a residual Add), those producers, and every
     other reader of the tensors on that path."""
-    import onnx
-    graph = onnx.load(str(model), load_external_data=False).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    graph, producers, consumers = _graph_links(model)
     by_name = {n.name: n for n in graph.node}
     groups = []
     for name in ranked:
