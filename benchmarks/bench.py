@@ -93,6 +93,7 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
         entries.append(entry)
     for entry, stats in zip(entries, measure(runners, latency, tick)):
         entry.latency = stats
+    add_backend_speedups(entries)
     config = {"batches": list(latency.batches), "rounds": latency.rounds, "duration_s": latency.duration,
               "iterations": latency.iterations, "warmup": latency.warmup, "dataset": dataset, "split": split,
               "limit": limit, "threads": options.threads, "device": options.device}
@@ -122,6 +123,16 @@ def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     return Entry(runner.label, str(target.path), target.backend.value, artifact_kind(target.path).value,
                  export.get("precision", "fp32"), artifact_size(target.path), params, macs,
                  list(meta.input_spec.shape), trained, dict(runner.details), round(seconds, 3), None, notes=notes)
+
+
+def add_backend_speedups(entries: list[Entry]) -> None:
+    """Each entry's speedup over the first artifact on its own backend (the original, on that runtime)."""
+    first: dict[str, Entry] = {}
+    for entry in entries:
+        base = first.setdefault(entry.backend + str(bool(entry.runner.get("compile"))), entry)
+        for batch, stats in entry.latency.items():
+            if batch in base.latency:
+                stats.speedup_same_backend = base.latency[batch].p50_ms / stats.p50_ms
 
 
 def artifact_size(path: Path) -> int:

@@ -55,6 +55,7 @@ class LatencyStats:
     throughput: float                   # items per second at p50
     speedup: float | None = None        # baseline p50 / this p50 (same batch, same run)
     within_noise: bool | None = None    # spreads of this and the baseline overlap
+    speedup_same_backend: float | None = None  # p50 of the first artifact on the same backend / this p50
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -45,6 +45,9 @@ def _latency_cell(entry: Entry, batch: int, compact: bool) -> str:
     s = entry.latency[batch]
     ratio = f"{s.speedup:.2f}x" + ("~" if s.within_noise and s.speedup != 1.0 else "")
     spread = "" if compact else f" ({s.spread_ms[0]:.3f}-{s.spread_ms[1]:.3f})"
+    same = s.speedup_same_backend
+    if not compact and same is not None and abs(same - s.speedup) > 1e-9:
+        ratio += f" / {same:.2f}x on {entry.backend}"
     return f"{s.p50_ms:.3f}{spread} {ratio}"
 
 
@@ -60,7 +63,7 @@ def short_path(path: str) -> str:
 def summary_rows(report: BenchReport, *, compact: bool = False) -> tuple[list[str], list[list[str]]]:
     """The headline table shared by the terminal (compact), Markdown and HTML views."""
     batches = report.config["batches"]
-    latency_head = "b{} p50 ms" if compact else "b{} p50 ms (spread), speedup"
+    latency_head = "b{} p50 ms" if compact else "b{} p50 ms (spread), speedup vs the first / vs the first on that backend"
     head = ["artifact", "backend", "prec.", "input", "top-1", "agree", "size", "MACs",
             *[latency_head.format(b) for b in batches]]
     rows = []
@@ -93,16 +96,23 @@ def to_markdown(report: BenchReport) -> str:
     for e in report.entries:
         lines.append(f"| {Path(e.artifact).name} | {e.backend} | " +
                      " | ".join(_fmt(e.accuracy.get(m)) for m in _metric_names(report)) + " |")
-    lines += ["", "## Latency (ms)", "", "| artifact | backend | batch | p50 | p90 | p99 | mean | std | items/s | "
-              "speedup |", "|" + "---|" * 10]
+    lines += ["", "## Latency (ms)", "", "Speedup is against the first artifact (the original on its first backend); "
+              "same backend, against the first artifact on that backend.", "",
+              "| artifact | backend | batch | p50 | p90 | p99 | mean | std | items/s | "
+              "speedup | same backend |", "|" + "---|" * 11]
     for e in report.entries:
         for b, s in e.latency.items():
             lines.append(f"| {Path(e.artifact).name} | {e.backend} | {b} | {s.p50_ms:.3f} | {s.p90_ms:.3f} | "
                          f"{s.p99_ms:.3f} | {s.mean_ms:.3f} | {s.std_ms:.3f} | {s.throughput:.1f} | "
-                         f"{s.speedup:.2f}x{'~' if s.within_noise and s.speedup != 1.0 else ''} |")
+                         f"{s.speedup:.2f}x{'~' if s.within_noise and s.speedup != 1.0 else ''} | "
+                         f"{_fmt_ratio(s.speedup_same_backend)} |")
     notes = report.notes + [f"{Path(e.artifact).name} [{e.backend}]: {n}" for e in report.entries for n in e.notes]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _metric_names(report: BenchReport) -> list[str]:

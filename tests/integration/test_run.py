@@ -55,6 +55,12 @@ def test_run_then_rerun_keeps_everything_and_a_changed_stage_reruns_with_the_one
     report = json.loads((run_dir / "bench" / "report.json").read_text())
     assert {e["backend"] for e in report["entries"]} == {"torch", "onnxruntime"}
     assert any(e["precision"] == "int8" for e in report["entries"])
+    firsts = {}
+    for e in report["entries"]:  # every artifact against the original on its own backend, too
+        same = e["latency"]["1"]["speedup_same_backend"]
+        first = firsts.setdefault(e["backend"], e)
+        expected = first["latency"]["1"]["p50_ms"] / e["latency"]["1"]["p50_ms"]
+        assert same == pytest.approx(expected) and (e is not first or same == 1.0)
     stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     second = ok(["run", recipe, "--run-dir", run_dir, "--quiet"])
     assert second.stdout.count("kept") == 4
