@@ -24,7 +24,7 @@ class BenchTarget:
 
     path: Path
     backend: Backend
-    input_size: int | None = None   # torch runner only: run a bundle at another resolution
+    input_size: int | None = None   # torch and OpenVINO runners: run at another resolution
     compile: bool | None = None     # torch runner only: override RunnerOptions.compile for this target
     note: str = ""
 
@@ -78,8 +78,9 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
     for target in targets:
         before = _reset_peak_rss()
         start = time.perf_counter()
+        sized = target.input_size is not None and target.backend in (Backend.TORCH, Backend.OPENVINO)
         runner = open_runner(target.path, target.backend, _options(options, target),
-                             **({"input_size": target.input_size} if target.backend is Backend.TORCH else {}))
+                             **({"input_size": target.input_size} if sized else {}))
         entry = _entry(target, runner, time.perf_counter() - start)
         if dataset is not None:
             if tick:

@@ -7,33 +7,30 @@ from typing import Annotated
 
 import typer
 
-from commands.common import print_bench
-from commands.compress import print_prune
+from commands.run import print_report, print_run
 
 
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Run directory (the demo owns and refreshes it).")]
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Run directory; a rerun reuses every unchanged stage.")]
     = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs of the built-in model.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Training epochs of resnet18.")] = 10,
+    finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning (KD) epochs after pruning.")] = 3,
+    bench_seconds: Annotated[float, typer.Option(help="Seconds of timing per artifact.")] = 2.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    """The whole pipeline on the built-in digits data: train, prune, export to ONNX and OpenVINO, quantize to int8,
-    benchmark."""
-    from pipeline.demo import run_demo
-    result = run_demo(out_dir, epochs=epochs)
+    """The whole pipeline on the built-in digits data: train resnet18, prune it with KD recovery, quantize it to
+    int8 for OpenVINO, benchmark every stage on every backend at 224x224, report."""
     from rich.console import Console
-    from rich.table import Table
-    table = Table(title=f"deepslim demo: {result.model_path}")
-    table.add_column("dataset (test split)")
-    for key in ("top1", "top5", "roc_auc_macro", "ap_macro"):
-        table.add_column(key, justify="right")
-    for name, metrics in result.evaluations.items():
-        table.add_row(name, *(f"{metrics[k]:.4f}" for k in ("top1", "top5", "roc_auc_macro", "ap_macro")))
-    Console().print(table)
-    typer.echo(f"trained in {result.train_seconds:.1f} s; bundle: {result.model_path}")
-    print_prune(result.pruned, result.pruned.path)
-    for q in result.quantized:
-        m = q.record.metrics
-        typer.echo(f"int8 {q.record.config['target']}: {q.artifact}, test top-1 {m['fp32']['test']['top1']:.4f} -> "
-                   f"{m['quantized']['test']['top1']:.4f} ({-m['test_drop_points']:+.2f} pt)")
-    print_bench(result.bench)
-    typer.echo(f"report: {result.report}")
+    console = Console(stderr=True, quiet=quiet)
+    from pipeline.demo import run_demo
+    result = run_demo(out_dir, epochs=epochs, finetune_epochs=finetune_epochs, bench_seconds=bench_seconds,
+                      progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    print_run(result.run, report=False)
+    print_report(result.report)
+    s = result.summary
+    typer.echo(f"final artifact {s['final_artifact']}: test top-1 {s['original_top1']:.4f} -> {s['final_top1']:.4f} "
+               f"({-s['top1_loss_points']:+.2f} pt, at 32x32); at 224x224 batch 1 it runs in {s['final_p50_ms']:.3f} ms: "
+               f"{s['speedup_vs_torch_eager']:.2f}x faster than the original on torch eager "
+               f"({s['torch_eager_p50_ms']:.3f} ms) and {s['speedup_vs_openvino_fp32']:.2f}x faster than the original "
+               "on OpenVINO fp32")
+    typer.echo(f"report: {result.run.report}")

@@ -127,7 +127,7 @@ def bench(
     threads: Annotated[Optional[int], typer.Option(help="Threads per backend (default: usable cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda for torch/onnxruntime.")] = "cpu",
     input_size: Annotated[Optional[int], typer.Option(
-        "--input-size", help="Run bundles at this resolution (exports are made at it too).")] = None,
+        "--input-size", help="Run bundles and OpenVINO IRs at this resolution (bundles are exported at it).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the torch runner.")] = False,
     force: Force = False,
 ) -> None:

@@ -39,7 +39,7 @@ def run(
     print_run(result)
 
 
-def print_run(result) -> None:
+def print_run(result, *, report: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"deepslim run: {result.run_dir}")
@@ -50,5 +50,29 @@ def print_run(result) -> None:
         table.add_row(f"{s.index} {s.kind}", "kept" if s.cached else "ran", f"{s.seconds:.1f}",
                       f"{top1:.4f}" if top1 is not None else "-", ", ".join(p.name for p in s.outputs))
     Console().print(table)
-    if result.report:
+    if result.report and report:
+        import json
+        print_report(json.loads(result.report.with_name("report.json").read_text()))
         typer.echo(f"report: {result.report}")
+
+
+def print_report(report: dict) -> None:
+    """The bench report's headline (from report.json, so a kept report prints like a fresh one)."""
+    from rich.console import Console
+    from rich.table import Table
+    from benchmarks.report import short_path
+    batches = report["config"]["batches"]
+    table = Table(title="bench (speedup: vs the first row / vs the first row on the same backend)")
+    for col in ("artifact", "backend", "prec.", "input", "top-1", "size MiB",
+                *[f"b{b} p50 ms" for b in batches], *[f"b{b} speedup" for b in batches]):
+        table.add_column(col, justify="left" if col in ("artifact", "backend") else "right", overflow="fold")
+    for e in report["entries"]:
+        top1 = e["accuracy"].get("top1")
+        lat = [e["latency"][str(b)] for b in batches]
+        table.add_row(short_path(e["artifact"]), e["backend"], e["precision"], "x".join(map(str, e["input_shape"][1:])),
+                      f"{top1:.3f}" if top1 is not None else "-", f"{e['size_bytes'] / 2**20:.1f}",
+                      *[f"{s['p50_ms']:.3f}" for s in lat],
+                      *[f"{s['speedup']:.2f}x / {s['speedup_same_backend']:.2f}x" for s in lat])
+    console = Console()
+    console = console if console.is_terminal else Console(width=160)
+    console.print(table)

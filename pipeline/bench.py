@@ -37,12 +37,15 @@ def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_
         for path, bundle in bundles.items():
             check_compatible(bundle, classes, dataset)
     targets, notes = [], []
+    stems = _unique_stems(artifacts)
     for path, kind in zip(artifacts, kinds):
         for backend in backends:
             if can_run(backend, path):
-                targets.append(BenchTarget(Path(path), backend, input_size if backend is Backend.TORCH else None))
+                sized = backend is Backend.TORCH or (backend is Backend.OPENVINO and kind is ArtifactKind.OPENVINO)
+                targets.append(BenchTarget(Path(path), backend, input_size if sized else None))
             elif kind is ArtifactKind.BUNDLE:
-                targets.append(_exported(bundles[path], Path(path), backend, export_dir, input_size, dataset))
+                targets.append(_exported(bundles[path], Path(path), stems[path], backend, export_dir, input_size,
+                                         dataset))
             else:
                 notes.append(f"{Path(path).name} is not run on {backend.value} (it runs {kind.value} artifacts only)")
     return targets, notes
@@ -51,18 +54,27 @@ def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_
 def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size: int | None) -> list[ArtifactKind]:
     kinds = [artifact_kind(require_file(path, "artifact")) for path in artifacts]
     for path, kind in zip(artifacts, kinds):
-        if input_size is not None and kind is not ArtifactKind.BUNDLE:
-            raise ConfigError(f"--input-size applies to bundles only; {Path(path).name} has a fixed input size.")
+        if input_size is not None and kind not in (ArtifactKind.BUNDLE, ArtifactKind.OPENVINO):
+            raise ConfigError(f"--input-size applies to bundles and OpenVINO IRs only; {Path(path).name} has a fixed "
+                              "input size.")
         if kind is not ArtifactKind.BUNDLE and not any(can_run(b, path) for b in backends):
             raise ConfigError(f"None of the backends {', '.join(b.value for b in backends)} can run {path}.")
     return kinds
 
 
-def _exported(bundle: ModelBundle, path: Path, backend: Backend, export_dir: Path, input_size: int | None,
-              dataset: str | None) -> BenchTarget:
+def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
+    """File stems for the exports, made unique with the parent folder's name where two artifacts share one
+    (a run directory's stages all hold a model.safetensors)."""
+    stems = [Path(p).stem for p in artifacts]
+    return {p: f"{Path(p).parent.name}-{stem}" if stems.count(stem) > 1 else stem
+            for p, stem in zip(artifacts, stems)}
+
+
+def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, export_dir: Path,
+              input_size: int | None, dataset: str | None) -> BenchTarget:
     target = _EXPORT_FOR[backend]
     size = f"_{input_size}px" if input_size else ""
-    out = export_dir / f"{path.stem}{size}{_SUFFIX[target]}"
+    out = export_dir / f"{stem}{size}{_SUFFIX[target]}"
     result = export_model(bundle, target, out, onnx_config=OnnxConfig(input_size=input_size),
                           verify=VerifyConfig(dataset=dataset))
     parity = result.parity

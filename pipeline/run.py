@@ -203,6 +203,11 @@ def _bench(recipe: Recipe, run_dir: Path, outcomes: list[StageOutcome], manifest
         return report_dir / "report.html"
     backends = [Backend(b) for b in spec.backends if b != "tensorrt" or tensorrt_available()]
     runnable = [p for p in artifacts if p.suffix == ".safetensors" or any(can_run(b, p) for b in backends)]
+    if spec.input_size is not None:  # ONNX files and engines keep the size they were made at
+        fixed = [p for p in runnable if p.suffix in (".onnx", ".engine")]
+        notes = notes + [f"{p.name} is not benchmarked: bench.input_size {spec.input_size} needs a bundle or an "
+                         "OpenVINO IR" for p in fixed]
+        runnable = [p for p in runnable if p not in fixed]
     if report_dir.exists():
         shutil.rmtree(report_dir)
     dataset = recipe.dataset if spec.accuracy else None

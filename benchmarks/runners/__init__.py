@@ -34,7 +34,7 @@ def open_runner(path: str | Path, backend: Backend | str, options: RunnerOptions
         return OnnxRuntimeRunner.load(path, options)
     if backend is Backend.OPENVINO:
         from benchmarks.runners.openvino_runner import OpenVINORunner
-        return OpenVINORunner.load(path, options)
+        return OpenVINORunner.load(path, options, **kwargs)
     from benchmarks.runners.tensorrt_runner import TensorRTRunner
     return TensorRTRunner.load(path, options)
 

@@ -22,7 +22,8 @@ class OpenVINORunner(Runner):
     backend: Backend = Backend.OPENVINO
 
     @classmethod
-    def load(cls, path: str | Path, options: RunnerOptions) -> OpenVINORunner:
+    def load(cls, path: str | Path, options: RunnerOptions, input_size: int | None = None) -> OpenVINORunner:
+        """``input_size`` reshapes the model to another square resolution (convolutional models allow it)."""
         ov = require("openvino", "openvino", "Running OpenVINO models")
         path = Path(path)
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
@@ -35,6 +36,8 @@ class OpenVINORunner(Runner):
         except RuntimeError as exc:
             raise InputFileError(f"OpenVINO cannot read {path}: {ov_reason(exc)}.") from exc
         meta = read_ov_meta(model, path)
+        if input_size is not None and tuple(meta.input_spec.size) != (input_size, input_size):
+            meta = ArtifactMeta(meta.input_spec.with_size(input_size), meta.classes, meta.lineage, meta.export)
         details = {"threads": options.threads, "device": options.device.upper(),
                    "static_batch": options.static_batch, "hint": "LATENCY", "openvino": ov.__version__}
         return cls(path, meta, options, details, model=model, core=core)

@@ -101,25 +101,24 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     assert not ckpt.exists()
 
 
-def test_demo_trains_exports_benchmarks_and_reports(tmp_path):
-    result = ok(["demo", "--out-dir", tmp_path / "demo", "--epochs", "4"])
-    assert "digits-c (severity 3)" in result.stdout and "onnxruntime" in result.stdout
+def test_demo_trains_prunes_quantizes_benchmarks_and_resumes(tmp_path):
     demo = tmp_path / "demo"
-    names = [f"{stem}{suffix}" for stem in ("base", "pruned") for suffix in (".safetensors", ".onnx", ".xml", ".bin")]
-    names += ["pruned_int8.onnx", "pruned_int8.xml", "pruned_int8.bin"]
-    assert all((demo / name).exists() for name in names)
-    assert "fewer" in result.stdout  # the pruning table: MACs and params before/after
-    assert "int8 onnxruntime" in result.stdout and "int8 openvino" in result.stdout
+    args = ["demo", "--out-dir", demo, "--epochs", "2", "--finetune-epochs", "1", "--bench-seconds", "0.3", "--quiet"]
+    result = ok(args)
+    assert "final artifact" in result.stdout and "faster than the original on torch eager" in result.stdout
+    for stage, name in (("01-train", "model.safetensors"), ("02-prune", "model.safetensors"),
+                        ("03-quantize", "model_int8.xml"), ("03-quantize", "model_int8.bin"), ("bench", "report.html")):
+        assert (demo / stage / name).is_file(), (stage, name)
+    manifest = json.loads((demo / "manifest.json").read_text())
+    assert manifest["stages"]["2"]["config"]["recover"] == "kd"
+    pruned, final = (manifest["stages"][k]["metrics"]["test"]["top1"] for k in ("2", "3"))
+    assert final >= 0.5 and abs(final - pruned) <= 0.05, (pruned, final)  # 2 epochs: far from done, far above chance
     report = json.loads((demo / "bench" / "report.json").read_text())
-    backends = [e["backend"] for e in report["entries"]]
-    assert backends == ["torch", "onnxruntime", "openvino"] * 2 + ["onnxruntime", "openvino"]
-    assert [e["precision"] for e in report["entries"][-2:]] == ["int8", "int8"]
-    assert report["entries"][3]["macs"] < 0.6 * report["entries"][0]["macs"]
-    top1 = [e["accuracy"]["top1"] for e in report["entries"]]
-    assert min(top1[:6]) >= 0.9 and max(top1[:6]) - min(top1[:6]) < 0.01
-    assert min(top1[6:]) >= 0.9  # int8 keeps the accuracy within a few points
-    assert all(e["accuracy"]["agreement"] >= 0.99 for e in report["entries"][1:6])
-    assert all(e["accuracy"]["agreement"] >= 0.95 for e in report["entries"][6:])
+    assert [e["backend"] for e in report["entries"]] == ["torch", "onnxruntime", "openvino"] * 2 + ["openvino"]
+    assert all(e["input_shape"][1:] == [224, 224] for e in report["entries"])
+    assert report["entries"][-1]["precision"] == "int8" and report["entries"][3]["macs"] < 0.6 * report["entries"][0]["macs"]
+    again = ok(args)  # a second run reuses every stage and the report
+    assert again.stdout.count("kept") == 4
 
 
 def test_resnet18_on_digits_reaches_97_percent(tmp_path):
