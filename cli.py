@@ -13,6 +13,7 @@ from typer._click.exceptions import UsageError as _UsageError
 from typer.core import TyperGroup
 
 from commands import compress, demo, deploy, models
+from commands import auto as auto_cmd
 from commands import run as run_cmd
 from deepslim.errors import DeepSlimError
 
@@ -68,6 +69,7 @@ app.command()(models.info)
 app.command()(models.archs)
 app.command()(demo.demo)
 app.command()(run_cmd.run)
+app.command()(auto_cmd.auto)
 
 
 if __name__ == "__main__":
