@@ -116,6 +116,14 @@ class _Objective:
         importance = trial.suggest_categorical("importance", list(IMPORTANCES))
         recover = trial.suggest_categorical("recover", ["finetune", "kd"])
         method = trial.suggest_categorical("method", ["ptq", "none"])
+        seen = self._seen(trial)
+        if seen is not None:  # the sampler proposed a candidate already measured: reuse it, spend no time
+            for key, value in seen.user_attrs.items():
+                trial.set_user_attr(key, value)
+            trial.set_user_attr("same_as", seen.number)
+            if seen.state.name == "PRUNED":
+                raise optuna.TrialPruned()
+            return tuple(seen.values)
         tdir = self.out / "trials" / f"{trial.number:03d}"
         if tdir.exists():
             shutil.rmtree(tdir)
@@ -144,6 +152,12 @@ class _Objective:
         self.say(f"trial {trial.number}: {speedup}x {importance} {recover} {method}: val drop {drop:.2f} pt, "
                  f"{latency:.3f} ms, {size / 2**20:.1f} MiB")
         return drop, latency, float(size)
+
+    @staticmethod
+    def _seen(trial):
+        import optuna
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        return next((t for t in trial.study.get_trials(deepcopy=False, states=done) if t.params == trial.params), None)
 
     def _finetune(self, pruned, original, recover: str, epochs: int):
         from compress.distill import kd_finetune_loss
@@ -228,7 +242,7 @@ def _row(trial) -> dict[str, Any]:
     return {"number": trial.number, "state": trial.state.name, "params": trial.params,
             "val_drop_points": attrs.get("val_drop_points"), "latency_ms": attrs.get("latency_ms"),
             "size_bytes": attrs.get("size_bytes"), "macs": attrs.get("macs"), "artifact": attrs.get("artifact"),
-            "screen_drop_points": attrs.get("screen_drop_points"),
+            "screen_drop_points": attrs.get("screen_drop_points"), "same_as": attrs.get("same_as"),
             "error": (trial.system_attrs.get("fail_reason") or "").splitlines()[-1:] or None}
 
 
