@@ -334,7 +334,7 @@ def _(ws: Workspace):
 
 @case("bench-input-size-for-onnx")
 def _(ws: Workspace):
-    return ["bench", ws.onnx(), *FAST, "--input-size", "32"], ["--input-size", "bundles only", "m.onnx"]
+    return ["bench", ws.onnx(), *FAST, "--input-size", "32"], ["--input-size", "bundles and OpenVINO IRs only", "m.onnx"]
 
 
 @case("bench-metric-file-missing")

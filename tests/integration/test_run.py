@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,8 +68,8 @@ def test_run_then_rerun_keeps_everything_and_a_changed_stage_reruns_with_the_one
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == stamps
     recipe.write_text(_fast().replace("finetune_epochs: 1", "finetune_epochs: 2"))
     third = ok(["run", recipe, "--run-dir", run_dir, "--quiet"])
-    rows = [line for line in third.stdout.splitlines() if line.startswith("│ ")]
-    status = {row.split("│")[1].strip(): row.split("│")[2].strip() for row in rows}
+    rows = [line.split("│") for line in third.stdout.splitlines() if line.startswith("│ ")]
+    status = {r[1].strip(): r[2].strip() for r in rows if re.fullmatch(r"\d+ \w+", r[1].strip())}
     assert status == {"0 model": "kept", "1 train": "kept", "2 prune": "ran", "3 quantize": "ran"}
     assert _manifest(run_dir)["stages"]["2"]["config"]["finetune_epochs"] == 2
 
