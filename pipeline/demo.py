@@ -45,9 +45,17 @@ def run_demo(out_dir: str | Path = "runs/demo", *, epochs: int = 10, finetune_ep
              bench_seconds: float = 2.0, progress: bool = True, log: Say | None = None) -> DemoResult:
     """Run (or resume) the demo recipe in ``out_dir``; return the run, the bench report and the headline numbers."""
     recipe = demo_recipe(epochs=epochs, finetune_epochs=finetune_epochs, bench_seconds=bench_seconds)
+    _clear_old_layout(Path(out_dir))
     run = run_recipe(recipe, out_dir, progress=progress, log=log)
     report = json.loads(run.report.with_name("report.json").read_text())
     return DemoResult(run, report, summarize(run, report))
+
+
+def _clear_old_layout(out: Path) -> None:
+    """Demo directories written before the demo became a recipe run (base.safetensors, pruned.*) are replaced."""
+    import shutil
+    if out.is_dir() and not (out / "manifest.json").exists() and (out / "base.safetensors").exists():
+        shutil.rmtree(out)
 
 
 def summarize(run: RunResult, report: dict[str, Any]) -> dict[str, Any]:
