@@ -126,3 +126,14 @@ def test_recipe_errors_name_the_field_before_any_work(case, tmp_path, monkeypatc
         text = "name: bad\nmodel: {arch: small_cnn, input_size: 8}\n" + body
     Path("bad.yaml").write_text(text)
     assert_bad_input(["run", "bad.yaml", "--run-dir", "run"], fragments, tmp_path)
+
+
+def test_demo_replaces_only_an_old_demo_layout(tmp_path):
+    from pipeline.demo import _clear_old_layout
+    old, other = tmp_path / "old", tmp_path / "other"
+    for d, name in ((old, "base.safetensors"), (other, "notes.txt")):
+        d.mkdir()
+        (d / name).write_text("x")
+    _clear_old_layout(old)
+    _clear_old_layout(other)
+    assert not old.exists() and (other / "notes.txt").exists()
