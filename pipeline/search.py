@@ -104,8 +104,16 @@ class _Objective:
                  say: Say) -> None:
         self.model, self.dataset, self.cfg, self.out = model, dataset, cfg, out
         self.base_val, self.deadline, self.say = base_val, deadline, say
+        self.durations: list[float] = []
 
     def __call__(self, trial) -> tuple[float, float, float]:
+        start = time.monotonic()
+        try:
+            return self._run(trial)
+        finally:
+            self.durations.append(time.monotonic() - start)
+
+    def _run(self, trial) -> tuple[float, float, float]:
         import optuna
 
         from compress.prune import PruneConfig, prune
@@ -124,6 +132,11 @@ class _Objective:
             if seen.state.name == "PRUNED":
                 raise optuna.TrialPruned()
             return tuple(seen.values)
+        typical = sorted(self.durations)[len(self.durations) // 2] if self.durations else 0.0
+        if time.monotonic() + typical > self.deadline:  # it would not finish inside --time-budget
+            trial.study.stop()
+            trial.set_user_attr("skipped", "time budget")
+            raise optuna.TrialPruned()
         tdir = self.out / "trials" / f"{trial.number:03d}"
         if tdir.exists():
             shutil.rmtree(tdir)
