@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.options import QuantTarget
-from deepslim.errors import BackendMissingError, ConfigError
+from deepslim.errors import BackendMissingError, ConfigError, first_line
 from deepslim.fileio import atomic_path
 
 Say = Callable[[str], None]
@@ -88,15 +88,31 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
     base_val = evaluate(base, dataset, split="val").metrics["top1"]
     baseline = {"val_top1": base_val, "latency_ms": None}
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in search.md
-    study = optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=cfg.storage,
-                                study_name=cfg.study, load_if_exists=True,
-                                sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed))
+    study = _open_study(cfg)
     if not study.trials:
         study.enqueue_trial(FIXED_RECIPE)
     deadline = time.monotonic() + cfg.time_budget
     objective = _Objective(model, dataset, cfg, out, base_val, deadline, say)
     study.optimize(objective, n_trials=cfg.trials, timeout=cfg.time_budget, catch=(Exception,))
     return _finish(study, cfg, out, baseline, time.perf_counter() - start, say)
+
+
+def _open_study(cfg: SearchConfig):
+    """Create or join the study. Workers starting together race to create the storage's tables (SQLite says
+    "table ... already exists"); the loser waits and joins."""
+    import random
+
+    import optuna
+    for attempt in range(8):
+        try:
+            return optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=cfg.storage,
+                                       study_name=cfg.study, load_if_exists=True,
+                                       sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed))
+        except Exception as exc:  # SQLAlchemy raises several types while another worker sets the storage up
+            if attempt == 7:
+                raise ConfigError(f"Could not open the Optuna storage {cfg.storage}: {first_line(exc)}.") from exc
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 class _Objective:
