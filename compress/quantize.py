@@ -213,7 +213,8 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         if cfg.method is Method.QAT:
             if bundle is None:
                 raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
-            quantized = qb.qat(bundle, tmp, cfg, dataset, severity, details, progress=progress, say=say)
+            from compress.qat import qat
+            quantized = qat(bundle, tmp, cfg, dataset, severity, details, progress=progress, say=say)
         elif cfg.method is Method.FP16:
             quantized = qb.fp16(fp32_onnx, tmp, cfg, details)
         elif cfg.method is Method.DYNAMIC:
@@ -306,49 +307,49 @@ def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord,
     new_meta = ArtifactMeta(meta.input_spec, meta.classes, [*meta.lineage, record],
                             {**meta.export, "target": cfg.target.value, "precision": precision,
                              "quantization": cfg.method.value})
-    if quantized.suffix == ".xml":
-        import openvino as ov
-        from deepslim.artifact import META_KEY
-        model = ov.Core().read_model(str(quantized))
-        model.set_rt_info(new_meta.to_json(), [META_KEY, "meta"])
-        with atomic_files(out, out.with_suffix(".bin")) as (tmp_xml, _):
-            ov.save_model(model, str(tmp_xml), compress_to_fp16=cfg.method is Method.FP16)
-        return out, out.with_suffix(".bin")
-    import onnx
-
-    from export.onnx import set_metadata
-    proto = onnx.load(str(quantized))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    new_meta.export["opset"] = opset
-    set_metadata(proto, new_meta)
-    with atomic_files(out) as (tmp_onnx,):
-        onnx.save_model(proto, str(tmp_onnx))
-    return (out,)
+    files = (out, out.with_suffix(".bin")) if quantized.suffix == ".xml" else (out,)
+    with atomic_files(*files) as tmp:
+        _save_with_meta(quantized, tmp[0], new_meta, fp16=cfg.method is Method.FP16)
+    return files
 
 
 def _stamp(path: Path, meta: ArtifactMeta) -> None:
     """Give an interim artifact the fp32 model's metadata so the runners can feed it (QAT exports have none)."""
+    if _has_meta(path):
+        return
+    stamped = path.with_name("stamped-" + path.name)
+    _save_with_meta(path, stamped, meta)
+    stamped.replace(path)
+    if path.suffix == ".xml":
+        stamped.with_suffix(".bin").replace(path.with_suffix(".bin"))
+
+
+def _has_meta(path: Path) -> bool:
     from benchmarks.runners import read_meta
     try:
         read_meta(path)
-        return
     except InputFileError:
-        pass
-    if path.suffix == ".xml":
+        return False
+    return True
+
+
+def _save_with_meta(source: Path, target: Path, meta: ArtifactMeta, *, fp16: bool = False) -> None:
+    """Write the ONNX file or OpenVINO IR ``source`` to ``target`` carrying ``meta`` (an IR's .bin follows its .xml)."""
+    if source.suffix == ".xml":
         import openvino as ov
+
         from deepslim.artifact import META_KEY
-        model = ov.Core().read_model(str(path))
+        model = ov.Core().read_model(str(source))
         model.set_rt_info(meta.to_json(), [META_KEY, "meta"])
-        ov.save_model(model, str(path.with_name("stamped-" + path.name)), compress_to_fp16=False)
-        path.with_name("stamped-" + path.name).replace(path)
-        path.with_name("stamped-" + path.with_suffix(".bin").name).replace(path.with_suffix(".bin"))
+        ov.save_model(model, str(target), compress_to_fp16=fp16)
         return
     import onnx
 
     from export.onnx import set_metadata
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(source))
+    meta.export["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     set_metadata(proto, meta)
-    onnx.save_model(proto, str(path))
+    onnx.save_model(proto, str(target))
 
 
 def _slow_warning(cfg: QuantizeConfig, metrics: dict[str, Any], details: dict[str, Any]) -> str:

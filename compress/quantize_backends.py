@@ -85,14 +85,19 @@ def _quantize_static(source: Path, out: Path, cfg: QuantizeConfig, calibration: 
     except Exception as exc:  # onnxruntime raises many types for graphs it cannot quantize
         raise QuantizeError(f"onnxruntime could not quantize {source.name}: {first_line(exc)}.") from exc
     if cfg.target is QuantTarget.TENSORRT:
-        import onnx
+        require_tensorrt_rules(out, "The int8 model", "use --activations s8 and per-channel weights for "
+                                                      "--target tensorrt")
 
-        from export.tensorrt import check_qdq_for_tensorrt
-        problems = check_qdq_for_tensorrt(onnx.load(str(out), load_external_data=False))
-        if problems:
-            raise QuantizeError(f"The int8 model breaks TensorRT's explicit-quantization rules ({problems[0]}"
-                                f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); use "
-                                "--activations s8 and per-channel weights for --target tensorrt.")
+
+def require_tensorrt_rules(model: Path, what: str, advice: str) -> None:
+    """Raise unless the Q/DQ ONNX ``model`` follows TensorRT's explicit-quantization rules (nothing is written yet)."""
+    import onnx
+
+    from export.tensorrt import check_qdq_for_tensorrt
+    problems = check_qdq_for_tensorrt(onnx.load(str(model), load_external_data=False))
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise QuantizeError(f"{what} breaks TensorRT's explicit-quantization rules ({problems[0]}{more}); {advice}.")
 
 
 def _reader(model: Path, calibration: np.ndarray, batch: int = 16):
@@ -270,9 +275,9 @@ def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData
     advanced = _nncf_advanced(cfg)
     details.update(calibration=cfg.calibration.value if cfg.calibration else "nncf-default", library="nncf")
     try:
-        with _nncf_output(progress):
+        with nncf_output(progress):
             if cfg.max_accuracy_drop is None:
-                quantized = nncf.quantize(model, calibration, **kwargs, **_nncf_kwargs(cfg))
+                quantized = nncf.quantize(model, calibration, **kwargs, **nncf_kwargs(cfg))
             else:
                 x, y = data.val
                 validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
@@ -300,7 +305,7 @@ def import_nncf():
     return nncf
 
 
-def _nncf_output(progress: bool):
+def nncf_output(progress: bool):
     """NNCF draws its progress bars and logs on stdout; without progress they are swallowed."""
     import contextlib
     import io
@@ -331,6 +336,11 @@ def _nncf_advanced(cfg: QuantizeConfig):
     if not cfg.per_channel:
         kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
     return AdvancedQuantizationParameters(**kwargs)
+
+
+def nncf_kwargs(cfg: QuantizeConfig) -> dict[str, Any]:
+    advanced = _nncf_advanced(cfg)
+    return {} if advanced is None else {"advanced_parameters": advanced}
 
 
 def fp32_layers_openvino(model) -> list[str]:
@@ -385,103 +395,4 @@ def fp16(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any
     if cfg.target is QuantTarget.ONNXRUNTIME:
         details.setdefault("warnings", []).append("fp16 on onnxruntime's CPU provider is emulated and slower than "
                                                   "fp32; it is meant for GPUs (CUDA/TensorRT providers)")
-    return out
-
-
-# --- QAT ----------------------------------------------------------------------------------------------
-
-def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, details: dict[str, Any], *,
-        progress: bool, say: Say) -> Path:
-    """Quantization-aware training with NNCF's PyTorch backend, exported to the target's int8 format.
-
-    NNCF inserts fake quantizers initialised by post-training calibration; the shared train loop
-    then fine-tunes weights and quantizer ranges together (with KD from the fp32 model when
-    ``recover`` is kd). onnxruntime and TensorRT get a Q/DQ ONNX, OpenVINO an IR with FakeQuantize.
-    """
-    import copy
-    import os
-
-    # NNCF compiles a small C++ extension on first use (about 30 s on 2 cores) and gives up after
-    # 60 s by default, falling back to slow kernels; give a fresh machine's first build time.
-    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
-    import torch
-    nncf = import_nncf()
-
-    from compress.distill import kd_finetune_loss
-    from compress.options import Recover
-    from deepslim.config import TrainConfig
-    from deepslim.training import fit
-    from deepslim.data import calibration_images, open_dataset
-    fp32 = copy.deepcopy(bundle.model).cpu().eval()
-    spec = bundle.input_spec  # QAT calibrates and trains at the model's own size; export may use --input-size
-    images = calibration_images(dataset, spec, cfg.calibration_samples, severity=severity, seed=cfg.seed)
-    batches = [torch.from_numpy(images[i:i + 32]) for i in range(0, len(images), 32)]
-    try:
-        with _nncf_output(progress):
-            qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **_nncf_kwargs(cfg))
-    except Exception as exc:  # NNCF raises many types for models it cannot trace
-        raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
-                            f"{first_line(exc)}.") from exc
-    source = open_dataset(dataset, severity=severity)
-    splits = {"train": source.split("train", spec, augment=True), "val": source.split("val", spec)}
-    train_cfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup_epochs=0)
-    loss = kd_finetune_loss(copy.deepcopy(fp32), cfg.temperature, cfg.alpha) if cfg.recover is Recover.KD else None
-    say(f"QAT: {cfg.qat_epochs} epochs of fake-quantized fine-tuning"
-        + (" distilled from the fp32 model" if loss is not None else ""))
-    result = fit(qmodel, splits["train"], splits["val"], train_cfg, loss_fn=loss, progress=progress, keep_start=True)
-    qmodel.cpu().eval()
-    details.update(library="nncf", qat_val_top1=result.best_val_top1, qat_best_epoch=result.best_epoch,
-                   qat_history=result.history, calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
-    size = cfg.input_size or bundle.input_spec.shape[1]
-    example = torch.zeros(1, bundle.input_spec.shape[0], size, size)
-    if cfg.target is QuantTarget.OPENVINO:
-        return _qat_openvino(qmodel, example, tmp)
-    return _qat_onnx(qmodel, example, tmp, cfg)
-
-
-def _nncf_kwargs(cfg: QuantizeConfig) -> dict[str, Any]:
-    advanced = _nncf_advanced(cfg)
-    return {} if advanced is None else {"advanced_parameters": advanced}
-
-
-def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig) -> Path:
-    """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter)."""
-    import copy
-    import contextlib
-    import io
-    import warnings
-
-    import torch
-    from nncf.torch.quantization.layers import BaseQuantizer, QuantizerExportMode
-    model = copy.deepcopy(qmodel).eval()
-    for module in model.modules():
-        if isinstance(module, BaseQuantizer):
-            module.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
-    out = tmp / "int8-qat.onnx"
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    except Exception as exc:  # the exporter raises many types
-        raise QuantizeError(f"The QAT model could not be exported to ONNX: {first_line(exc)}.") from exc
-    if cfg.target is QuantTarget.TENSORRT:
-        import onnx
-
-        from export.tensorrt import check_qdq_for_tensorrt
-        problems = check_qdq_for_tensorrt(onnx.load(str(out)))
-        if problems:
-            raise QuantizeError(f"The QAT model breaks TensorRT's explicit-quantization rules ({problems[0]}); "
-                                "use --method ptq --target tensorrt.")
-    return out
-
-
-def _qat_openvino(qmodel, example, tmp: Path) -> Path:
-    import openvino as ov
-    try:
-        model = ov.convert_model(qmodel, example_input=example)
-    except Exception as exc:  # OpenVINO's frontends raise many types
-        raise QuantizeError(f"OpenVINO could not convert the QAT model: {first_line(exc)}.") from exc
-    out = tmp / "int8-qat.xml"
-    ov.save_model(model, str(out), compress_to_fp16=False)
     return out
