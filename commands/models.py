@@ -126,7 +126,8 @@ def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or 
 
 
 def _layers(path: Path, as_json: bool) -> None:
-    from deepslim.models import layer_shapes, load_model
+    from deepslim.models import load_model
+    from deepslim.profile import layer_shapes
     rows = layer_shapes(load_model(path))
     if as_json:
         typer.echo(json.dumps([{"name": n, "type": t, "output": list(s) if s else None} for n, t, s in rows],

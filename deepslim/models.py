@@ -401,28 +401,3 @@ def _guess_num_classes(model: nn.Module) -> int:
     name, head = find_head(model)
     return int(getattr(head, "out_features", getattr(head, "out_channels", 0)))
 
-
-def layer_shapes(bundle: ModelBundle) -> list[tuple[str, str, tuple[int, ...] | None]]:
-    """(name, class, output shape of one sample) of every named module, in definition order.
-
-    Shapes come from a forward pass of one zero sample; modules not called, or returning
-    something other than a tensor, get None."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook(name: str):
-        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            out = output[0] if isinstance(output, (tuple, list)) and output else output
-            if isinstance(out, torch.Tensor):
-                shapes[name] = tuple(out.shape[1:])
-        return record
-
-    model = bundle.model.eval()
-    named = [(n, m) for n, m in model.named_modules() if n]
-    handles = [m.register_forward_hook(hook(n)) for n, m in named]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *bundle.input_spec.shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return [(n, type(m).__name__, shapes.get(n)) for n, m in named]

@@ -1,11 +1,16 @@
-"""Static cost of a model: MACs and parameter count (torch-pruning's counter)."""
+"""Static facts of a model: MACs and parameter count (torch-pruning's counter), layers and their output shapes."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from deepslim.spec import InputSpec
+
+if TYPE_CHECKING:
+    from deepslim.models import ModelBundle
 
 
 def count_macs_params(model: nn.Module, spec: InputSpec) -> tuple[int, int]:
@@ -19,3 +24,29 @@ def count_macs_params(model: nn.Module, spec: InputSpec) -> tuple[int, int]:
     finally:
         model.train(was_training)
     return int(macs), int(params)
+
+
+def layer_shapes(bundle: ModelBundle) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(name, class, output shape of one sample) of every named module, in definition order.
+
+    Shapes come from a forward pass of one zero sample; modules not called, or returning
+    something other than a tensor, get None."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str):
+        def record(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, (tuple, list)) and output else output
+            if isinstance(out, torch.Tensor):
+                shapes[name] = tuple(out.shape[1:])
+        return record
+
+    model = bundle.model.eval()
+    named = [(n, m) for n, m in model.named_modules() if n]
+    handles = [m.register_forward_hook(hook(n)) for n, m in named]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *bundle.input_spec.shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return [(n, type(m).__name__, shapes.get(n)) for n, m in named]

@@ -133,6 +133,22 @@ def ok(args: list) -> Result:
     return result
 
 
+def kill_when(args: list[str], ready: Callable[[], bool], *, timeout: float = 120, settle: float = 0.0) -> None:
+    """Start ``args`` in its own process group and SIGKILL the group once ``ready()`` holds (then ``settle``
+    seconds more); fails if the process ends first or ``ready()`` never holds."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(settle)
+    assert ready() and proc.poll() is None, "the process ended (or never got ready) before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def assert_bad_input(args: list[str], fragments: list[Fragment], root: Path, *, output: str | None = None) -> str:
     """Snapshots ``root``, runs the CLI on ``args`` and asserts the clean failure; returns the message."""
     before = snapshot(root)

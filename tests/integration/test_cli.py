@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 from typer.testing import CliRunner
 
 import cli
-from cli_contract import ok
+from cli_contract import kill_when, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -82,13 +79,7 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     ckpt = tmp_path / "m.safetensors.ckpt"
     args = [sys.executable, str(ROOT / "cli.py"), "train", "--arch", "small_cnn", "--input-size", "16",
             "--epochs", "6", "--quiet", "-o", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert ckpt.exists(), "no checkpoint was written"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(args, ckpt.exists)
     assert not out.exists() and not list(tmp_path.glob(".*tmp-*"))
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli_contract import ok
+from cli_contract import kill_when, ok
 from deepslim.models import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,14 +73,7 @@ def test_killed_distillation_resumes_and_matches_an_uninterrupted_run(tmp_path, 
     common = ["compress", "distill", "--teacher", str(teacher), "--student", "small_cnn", "--arch-kwargs",
               '{"width": 16}', "--epochs", "5", "--quiet", "--device", "cpu"]
     out, ckpt = tmp_path / "killed.safetensors", tmp_path / "killed.safetensors.ckpt"
-    proc = subprocess.Popen(_cli(*common, "-o", str(out)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    assert ckpt.exists(), "no checkpoint was written"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(_cli(*common, "-o", str(out)), ckpt.exists)
     assert not out.exists() and not list(tmp_path.glob(".*tmp-*"))
     done = subprocess.run(_cli(*common, "--resume", "-o", str(out)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from cli_contract import assert_bad_input, ok
+from cli_contract import assert_bad_input, kill_when, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,17 +76,12 @@ def test_sigkill_in_the_middle_of_a_stage_then_rerun_finishes_with_the_same_metr
     recipe.write_text(_fast(epochs=8))
     killed = tmp_path / "killed"
     args = [sys.executable, str(ROOT / "cli.py"), "run", str(recipe), "--run-dir", str(killed), "--quiet"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        manifest = killed / "manifest.json"
-        if (killed / "01-train").is_dir() and manifest.exists() and "1" not in _manifest(killed)["stages"]:
-            time.sleep(1.0)  # well inside the 8 training epochs
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed mid-stage"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+
+    def training_has_started() -> bool:
+        return (killed / "01-train").is_dir() and (killed / "manifest.json").exists() \
+            and "1" not in _manifest(killed)["stages"]
+
+    kill_when(args, training_has_started, settle=1.0)  # 1 s: well inside the 8 training epochs
     assert "1" not in _manifest(killed)["stages"] and not (killed / "01-train" / "model.safetensors").exists()
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
