@@ -208,21 +208,12 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         fp32_metrics, fp32_logits = score(fp32_artifact, backend, data)
         say(f"fp32 {fp32_artifact.suffix.lstrip('.')}: val top-1 {fp32_metrics['val']['top1']:.4f}, "
             f"test top-1 {fp32_metrics['test']['top1']:.4f}")
-        from compress import quantize_backends as qb
         details: dict[str, Any] = {}
-        if cfg.method is Method.QAT:
-            if bundle is None:
-                raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
+        if cfg.method is Method.QAT:  # a bundle: _check_request refused an ONNX source
             from compress.qat import qat
             quantized = qat(bundle, tmp, cfg, dataset, severity, details, progress=progress, say=say)
-        elif cfg.method is Method.FP16:
-            quantized = qb.fp16(fp32_onnx, tmp, cfg, details)
-        elif cfg.method is Method.DYNAMIC:
-            quantized = qb.dynamic(fp32_onnx, tmp, cfg, details)
-        elif cfg.target is QuantTarget.OPENVINO:
-            quantized = qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say, progress=progress)
         else:
-            quantized = qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
+            quantized = _post_training(fp32_onnx, fp32_artifact, tmp, cfg, data, details, fp32_metrics, progress, say)
         _stamp(quantized, meta)
         q_metrics, _ = score(quantized, backend, data, reference=fp32_logits)
         drop = 100 * (fp32_metrics["val"]["top1"] - q_metrics["val"]["top1"])
@@ -250,6 +241,19 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
                              versions=_versions())
         files = _finish(quantized, out, meta, record, cfg)
     return QuantizeResult(out, files[1:], record, warnings)
+
+
+def _post_training(fp32_onnx: Path, fp32_artifact: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData,
+                   details: dict[str, Any], fp32_metrics: dict[str, Any], progress: bool, say: Callable[[str], None]) -> Path:
+    """The quantized artifact of the methods that need no training: fp16, dynamic int8, static int8 (PTQ)."""
+    from compress import quantize_backends as qb
+    if cfg.method is Method.FP16:
+        return qb.fp16(fp32_onnx, tmp, cfg, details)
+    if cfg.method is Method.DYNAMIC:
+        return qb.dynamic(fp32_onnx, tmp, cfg, details)
+    if cfg.target is QuantTarget.OPENVINO:
+        return qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say, progress=progress)
+    return qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
 
 
 def check_suffix(out: Path, cfg: QuantizeConfig) -> None:
