@@ -7,13 +7,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.accuracy import Metric, predict, score
 from benchmarks.env import environment
 from benchmarks.latency import LatencyConfig, LatencyStats, measure
 from benchmarks.runners import Backend, Runner, RunnerOptions, open_runner
 from deepslim.artifact import ArtifactKind, artifact_kind
+
+if TYPE_CHECKING:
+    from deepslim.models import ModelBundle
 
 SCHEMA_VERSION = 1
 
@@ -27,6 +30,7 @@ class BenchTarget:
     input_size: int | None = None   # torch and OpenVINO runners: run at another resolution
     compile: bool | None = None     # torch runner only: override RunnerOptions.compile for this target
     note: str = ""
+    source: ModelBundle | None = None  # the bundle it was exported from: MACs are recounted at the shape run
 
 
 @dataclass
@@ -112,18 +116,38 @@ def _options(options: RunnerOptions, target: BenchTarget) -> RunnerOptions:
 def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     meta = runner.meta
     export = meta.export
-    macs, params = export.get("macs"), export.get("params")
-    if target.backend is Backend.TORCH:
-        from deepslim.profile import count_macs_params
-        macs, params = count_macs_params(runner.eager, meta.input_spec)
+    macs, params = _macs_params(target, runner)
     trained = export.get("trained_input_size")
     notes = [target.note] if target.note else []
+    if macs is None and export.get("macs") is not None:
+        counted = export.get("input_size")
+        at = f" (it records them at {counted[0]}x{counted[1]} only)" if counted else ""
+        notes.append(f"MACs unknown at {meta.input_spec.size[0]}x{meta.input_spec.size[1]}{at}; bench the "
+                     "bundle at that --input-size to count them")
     if trained and list(meta.input_spec.size) != list(trained):
         notes.append(f"runs at {meta.input_spec.size[0]}x{meta.input_spec.size[1]}, trained at "
                      f"{trained[0]}x{trained[1]}")
     return Entry(runner.label, str(target.path), target.backend.value, artifact_kind(target.path).value,
                  export.get("precision", "fp32"), artifact_size(target.path), params, macs,
                  list(meta.input_spec.shape), trained, dict(runner.details), round(seconds, 3), None, notes=notes)
+
+
+def _macs_params(target: BenchTarget, runner: Runner) -> tuple[int | None, int | None]:
+    """MACs of one sample at the shape actually run, and the parameter count.
+
+    An artifact records the MACs of the shape it was exported at; run at another size
+    (``--input-size``) they are recounted from the source bundle when the target names
+    it, else unknown (None) rather than the exported shape's count."""
+    from deepslim.profile import count_macs_params
+    spec, export = runner.meta.input_spec, runner.meta.export
+    if target.backend is Backend.TORCH:
+        return count_macs_params(runner.eager, spec)
+    counted_at = export.get("input_size")
+    if target.input_size is None or (counted_at is not None and list(counted_at) == list(spec.size)):
+        return export.get("macs"), export.get("params")
+    if target.source is not None:
+        return count_macs_params(target.source.model, spec)
+    return None, export.get("params")
 
 
 def add_backend_speedups(entries: list[Entry]) -> None:
