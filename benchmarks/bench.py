@@ -177,6 +177,11 @@ def _notes(entries: list[Entry], latency: LatencyConfig) -> list[str]:
     if any(e.backend == Backend.OPENVINO.value and e.runner.get("static_batch") for e in entries):
         notes.append("OpenVINO models are reshaped to a static shape and compiled for each batch size "
                      "(static batch 1 measured 4-12% faster than a dynamic batch here)")
+    for e in entries:
+        high = (e.runner.get("profile_batches") or [None, None])[1]
+        if high is not None and max(latency.batches) > high:
+            notes.append(f"{e.label}: batches above {high}, its engine profile's max, run as chunks of {high}; "
+                         "rebuild it with a larger `--batch` to time them as one batch")
     return notes
 
 

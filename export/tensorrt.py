@@ -56,7 +56,8 @@ class BuildPlan:
     opt_shape: tuple[int, ...]
     max_shape: tuple[int, ...]
     network_flags: tuple[str, ...]
-    builder_flags: tuple[str, ...]
+    builder_flags: tuple[str, ...]          # set on the builder config
+    cleared_builder_flags: tuple[str, ...]  # cleared: TF32 is on by default, and fp32 must mean fp32
     convert_to_fp16: bool
     requires_qdq: bool
     workspace_bytes: int
@@ -67,6 +68,7 @@ def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_name: str = 
     opt = config.opt_batch or max(config.batches)
     return BuildPlan(input_name, (min(config.batches), *sample), (opt, *sample), (max(config.batches), *sample),
                      network_flags=("STRONGLY_TYPED",), builder_flags=(),
+                     cleared_builder_flags=("TF32",) if config.precision is Precision.FP32 else (),
                      convert_to_fp16=config.precision is Precision.FP16,
                      requires_qdq=config.precision is Precision.INT8,
                      workspace_bytes=config.workspace_mib * 1024 * 1024)
@@ -81,6 +83,8 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path, plan: BuildP
             f"--minShapes={plan.input_name}:{dims['min']}", f"--optShapes={plan.input_name}:{dims['opt']}",
             f"--maxShapes={plan.input_name}:{dims['max']}",
             f"--memPoolSize=workspace:{plan.workspace_bytes // (1024 * 1024)}M", "--stronglyTyped"]
+    if "TF32" in plan.cleared_builder_flags:
+        args.append("--noTF32")
     if timing_cache:
         args.append(f"--timingCacheFile={timing_cache}")
     return " ".join(shlex.quote(a) for a in args)
@@ -187,6 +191,7 @@ def _build(trt, onnx_bytes: bytes, plan: BuildPlan, config: TensorRTConfig) -> t
         raise ExportError(f"TensorRT's ONNX parser failed: {first_line(Exception(errors[0] if errors else '?'))}.")
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
+    apply_builder_flags(trt, builder_config, plan)
     profile = builder.create_optimization_profile()
     profile.set_shape(network.get_input(0).name, plan.min_shape, plan.opt_shape, plan.max_shape)
     builder_config.add_optimization_profile(profile)
@@ -197,6 +202,14 @@ def _build(trt, onnx_bytes: bytes, plan: BuildPlan, config: TensorRTConfig) -> t
         raise ExportError("TensorRT could not build the engine; rerun with --debug for its log.")
     cache = builder_config.get_timing_cache()
     return bytes(serialized), (bytes(cache.serialize()) if cache is not None else None)
+
+
+def apply_builder_flags(trt, builder_config, plan: BuildPlan) -> None:
+    """Set and clear the plan's builder flags (``BuilderConfig.set_flag``/``clear_flag``)."""
+    for name in plan.builder_flags:
+        builder_config.set_flag(getattr(trt.BuilderFlag, name))
+    for name in plan.cleared_builder_flags:
+        builder_config.clear_flag(getattr(trt.BuilderFlag, name))
 
 
 def engine_sidecar(trt, meta: ArtifactMeta, plan: BuildPlan, config: TensorRTConfig) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,11 @@ import numpy as np
 
 from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch
 from deepslim.artifact import ArtifactMeta
-from deepslim.errors import ArtifactMismatchError, BackendMissingError, InputFileError
+from deepslim.errors import ArtifactMismatchError, BackendMissingError, DeepSlimError, InputFileError
+
+
+class EngineRunError(DeepSlimError):
+    """A TensorRT engine refused an input shape (outside its optimization profile) or failed to run."""
 
 
 def import_tensorrt(purpose: str):
@@ -78,23 +83,56 @@ class TensorRTRunner(Runner):
         outputs = [n for n in names if n not in inputs]
         meta = ArtifactMeta.from_json(json.dumps(sidecar["meta"]), path)
         details = {"tensorrt": trt.__version__, "gpu": props.name, "precision": sidecar.get("precision")}
-        return cls(path, meta, options, details, engine=engine, context=engine.create_execution_context(),
-                   input_name=inputs[0], output_name=outputs[0])
+        runner = cls(path, meta, options, details, engine=engine, context=engine.create_execution_context(),
+                     input_name=inputs[0], output_name=outputs[0])
+        runner.details["profile_batches"] = list(runner.batch_range)
+        return runner
+
+    @property
+    def batch_range(self) -> tuple[int, int]:
+        """The smallest and largest batch of the engine's optimization profile."""
+        shapes = self.engine.get_tensor_profile_shape(self.input_name, 0)  # [min, opt, max]
+        return int(shapes[0][0]), int(shapes[2][0])
 
     @property
     def max_batch(self) -> int | None:
-        shapes = self.engine.get_tensor_profile_shape(self.input_name, 0)  # [min, opt, max]
-        return int(shapes[2][0])
+        return self.batch_range[1]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits of any batch: run in chunks of at most the profile's max batch (a chunk below its
+        min batch is zero-padded and the padding dropped)."""
+        low, high = self.batch_range
+        return run_in_chunks(as_batch(batch), low, high, self._run_chunk)
+
+    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
+        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
+            low, high = self.batch_range
+            raise EngineRunError(f"The TensorRT engine {self.artifact.name} refused input shape {tuple(x.shape)}; "
+                                   f"its profile takes batches {low}..{high} of {tuple(self.meta.input_spec.shape)}.")
+        return self._execute(x)
+
+    def _execute(self, x: np.ndarray) -> np.ndarray:
+        """One chunk on the GPU (its shape already set on the context)."""
         import torch
-        x = torch.from_numpy(as_batch(batch)).cuda()
-        self.context.set_input_shape(self.input_name, tuple(x.shape))
+        device_x = torch.from_numpy(x).cuda()
         out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), device="cuda", dtype=torch.float32)
-        self.context.set_tensor_address(self.input_name, x.data_ptr())
+        self.context.set_tensor_address(self.input_name, device_x.data_ptr())
         self.context.set_tensor_address(self.output_name, out.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execution failed")
+            raise EngineRunError(f"TensorRT failed to run {self.artifact.name} on a batch of shape {x.shape}; "
+                                 "rerun with --debug for its log.")
         stream.synchronize()
         return out.cpu().numpy()
+
+
+def run_in_chunks(x: np.ndarray, low: int, high: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``run`` over ``x`` in order, in chunks of ``low``..``high`` rows; the outputs concatenated."""
+    out = []
+    for start in range(0, len(x), high):
+        chunk = x[start:start + high]
+        pad = low - len(chunk)
+        if pad > 0:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(run(chunk))[: len(chunk) - max(pad, 0)])
+    return np.concatenate(out)

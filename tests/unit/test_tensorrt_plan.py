@@ -36,7 +36,36 @@ def test_trtexec_command_matches_the_plan():
     line = trtexec_command("m.onnx", "m.engine", plan, "cache.bin")
     assert line.split() == ["trtexec", "--onnx=m.onnx", "--saveEngine=m.engine", "--minShapes=input:1x3x224x224",
                             "--optShapes=input:8x3x224x224", "--maxShapes=input:8x3x224x224",
-                            "--memPoolSize=workspace:1024M", "--stronglyTyped", "--timingCacheFile=cache.bin"]
+                            "--memPoolSize=workspace:1024M", "--stronglyTyped", "--noTF32",
+                            "--timingCacheFile=cache.bin"]
+
+
+@pytest.mark.parametrize("precision,cleared", [("fp32", ("TF32",)), ("fp16", ()), ("int8", ())])
+def test_an_fp32_engine_is_built_without_tf32(precision, cleared):
+    from export.tensorrt import apply_builder_flags
+
+    class Flags:
+        TF32 = "tf32-flag"
+
+    class FakeTrt:
+        BuilderFlag = Flags
+
+    class FakeConfig:
+        def __init__(self):
+            self.set, self.cleared = [], []
+
+        def set_flag(self, flag):
+            self.set.append(flag)
+
+        def clear_flag(self, flag):
+            self.cleared.append(flag)
+
+    plan = plan_build(META, TensorRTConfig(precision=precision))
+    config = FakeConfig()
+    apply_builder_flags(FakeTrt, config, plan)
+    assert plan.cleared_builder_flags == cleared and config.set == []
+    assert config.cleared == (["tf32-flag"] if precision == "fp32" else [])
+    assert ("--noTF32" in trtexec_command("m.onnx", "m.engine", plan).split()) is (precision == "fp32")
 
 
 @pytest.mark.parametrize("kwargs,fragment", [({"batches": ()}, "--batch"), ({"batches": (0, 4)}, "--batch"),
