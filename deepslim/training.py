@@ -25,6 +25,7 @@ from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
 from deepslim.distributed import DistContext, all_sum, broadcast_buffers, context, local_device, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.fileio import atomic_path
+from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
 from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
 from deepslim.spec import StageRecord
@@ -56,7 +57,9 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
     spec = bundle.input_spec
     splits = {name: source.split(name, spec, augment=cfg.augment and name == "train")
               for name in ("train", "val", "test")}  # every split opens before any work
-    identity = {"arch": bundle.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name}
+    # resume only from a checkpoint of these starting weights (the bundle, or --arch with its --weights)
+    identity = {"arch": bundle.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name,
+                "starting weights": state_fingerprint(model)}
     result = fit(model, splits["train"], splits["val"], cfg, checkpoint=Path(checkpoint) if checkpoint else None,
                  resume=resume, progress=progress, identity=identity)
     logits, labels = predict_all(model, splits["test"], device=local_device(context(), cfg.device))
@@ -260,7 +263,7 @@ def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainC
     differs += sorted(k for k in set(identity) | set(saved_identity) if identity.get(k) != saved_identity.get(k))
     if differs:
         raise ConfigError(f"Checkpoint {path} was made with other settings ({', '.join(differs)}); rerun with the "
-                          "same options or without --resume.")
+                          "same model, data and options, or without --resume.")
     try:
         model.load_state_dict(data["model"])
     except RuntimeError as exc:
