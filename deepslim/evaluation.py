@@ -80,7 +80,7 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def evaluate(bundle: ModelBundle, dataset: str = "digits", *, split: str = "test", limit: int | None = None,
              batch_size: int = 256, severity: int = 3, device: str = "auto") -> EvalResult:
-    """top-1, top-5, macro ROC-AUC and macro AP of ``bundle`` on ``dataset``'s ``split``."""
+    """top-1, top-5 (more than 5 classes only), macro ROC-AUC and macro AP of ``bundle`` on ``dataset``'s ``split``."""
     check_split(split)
     source = open_dataset(dataset, severity=severity)
     check_compatible(bundle, source.info.num_classes, dataset)
