@@ -8,8 +8,12 @@
     DIR/manifest.json                   per stage: config, its hash, input and output hashes, seconds, metrics
 
 A stage is skipped when its config and the hashes of its inputs match the manifest and its
-outputs are still there, unchanged. Otherwise its folder is emptied and it runs again, and so
-does every stage after it (their inputs change). The manifest is rewritten atomically after
+outputs are still there, unchanged. Its inputs are the files it reads (sha256), the user code it
+runs (the Python files of a ``file.py:fn`` architecture, by content), the dataset (a ``file.py:fn``
+by content, a directory by the names, sizes and mtimes of its files) and the environment facts
+that decide its outcome (torch's version; for export, quantize and bench, the versions of their
+backends' packages and, for TensorRT, the GPU). Otherwise its folder is emptied and it runs
+again, and so does every stage after it (their inputs change). The manifest is rewritten atomically after
 each stage, and every artifact is written under a temporary name and renamed, so a run killed
 at any point leaves finished stages intact and no partial file that a rerun would trust.
 """
@@ -20,15 +24,16 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepslim import fingerprint
 from deepslim.errors import ConfigError, InputFileError
 from deepslim.fileio import atomic_path, sha256_file
-from pipeline.recipe import (DistillStage, ExportStage, PruneStage, QuantizeStage, Recipe, TrainStage, feasibility,
-                             resolve, tensorrt_available)
+from pipeline.recipe import (DistillStage, ExportStage, ModelSpec, PruneStage, QuantizeStage, Recipe, TrainStage,
+                             feasibility, resolve, tensorrt_available)
 
 MANIFEST_VERSION = 1
 Say = Callable[[str], None]
@@ -62,6 +67,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
         say(f"note: {note}")
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest = _load_manifest(run_dir, recipe)
+    dataset = fingerprint.dataset_fingerprint(recipe.dataset)  # once: a large directory takes a while to list
     steps: list[Any] = [recipe.model, *recipe.stages]
     current: Path | None = None
     original: Path | None = None
@@ -69,7 +75,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
     for index, step in enumerate(steps):
         kind = "model" if index == 0 else step.stage
         stage_dir = run_dir / f"{index:02d}-{kind}"
-        inputs = _inputs(step, current, original, recipe, base)
+        inputs = _inputs(step, current, original, dataset, base)
         key = _key(recipe, step, inputs)
         entry = manifest["stages"].get(str(index))
         if entry is not None and entry["key"] == key and _outputs_intact(run_dir, entry):
@@ -81,7 +87,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
             if stage_dir.exists():
                 shutil.rmtree(stage_dir)
             stage_dir.mkdir(parents=True)
-            say(f"[{index}] {kind}: running")
+            say(f"[{index}] {kind}: running{_changes(entry, key, _config(step), inputs)}")
             start = time.perf_counter()
             outputs, metrics = _execute(step, current, original, stage_dir, recipe, base, progress, say)
             seconds = round(time.perf_counter() - start, 2)
@@ -97,7 +103,7 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
             current = outcomes[-1].outputs[0]
         if kind in ("model", "train"):
             original = current
-    report = _bench(recipe, run_dir, outcomes, manifest, notes, say) if recipe.bench else None
+    report = _bench(recipe, run_dir, outcomes, manifest, notes, dataset, say) if recipe.bench else None
     return RunResult(run_dir, outcomes, report, notes)
 
 
@@ -187,14 +193,16 @@ def _test(bundle) -> dict[str, Any]:
 # --- the bench over every stage's artifact ---------------------------------------------------
 
 def _bench(recipe: Recipe, run_dir: Path, outcomes: list[StageOutcome], manifest: dict[str, Any], notes: list[str],
-           say: Say) -> Path:
+           dataset: dict[str, str], say: Say) -> Path:
     from benchmarks import Backend, LatencyConfig, bench, write_report
     from benchmarks.runners import can_run
     from pipeline.bench import plan_targets
     spec = recipe.bench
     artifacts = _bench_artifacts(outcomes)
     key = hashlib.sha256(json.dumps({"bench": spec.model_dump(mode="json"),
-                                     "artifacts": {str(p.relative_to(run_dir)): sha256_file(p) for p in artifacts}},
+                                     "artifacts": {str(p.relative_to(run_dir)): sha256_file(p) for p in artifacts},
+                                     "dataset": dataset if spec.accuracy else None,
+                                     "environment": fingerprint.environment_facts(spec.backends)},
                                     sort_keys=True).encode()).hexdigest()
     report_dir = run_dir / "bench"
     entry = manifest.get("bench")
@@ -278,7 +286,9 @@ def _config(step) -> dict[str, Any]:
     return step.model_dump(mode="json")
 
 
-def _inputs(step, current: Path | None, original: Path | None, recipe: Recipe, base: Path) -> dict[str, str]:
+def _inputs(step, current: Path | None, original: Path | None, dataset: dict[str, str],
+            base: Path) -> dict[str, Any]:
+    """Everything but the config that decides this stage's result; the run key hashes it."""
     files: dict[str, Path] = {}
     if current is not None:
         files["input"] = current
@@ -286,7 +296,49 @@ def _inputs(step, current: Path | None, original: Path | None, recipe: Recipe, b
         files["model"] = resolve(step.path, base)
     if isinstance(step, DistillStage):
         files["teacher"] = original if step.teacher == "original" else resolve(step.teacher, base)
-    return {k: sha256_file(v) for k, v in files.items() if v is not None}
+    files = {k: v for k, v in files.items() if v is not None}
+    return {**{k: sha256_file(v) for k, v in files.items()}, "code": _user_code(step, files.values()),
+            "dataset": dataset, "environment": fingerprint.environment_facts(_backends(step))}
+
+
+def _user_code(step, files: Iterable[Path]) -> dict[str, str]:
+    """sha256 of each Python file the stage runs: model.arch's, and the one each input bundle's architecture names."""
+    code = []
+    if isinstance(step, ModelSpec) and step.arch is not None:
+        code.append(fingerprint.user_file(step.arch))
+    code += [_arch_file(f) for f in files]
+    return {str(f): fingerprint.file_digest(f) for f in code if f is not None}
+
+
+def _arch_file(path: Path) -> Path | None:
+    """The architecture file a bundle is rebuilt from (read from its header; nothing runs)."""
+    from deepslim.bundle import read_header
+    from deepslim.spec import ArchSource
+    header = read_header(path) if path.suffix == ".safetensors" else None
+    if header is None or header.arch.source is not ArchSource.FILE:
+        return None
+    return fingerprint.user_file(header.arch.name)
+
+
+def _backends(step) -> list[str]:
+    """The backends whose installed packages (and GPU, for TensorRT) decide the stage's outcome."""
+    if isinstance(step, ExportStage):
+        return list(step.targets)
+    if isinstance(step, QuantizeStage):
+        return [step.target.value]
+    return []
+
+
+def _changes(entry: dict[str, Any] | None, key: str, config: dict[str, Any], inputs: dict[str, Any]) -> str:
+    """Why a recorded stage reruns, e.g. ' (code, dataset changed)'; empty for a stage not run before."""
+    if entry is None:
+        return ""
+    if entry["key"] == key:
+        return " (its outputs changed or are missing)"
+    before = entry.get("inputs", {})
+    changed = (["config"] if entry.get("config") != config else []) + \
+        [k for k in sorted(set(inputs) | set(before)) if inputs.get(k) != before.get(k)]
+    return f" ({', '.join(changed)} changed)" if changed else " (the recipe's seed or dataset changed)"
 
 
 def _key(recipe: Recipe, step, inputs: dict[str, str]) -> str:
