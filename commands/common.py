@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -26,6 +28,9 @@ InputSize = Annotated[Optional[int], typer.Option(
 Channels = Annotated[Optional[int], typer.Option("--channels", help="Input channels (default: from the data).")]
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
+TrustCode = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow a model file to run the Python architecture file it names (its recorded sha256 "
+    "must still match). Naming that file yourself with --arch FILE.py:fn allows just that file.")]
 Dataset = Annotated[str, typer.Option(
     "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn.")]
 Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption severity 1-5 for digits-c "
@@ -66,6 +71,24 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+_CODE_OPTIONS = ("arch", "student")  # options whose path/file.py:fn the user names, and so allows
+
+
+def trusting(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``command`` with the code its options allow: ``--trust-code``, and the .py files it names.
+
+    A bundle that names a Python architecture file runs it only inside this scope, and only if
+    the user passed --trust-code or named that file (``--arch FILE.py:fn``, ``--student``).
+    """
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from deepslim.trust import allow_code
+        named = [v for k, v in kwargs.items() if k in _CODE_OPTIONS and isinstance(v, str)]
+        with allow_code(trust_code=bool(kwargs.get("trust_code")), files=named):
+            return command(*args, **kwargs)
+    return wrapper
+
+
 def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, arch_kwargs: str | None,
           input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str, severity: int | None,
           pretrained: str | None = None, seed: int | None = None):
@@ -75,8 +98,7 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
     from deepslim.training import model_for_dataset
     kwargs = parse_kwargs(arch_kwargs)
     if model is not None:
-        if arch is not None or weights is not None:
-            raise ConfigError("Give either a MODEL file or --arch (with --weights), not both.")
+        _check_model_and_arch(model, arch, weights)
         if model.suffix.lower() == ".safetensors":
             given = [name for name, value in (("--input-size", input_size), ("--channels", channels),
                                               ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained))
@@ -92,6 +114,17 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
         raise ConfigError("Give a MODEL file or --arch NAME.")
     return model_for_dataset(arch, dataset, severity=severity_for(dataset, severity), input_size=input_size,
                              channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+
+
+def _check_model_and_arch(model: Path, arch: str | None, weights: Path | None) -> None:
+    """With a MODEL file, --arch may only name the bundle's own architecture file (to allow it)."""
+    from deepslim.trust import is_code_spec
+    if weights is not None or (arch is not None and not is_code_spec(arch)):
+        raise ConfigError("Give either a MODEL file or --arch (with --weights), not both; with a bundle, --arch "
+                          "may only name the bundle's own architecture file (path/file.py:fn) to allow it.")
+    if arch is not None and model.suffix.lower() != ".safetensors":
+        raise ConfigError(f"--arch {arch} with a MODEL file names a bundle's architecture file; {model} is not a "
+                          "bundle (.safetensors).")
 
 
 def is_main_process() -> bool:

@@ -9,8 +9,8 @@ import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
                              Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume, Sched,
-                             Seed, Severity, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             is_main_process, load_bundle, severity_for)
+                             Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
+                             is_main_process, load_bundle, severity_for, trusting)
 from compress.options import Activations, Allocation, Calibration, Importance, Method, QuantTarget, Recover
 from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
@@ -20,6 +20,7 @@ compress_app = typer.Typer(help="Compression stages: structured pruning, knowled
 
 
 @compress_app.command("prune")
+@trusting
 def prune_cmd(
     model: Model = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Pruned bundle (.safetensors).")] = None,
@@ -52,7 +53,7 @@ def prune_cmd(
     report: Annotated[Optional[Path], typer.Option(help="Directory for the sensitivity table and plot.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Check exportability before pruning.")] = True,
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
-    input_size: InputSize = None, channels: Channels = None,
+    trust_code: TrustCode = False, input_size: InputSize = None, channels: Channels = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Force = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -144,6 +145,7 @@ def print_prune(bundle, out: Path) -> None:
 
 
 @compress_app.command("distill")
+@trusting
 def distill_cmd(
     teacher: Annotated[Path, typer.Option(
         "--teacher", help="The teacher: a bundle, or an exported .onnx / OpenVINO .xml / TensorRT .engine (run "
@@ -165,7 +167,7 @@ def distill_cmd(
     teacher_backend: Annotated[Optional[str], typer.Option(
         help="Runtime of an exported teacher: onnxruntime, openvino or tensorrt (default: by file type).")] = None,
     arch_kwargs: ArchKwargs = None, input_size: InputSize = None, channels: Channels = None,
-    trust_pickle: TrustPickle = False,
+    trust_pickle: TrustPickle = False, trust_code: TrustCode = False,
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
     warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = True,
@@ -255,6 +257,7 @@ def print_distill(bundle, out: Path) -> None:
 
 
 @compress_app.command("quantize")
+@trusting
 def quantize_cmd(
     model: Annotated[Path, typer.Argument(help="A bundle (.safetensors), or a deepslim fp32 .onnx for ptq, "
                                           "dynamic and fp16.", show_default=False)],
@@ -287,7 +290,7 @@ def quantize_cmd(
     alpha: Annotated[float, typer.Option(help="qat --recover kd: weight of the KD term.")] = 0.5,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time fp32 vs quantized on the target's "
                                           "runner and warn when int8 is not faster.")] = True,
-    seed: Seed = 0, force: Force = False, quiet: Quiet = False,
+    seed: Seed = 0, trust_code: TrustCode = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Quantize to int8 (or fp16) in the format the target runs fastest, measured against fp32.
 

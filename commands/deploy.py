@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Arch, ArchKwargs, Force, Model, Severity, TrustPickle, Weights, load_bundle,
-                             parse_batches, print_bench, severity_for)
+from commands.common import (Arch, ArchKwargs, Force, Model, Severity, TrustCode, TrustPickle, Weights, load_bundle,
+                             parse_batches, print_bench, severity_for, trusting)
 from deepslim.errors import ConfigError
 from export.options import Exporter, OVSource, Precision, Target
 
 
+@trusting
 def export_cmd(
     model: Model = None,
     target: Annotated[Optional[Target], typer.Option("--target", "-t", help="Artifact to produce.")] = None,
@@ -38,7 +39,7 @@ def export_cmd(
     check: Annotated[bool, typer.Option("--check", help="Only say whether MODEL exports to each target, and which "
                                         "ops fail.")] = False,
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
-    force: Force = False,
+    trust_code: TrustCode = False, force: Force = False,
 ) -> None:
     """Export a model to ONNX, OpenVINO IR or a TensorRT engine, then check parity with the source.
 
@@ -55,10 +56,10 @@ def export_cmd(
                                    timing_cache=timing_cache)
     if print_trtexec:
         return _print_trtexec(model, output, trt_config, target)
-    from deepslim.fileio import check_output
-    out = check_output(output, force=force, inputs=[model, weights])
     verify_config = ex.VerifyConfig(dataset=dataset, samples=parity_samples) if verify else None
-    if model is not None and model.suffix.lower() == ".onnx":
+    is_onnx = model is not None and model.suffix.lower() == ".onnx"
+    out = _check_outputs(output, target, is_onnx, force, inputs=[model, weights])
+    if is_onnx:
         source = model
     else:
         source = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
@@ -70,6 +71,16 @@ def export_cmd(
         typer.echo("warning: parity NOT checked (--no-verify); the artifact may differ from the model.", err=True)
     else:
         typer.echo(result.parity.summary())
+
+
+def _check_outputs(output: Path, target: Target, from_onnx: bool, force: bool, inputs: list) -> Path:
+    """Every file the export will write, checked against --force before any work (the artifact's side files too)."""
+    from deepslim.fileio import check_output
+    from export import planned_files
+    files = planned_files(target, output, from_bundle=not from_onnx)
+    for path in files:
+        check_output(path, force=force, inputs=inputs)
+    return files[0]
 
 
 def _export_check(model, *, arch, weights, arch_kwargs, input_size, trust_pickle, dataset) -> None:
@@ -104,6 +115,7 @@ def _print_trtexec(model, output: Path, trt_config, target) -> None:
         typer.echo("# fp16: convert the ONNX to fp16 first (deepslim export --target onnx --precision fp16)", err=True)
 
 
+@trusting
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="Bundles, .onnx, .xml or .engine files; the first is the "
                                                    "baseline of every ratio.", show_default=False)],
@@ -129,7 +141,7 @@ def bench(
     input_size: Annotated[Optional[int], typer.Option(
         "--input-size", help="Run bundles and OpenVINO IRs at this resolution (bundles are exported at it).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the torch runner.")] = False,
-    force: Force = False,
+    trust_code: TrustCode = False, force: Force = False,
 ) -> None:
     """Measure accuracy, latency, size and MACs of several artifacts on several backends in one run.
 

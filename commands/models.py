@@ -10,12 +10,13 @@ import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
                              Epochs, Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume,
-                             Sched, Seed, Severity, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             is_main_process, load_bundle, print_metrics, severity_for)
+                             Sched, Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
+                             is_main_process, load_bundle, print_metrics, severity_for, trusting)
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.errors import ConfigError
 
 
+@trusting
 def train(
     model: Model = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output bundle (.safetensors).")] = ...,
@@ -32,7 +33,7 @@ def train(
     freeze_backbone: Annotated[bool, typer.Option(
         "--freeze-backbone", help="Train only the classifier head (transfer learning).")] = False,
     seed: Seed = 0, device: Device = "auto", workers: Workers = 0, resume: Resume = False,
-    trust_pickle: TrustPickle = False, force: Force = False, quiet: Quiet = False,
+    trust_pickle: TrustPickle = False, trust_code: TrustCode = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Train (or fine-tune) a model and save it as a bundle with its lineage.
 
@@ -65,10 +66,11 @@ def train(
                    f"{record.seconds:.1f} s)", record.metrics["test"])
 
 
+@trusting
 def evaluate(
     model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
     input_size: InputSize = None, channels: Channels = None, trust_pickle: TrustPickle = False,
-    dataset: Dataset = "digits", severity: Severity = None,
+    trust_code: TrustCode = False, dataset: Dataset = "digits", severity: Severity = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
@@ -92,10 +94,12 @@ def evaluate(
         print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics)
 
 
+@trusting
 def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or an exported .onnx/.xml/.engine.")],
          as_json: AsJson = False,
          layers: Annotated[bool, typer.Option("--layers", help="List a bundle's named layers with their output "
                                               "shapes (the names --feature-pairs and --ignore take).")] = False,
+         trust_code: TrustCode = False,
          ) -> None:
     """Show a bundle's header (architecture, input spec, classes, structural changes, lineage), or the
     metadata an exported artifact carries."""

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from commands.common import TrustCode
+
 
 def run(
     recipe: Annotated[Path, typer.Argument(help="A recipe (.yaml): model, stages, bench. See recipes/.",
@@ -15,6 +17,7 @@ def run(
                                                     "with the same one to resume.")] = None,
     check: Annotated[bool, typer.Option("--check", help="Validate the recipe and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Run a recipe: train or load -> prune -> distill -> quantize -> export -> bench -> report.
 
@@ -33,10 +36,20 @@ def run(
         return
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
+    from deepslim.trust import allow_code
     from pipeline.run import run_recipe
-    result = run_recipe(spec, run_dir or Path("runs") / spec.name, base=recipe.parent, progress=not quiet,
-                        log=lambda m: console.print(m, highlight=False))
+    with allow_code(trust_code=trust_code, files=recipe_code_files(spec, recipe.parent)):
+        result = run_recipe(spec, run_dir or Path("runs") / spec.name, base=recipe.parent, progress=not quiet,
+                            log=lambda m: console.print(m, highlight=False))
     print_run(result)
+
+
+def recipe_code_files(spec, base: Path) -> list[Path]:
+    """The Python architecture file a recipe names itself (model.arch): the user named it, so it may run."""
+    from deepslim.trust import is_code_spec, spec_file
+    from pipeline.recipe import resolve
+    arch = spec.model.arch
+    return [resolve(spec_file(arch), base)] if arch and is_code_spec(arch) else []
 
 
 def print_run(result, *, report: bool = True) -> None:

@@ -48,6 +48,10 @@ class UnsafePickleError(ModelError):
     """Loading would unpickle a file and the user did not pass --trust-pickle."""
 
 
+class UntrustedCodeError(ModelError):
+    """Loading would run Python code a model file names, and the user did not allow it (--trust-code)."""
+
+
 class DatasetError(DeepSlimError):
     """A dataset cannot be found, read or matched to the model."""
 

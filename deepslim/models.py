@@ -7,7 +7,6 @@ from collections import OrderedDict
 import functools
 import inspect
 import pickle
-import warnings
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from deepslim.errors import (ConfigError, InputFileError, ModelError, StateDictM
                              UnknownArchitectureError, UnsafePickleError, first_line)
 from deepslim.fileio import require_file, sha256_file
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
+from deepslim.trust import allow_code, authorise, current_policy
 from deepslim.usercode import user_attribute
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -141,10 +141,16 @@ def _size_kwargs(name: str, size: int) -> dict[str, Any]:
 
 
 def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
-    """Instantiate ``spec`` (random weights unless ``pretrained`` names torchvision weights)."""
+    """Instantiate ``spec`` (random weights unless ``pretrained`` names torchvision weights).
+
+    Built-in and torchvision names resolve only through their registries (an allow-list), with
+    plain JSON keyword arguments. A ``file.py:fn`` spec runs the user's code: callers pass only
+    specs the user named or that :func:`deepslim.trust.authorise` allowed.
+    """
+    _check_plain_kwargs(spec)
     try:
         if spec.source is ArchSource.BUILTIN:
-            model = BUILTIN[spec.name](**spec.kwargs)
+            model = _registered(BUILTIN, spec)(**spec.kwargs)
         elif spec.source is ArchSource.TORCHVISION:
             model = _build_torchvision(spec, pretrained)
         elif spec.source is ArchSource.FILE:
@@ -160,8 +166,37 @@ def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
     return model
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_json(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return isinstance(value, _JSON_SCALARS)
+
+
+def _check_plain_kwargs(spec: ArchSpec) -> None:
+    bad = [k for k, v in spec.kwargs.items() if not _plain_json(v)]
+    if bad:
+        raise ModelError(f"The architecture arguments of {spec.name} must be plain JSON values; '{bad[0]}' is a "
+                         f"{type(spec.kwargs[bad[0]]).__name__}.")
+    if spec.source is not ArchSource.FILE and {"weights", "weights_backbone"} & set(spec.kwargs):
+        raise ModelError(f"The architecture arguments of {spec.name} may not name weights to fetch; a bundle "
+                         "carries its own weights.")
+
+
+def _registered(registry: dict[str, Any], spec: ArchSpec) -> Any:
+    if spec.name not in registry:
+        raise UnknownArchitectureError(f"Unknown built-in architecture '{spec.name}'; `deepslim archs` lists them.")
+    return registry[spec.name]
+
+
 def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
     import torchvision
+    if spec.name not in torchvision_names():  # the registry is the allow-list, never getattr on a module
+        raise UnknownArchitectureError(f"Unknown torchvision architecture '{spec.name}'; `deepslim archs` lists them.")
     kwargs = dict(spec.kwargs)
     if pretrained is None:
         return torchvision.models.get_model(spec.name, weights=None, **kwargs)
@@ -175,9 +210,9 @@ def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
 def _build_from_file(spec: ArchSpec) -> nn.Module:
     path, fn_name = spec.name.rsplit(":", 1)
     file = require_file(path, "architecture file")
-    if spec.file_sha256 and sha256_file(file) != spec.file_sha256:
-        warnings.warn(f"{file} changed since the model was saved; rebuilding from the current file.",
-                      UserWarning, stacklevel=2)
+    if spec.file_sha256 and (actual := sha256_file(file)) != spec.file_sha256:
+        raise ModelError(f"{file} has sha256 {actual}, but the model was saved with an architecture file of "
+                         f"sha256 {spec.file_sha256}; restore that file (or re-save the model from this one).")
     fn = user_attribute(file, fn_name, error=ModelError)
     if not callable(fn):
         raise ModelError(f"{file} has no function '{fn_name}'.")
@@ -219,21 +254,27 @@ def load_model(source: str | Path | None = None, *, arch: str | None = None, wei
                num_classes: int | None = None, input_size: int | None = None, channels: int | None = None,
                arch_kwargs: dict[str, Any] | None = None, pretrained: str | None = None,
                classes: list[str] | None = None, mean: tuple[float, ...] | None = None,
-               std: tuple[float, ...] | None = None, trust_pickle: bool = False) -> ModelBundle:
+               std: tuple[float, ...] | None = None, trust_pickle: bool = False,
+               trust_code: bool = False) -> ModelBundle:
     """Load a model from a bundle, an architecture (+ state_dict), or a pickled module.
 
     ``source`` is a deepslim bundle (``.safetensors``) or, with ``trust_pickle``, a whole
     pickled module. Without ``source``, ``arch`` names a built-in or torchvision
     architecture or ``path/file.py:build_fn``; ``weights`` is a state_dict file loaded with
     ``weights_only=True`` (or a plain safetensors file). Never unpickles unless asked.
+
+    A bundle whose architecture is the user's ``file.py:fn`` runs that file only with
+    ``trust_code`` or inside :func:`deepslim.trust.allow_code` naming it, and only when its
+    sha256 matches the one recorded.
     """
     if source is not None and arch is not None:
         raise ConfigError("Give either a model file or --arch (with --weights), not both.")
     if source is None and arch is None:
         raise ConfigError("Give a model file (bundle) or --arch NAME.")
     if source is not None:
-        return _load_file(Path(source), trust_pickle=trust_pickle, input_size=input_size, channels=channels,
-                          mean=mean, std=std)
+        with allow_code(trust_code=trust_code):
+            return _load_file(Path(source), trust_pickle=trust_pickle, input_size=input_size, channels=channels,
+                              mean=mean, std=std)
     if classes is not None:
         num_classes = num_classes or len(classes)
     spec, size, chans = resolve_arch(arch, num_classes=num_classes or 1000, input_size=input_size,
@@ -283,23 +324,38 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
 
 
 def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
-    model = build_model(_relocated(header.arch, path))
+    arch = _authorised_arch(header.arch, path)
+    model = build_model(arch)
     bundle_format.apply_structure(model, header.structure)
     _load_state(model, bundle_format.read_tensors(path), label=header.arch.name, source=path)
-    return ModelBundle(model.eval(), header.arch, header.input_spec, header.classes, header.lineage, path)
+    return ModelBundle(model.eval(), arch, header.input_spec, header.classes, header.lineage, path)
 
 
-def _relocated(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
-    """A user architecture file moved with its bundle: use the copy beside the bundle (same content)."""
+def _authorised_arch(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
+    """The architecture file a bundle names, located and allowed (:func:`deepslim.trust.authorise`)."""
     if spec.source is not ArchSource.FILE:
         return spec
-    file, fn = spec.name.rsplit(":", 1)
-    beside = bundle_path.parent / Path(file).name
-    if Path(file).is_file() or not beside.is_file():
-        return spec
-    if spec.file_sha256 and sha256_file(beside) != spec.file_sha256:
-        raise ModelError(f"{beside} differs from the architecture file the bundle was saved with ({file}).")
-    return replace(spec, name=f"{beside.resolve()}:{fn}")
+    file, _, fn = spec.name.rpartition(":")
+    if not file or not fn:
+        raise ModelError(f"{bundle_path} names the architecture '{spec.name}', which is not path/file.py:function.")
+    located = _locate_arch_file(Path(file), spec.file_sha256, bundle_path)
+    resolved = authorise(located, fn, spec.file_sha256, source=bundle_path)
+    return replace(spec, name=f"{resolved}:{fn}")
+
+
+def _locate_arch_file(file: Path, sha256: str | None, bundle_path: Path) -> Path:
+    """A file the user named with the recorded content, else the recorded path, else the copy beside the bundle."""
+    if sha256 is not None:
+        named = [f for f in sorted(current_policy().files) if f.is_file() and sha256_file(f) == sha256]
+        if named:
+            return named[0]
+    beside = bundle_path.parent / file.name
+    if file.is_file():
+        return file
+    if beside.is_file():
+        return beside
+    raise ModelError(f"{bundle_path} is built by {file}, which does not exist; put that file beside the bundle "
+                     "(or name it with --arch FILE.py:fn).")
 
 
 def _torch_load(path: Path, *, trust_pickle: bool, weights: bool = False) -> Any:

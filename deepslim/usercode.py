@@ -7,13 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from deepslim.errors import DeepSlimError, first_line
+from deepslim.trust import check_importable
 
 
 def user_attribute(file: Path, name: str, *, error: type[DeepSlimError]) -> Any:
     """Execute ``file`` as a fresh module and return its attribute ``name`` (None when it has none).
 
-    Any failure while importing the user's code is raised as ``error`` with one sentence.
+    Any failure while importing the user's code is raised as ``error`` with one sentence. Only a
+    ``.py`` file outside the standard library and site-packages is ever imported.
     """
+    file = check_importable(Path(file), error=error)
     module_name = f"deepslim_user_{abs(hash(str(Path(file).resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, file)
     module = importlib.util.module_from_spec(spec)

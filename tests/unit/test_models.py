@@ -7,7 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from deepslim.errors import ConfigError, ModelError, StateDictMismatchError, UnknownArchitectureError, UnsafePickleError
+from deepslim.errors import (ConfigError, ModelError, StateDictMismatchError, UnknownArchitectureError, UnsafePickleError,
+                             UntrustedCodeError)
 from deepslim.models import SmallCNN, find_head, load_model, replace_head, torchvision_names
 
 
@@ -134,8 +135,11 @@ def test_bundle_with_user_architecture_moves_with_its_file(tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(src, moved)
     shutil.rmtree(src)
-    loaded = load_model(moved / "m.safetensors")
-    assert torch.equal(loaded.model[1].weight, bundle.model[1].weight)
-    (moved / "net.py").write_text((moved / "net.py").read_text() + "\n# edited\n")
-    with pytest.raises(ModelError, match="differs from the architecture file"):
+    with pytest.raises(UntrustedCodeError, match="--trust-code"):  # a bundle's file runs only when allowed
         load_model(moved / "m.safetensors")
+    loaded = load_model(moved / "m.safetensors", trust_code=True)
+    assert torch.equal(loaded.model[1].weight, bundle.model[1].weight)
+    assert loaded.arch.name == f"{(moved / 'net.py').resolve()}:build"  # the copy beside it is what ran
+    (moved / "net.py").write_text((moved / "net.py").read_text() + "\n# edited\n")
+    with pytest.raises(ModelError, match="sha256 .* was saved with an architecture file of sha256"):
+        load_model(moved / "m.safetensors", trust_code=True)

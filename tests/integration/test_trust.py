@@ -1,0 +1,171 @@
+"""Trust: a model file never runs code unless the user said so (--trust-code, or naming the file).
+
+A hostile bundle's header names Python code to build its architecture: the standard library's
+``subprocess.py:run`` with a shell command, or a ``.py`` beside it that writes a marker file when
+imported. Every command that loads a model must refuse it (exit 2, one line, no traceback) and
+run nothing, with and without --trust-pickle.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_contract import invoke, ok
+
+from deepslim import bundle as fmt
+from deepslim.fileio import sha256_file
+from deepslim.spec import ArchSource, ArchSpec, InputSpec
+
+EVIL_PY = '''\
+from pathlib import Path
+Path(__file__).with_name("PWNED").write_text("imported")
+
+
+def build(num_classes=10, **kwargs):
+    Path(__file__).with_name("PWNED").write_text("called")
+    import torch.nn as nn
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+'''
+
+NET_PY = '''\
+import torch.nn as nn
+
+
+def build(num_classes=10, hidden=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+'''
+
+
+def _hostile(tmp_path: Path, kind: str) -> Path:
+    """A bundle whose header asks to run code: 'stdlib' (subprocess.run), 'nohash' or 'hash' (evil.py)."""
+    marker = tmp_path / "PWNED"
+    if kind == "stdlib":
+        target = Path(sysconfig.get_paths()["stdlib"]) / "subprocess.py"
+        spec = ArchSpec(ArchSource.FILE, f"{target}:run", {"args": ["touch", str(marker)]}, sha256_file(target))
+    else:
+        evil = tmp_path / "evil.py"
+        evil.write_text(EVIL_PY)
+        spec = ArchSpec(ArchSource.FILE, f"{evil}:build", {"num_classes": 10},
+                        sha256_file(evil) if kind == "hash" else None)
+    path = tmp_path / f"hostile-{kind}.safetensors"
+    header = fmt.Header(spec, InputSpec.create(1, 8, (0.5,), (0.25,)), [str(i) for i in range(10)])
+    fmt.write(path, {"1.weight": torch.zeros(10, 64), "1.bias": torch.zeros(10)}, header)
+    return path
+
+
+def _commands(model: Path, tmp: Path) -> dict[str, list[str]]:
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(f"name: hostile\nmodel: {{path: {model}}}\nstages: [{{stage: prune, ratio: 0.5}}]\n"
+                      "bench: null\n")
+    m, o = str(model), str(tmp / "out")
+    return {
+        "eval": ["eval", m],
+        "export": ["export", m, "--target", "onnx", "-o", o + ".onnx"],
+        "bench": ["bench", m, "--backend", "torch", "--report", o + "-bench"],
+        "info --layers": ["info", m, "--layers"],
+        "prune": ["compress", "prune", m, "--ratio", "0.5", "-o", o + ".safetensors"],
+        "distill (teacher)": ["compress", "distill", "--teacher", m, "--student", "small_cnn", "-o",
+                              o + ".safetensors"],
+        "distill (student)": ["compress", "distill", "--teacher", m, "--student", m, "-o", o + "2.safetensors"],
+        "quantize": ["compress", "quantize", m, "-o", o + "-int8.onnx"],
+        "train": ["train", m, "--epochs", "1", "-o", o + "-trained.safetensors"],
+        "run": ["run", str(recipe), "--run-dir", str(tmp / "run")],
+    }
+
+
+PICKLE_FLAG = {"eval", "export", "prune", "distill (teacher)", "distill (student)", "train"}
+
+
+@pytest.mark.parametrize("kind", ["stdlib", "nohash", "hash"])
+@pytest.mark.parametrize("pickle", [False, True], ids=["plain", "trust-pickle"])
+def test_hostile_bundle_runs_nothing_on_any_command(tmp_path, kind, pickle):
+    model = _hostile(tmp_path, kind)
+    for name, args in _commands(model, tmp_path).items():
+        if pickle and name not in PICKLE_FLAG:
+            continue
+        result = invoke(args + (["--trust-pickle"] if pickle else []))
+        shown = f"{name}: exit {result.exit_code}\n{result.output}\n{result.exception!r}"
+        assert result.exit_code == 2 and "Traceback" not in result.output, shown
+        assert not (tmp_path / "PWNED").exists(), f"{name} ran the bundle's code"
+        message = " ".join(result.stderr.split())
+        if kind == "stdlib":
+            assert "Python installation" in message, shown
+        else:
+            assert "evil.py" in message and "build()" in message and "--trust-code" in message, shown
+            if kind == "hash":
+                assert "--arch" in message, shown  # both ways to allow it are named
+        assert not list(tmp_path.glob("out*")), f"{name} wrote an output"
+
+
+def test_stdlib_is_never_imported_even_with_trust_code(tmp_path):
+    model = _hostile(tmp_path, "stdlib")
+    result = invoke(["eval", str(model), "--trust-code"])
+    assert result.exit_code == 2 and "Python installation" in result.stderr
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_unhashed_file_needs_trust_code_even_when_named(tmp_path):
+    model = _hostile(tmp_path, "nohash")
+    result = invoke(["eval", str(model), "--arch", f"{tmp_path / 'evil.py'}:build"])
+    assert result.exit_code == 2 and "records no sha256" in result.stderr
+    assert not (tmp_path / "PWNED").exists()
+    ok(["eval", model, "--trust-code", "--limit", "20"])  # the user said so: it runs
+    assert (tmp_path / "PWNED").read_text() == "called"
+
+
+@pytest.fixture()
+def user_bundle(tmp_path, monkeypatch):
+    """A bundle trained from the user's own net.py (named on the command line, so allowed)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET_PY)
+    ok(["train", "--arch", "net.py:build", "--input-size", "8", "--channels", "1", "--epochs", "1", "-q",
+        "-o", "mine.safetensors"])
+    return tmp_path / "mine.safetensors"
+
+
+def test_named_or_trusted_architecture_file_loads(user_bundle):
+    refused = invoke(["eval", str(user_bundle), "--limit", "20"])
+    assert refused.exit_code == 2 and "net.py" in refused.stderr and "--trust-code" in refused.stderr
+    named = ok(["eval", user_bundle, "--arch", "net.py:build", "--limit", "20", "--json"])
+    trusted = ok(["eval", user_bundle, "--trust-code", "--limit", "20", "--json"])
+    assert '"top1"' in named.stdout and named.stdout == trusted.stdout
+
+
+def test_changed_architecture_file_is_an_error_naming_both_hashes(user_bundle):
+    net = user_bundle.with_name("net.py")
+    recorded = sha256_file(net)
+    net.write_text(NET_PY.replace("nn.ReLU()", "nn.Tanh()"))
+    result = invoke(["eval", str(user_bundle), "--arch", "net.py:build"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert recorded in result.stderr and sha256_file(net) in result.stderr
+
+
+def test_moved_bundle_uses_the_matching_copy_beside_it(user_bundle, tmp_path):
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "net.py").write_text(NET_PY)
+    user_bundle.rename(moved / "mine.safetensors")
+    (tmp_path / "net.py").unlink()
+    ok(["eval", moved / "mine.safetensors", "--arch", str(moved / "net.py") + ":build", "--limit", "20"])
+    (moved / "net.py").write_text(textwrap.dedent(NET_PY).replace("hidden=16", "hidden=16, extra=0"))
+    result = invoke(["eval", str(moved / "mine.safetensors"), "--trust-code"])
+    assert result.exit_code == 2 and "sha256" in result.stderr  # --trust-code does not skip the hash check
+
+
+def test_header_names_resolve_only_through_the_registries(tmp_path):
+    from deepslim.errors import ModelError, UnknownArchitectureError
+    from deepslim.models import load_model
+    for source, name, kwargs, error in [
+            (ArchSource.TORCHVISION, "get_weight", {"name": "x"}, UnknownArchitectureError),
+            (ArchSource.BUILTIN, "__class__", {}, UnknownArchitectureError),
+            (ArchSource.TORCHVISION, "resnet18", {"num_classes": 10, "weights": "DEFAULT"}, ModelError)]:
+        path = tmp_path / f"{name}.safetensors"
+        header = fmt.Header(ArchSpec(source, name, kwargs), InputSpec.create(3, 8, (0.5,), (0.25,)), ["a"])
+        fmt.write(path, {"w": torch.zeros(1)}, header)
+        with pytest.raises(error):
+            load_model(path)
