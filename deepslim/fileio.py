@@ -43,7 +43,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, out)
+        fsync_path(out.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -63,11 +65,25 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     try:
         tmps = [tmp_dir / p.name for p in outs]
         yield tmps
-        for tmp, out in reversed(list(zip(tmps, outs))):
-            if tmp.exists():
-                os.replace(tmp, out)
+        written = [(tmp, out) for tmp, out in zip(tmps, outs) if tmp.exists()]
+        for tmp, _ in written:
+            fsync_path(tmp)
+        for tmp, out in reversed(written):
+            os.replace(tmp, out)
+        for parent in {out.parent for _, out in written}:
+            fsync_path(parent)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's (or a directory's entries') data to disk, so a rename after it survives a power loss."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:

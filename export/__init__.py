@@ -16,6 +16,7 @@ from export.options import Exporter, OVSource, Precision, Target
 
 _LAZY = {
     "ExportResult": "export.api", "VerifyConfig": "export.api", "export_model": "export.api",
+    "planned_files": "export.api",
     "TargetCheck": "export.check", "check_exportable": "export.check",
     "OnnxConfig": "export.onnx", "to_onnx": "export.onnx", "to_openvino": "export.openvino",
     "ParityReport": "export.parity", "check_parity": "export.parity",

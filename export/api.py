@@ -7,6 +7,7 @@ from pathlib import Path
 
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.errors import ConfigError
+from deepslim.fileio import atomic_files
 from deepslim.models import ModelBundle
 from export.onnx import OnnxConfig, to_onnx
 from export.options import OVSource, Precision, Target
@@ -58,33 +59,51 @@ def check_request(source: ModelBundle | Path, target: Target, output: Path, prec
         require_tensorrt()
 
 
+def planned_files(target: Target, output: str | Path, *, from_bundle: bool) -> list[Path]:
+    """Every file an export to ``target`` at ``output`` writes (from a bundle or an ONNX file), the artifact first."""
+    out, target = Path(output), Target(target)
+    if target is Target.ONNX:
+        return [out, out.with_name(out.name + ".data")]  # the side file only for models over 2 GB
+    if target is Target.OPENVINO:
+        return [out, out.with_suffix(".bin")]
+    files = [out, out.with_name(out.name + ".json")]
+    if from_bundle:  # the engine is built from an ONNX export kept beside it
+        onnx_path = out.with_suffix(".onnx")
+        files += [onnx_path, onnx_path.with_name(onnx_path.name + ".data")]
+    return files
+
+
 def export_model(source: ModelBundle | str | Path, target: Target, output: str | Path, *,
                  precision: Precision = Precision.FP32, onnx_config: OnnxConfig | None = None,
                  ov_via: OVSource = OVSource.ONNX, tensorrt_config: TensorRTConfig | None = None,
                  verify: VerifyConfig | None = VerifyConfig()) -> ExportResult:
-    """Export ``source`` (a bundle, or an ONNX file for OpenVINO/TensorRT) and check parity unless verify=None."""
+    """Export ``source`` (a bundle, or an ONNX file for OpenVINO/TensorRT) and check parity unless verify=None.
+
+    Every file is written under a temporary name and parity is checked there; the files are moved
+    into place only when the check passes, so a failed or killed check leaves any previous files
+    at ``output`` as they were.
+    """
     target, precision, output = Target(target), Precision(precision), Path(output)
     source = source if isinstance(source, ModelBundle) else Path(source)
     check_request(source, target, output, precision)
     onnx_config = replace(onnx_config or OnnxConfig(), fp16=precision is Precision.FP16 and target is Target.ONNX)
-    extra: tuple[Path, ...] = ()
+    files = planned_files(target, output, from_bundle=isinstance(source, ModelBundle))
+    with atomic_files(*files) as tmps:
+        _write(source, target, tmps[0], precision, onnx_config, ov_via, tensorrt_config)
+        parity = None
+        if verify is not None:
+            parity = check_parity(source, tmps[0], precision=precision.value, dataset=verify.dataset,
+                                  samples=verify.samples, severity=verify.severity)
+        written = [final for tmp, final in zip(tmps, files) if tmp.exists()]
+    return ExportResult(output, parity, tuple(written[1:]))
+
+
+def _write(source: ModelBundle | Path, target: Target, output: Path, precision: Precision, onnx_config: OnnxConfig,
+           ov_via: OVSource, tensorrt_config: TensorRTConfig | None) -> Path:
     if target is Target.ONNX:
-        artifact = to_onnx(source, output, onnx_config)
-    elif target is Target.OPENVINO:
-        artifact = to_openvino(source, output, precision=precision.value, via=ov_via, onnx_config=onnx_config)
-        extra = (output.with_suffix(".bin"),)
-    else:
-        trt_config = replace(tensorrt_config or TensorRTConfig(), precision=precision)
-        onnx_path = source if isinstance(source, Path) else to_onnx(source, output.with_suffix(".onnx"), onnx_config)
-        artifact = to_tensorrt(onnx_path, output, trt_config)
-        extra = (output.with_name(output.name + ".json"),) + (() if onnx_path == source else (onnx_path,))
-    parity = None
-    if verify is not None:
-        try:
-            parity = check_parity(source, artifact, precision=precision.value, dataset=verify.dataset,
-                                  samples=verify.samples)
-        except Exception:
-            for path in (artifact, *extra):  # a failed check leaves no artifact behind
-                path.unlink(missing_ok=True)
-            raise
-    return ExportResult(artifact, parity, extra)
+        return to_onnx(source, output, onnx_config)
+    if target is Target.OPENVINO:
+        return to_openvino(source, output, precision=precision.value, via=ov_via, onnx_config=onnx_config)
+    trt_config = replace(tensorrt_config or TensorRTConfig(), precision=precision)
+    onnx_path = source if isinstance(source, Path) else to_onnx(source, output.with_suffix(".onnx"), onnx_config)
+    return to_tensorrt(onnx_path, output, trt_config)

@@ -6,6 +6,7 @@ needs for the requested backends is the pipeline's job (and each is parity-check
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,11 +64,25 @@ def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size
 
 
 def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
-    """File stems for the exports, made unique with the parent folder's name where two artifacts share one
-    (a run directory's stages all hold a model.safetensors)."""
-    stems = [Path(p).stem for p in artifacts]
-    return {p: f"{Path(p).parent.name}-{stem}" if stems.count(stem) > 1 else stem
-            for p, stem in zip(artifacts, stems)}
+    """File stems for the exports, one per source file: the stem, then the parent folder's name where two
+    artifacts share a stem (a run directory's stages all hold a model.safetensors), then a short hash of
+    the resolved path where that still collides (runs/a/02-prune and runs/b/02-prune)."""
+    def named(p: Path, level: int) -> str:
+        path = Path(p)
+        if level == 0:
+            return path.stem
+        if level == 1:
+            return f"{path.parent.name}-{path.stem}"
+        return f"{path.parent.name}-{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    sources = list(dict.fromkeys(Path(p).resolve() for p in artifacts))
+    stems = {}
+    for p in artifacts:
+        for level in range(3):
+            stem = named(p, level)
+            if sum(named(q, level) == stem for q in sources) <= 1:
+                break
+        stems[p] = stem
+    return stems
 
 
 def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, export_dir: Path,
