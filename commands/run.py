@@ -46,10 +46,10 @@ def run(
 
 def recipe_code_files(spec, base: Path) -> list[Path]:
     """The Python architecture file a recipe names itself (model.arch): the user named it, so it may run."""
-    from deepslim.trust import is_code_spec, spec_file
-    from pipeline.recipe import resolve
+    from deepslim.trust import is_code_spec
+    from pipeline.recipe import resolve_arch
     arch = spec.model.arch
-    return [resolve(spec_file(arch), base)] if arch and is_code_spec(arch) else []
+    return [resolve_arch(arch, base)] if arch and is_code_spec(arch) else []
 
 
 def print_run(result, *, report: bool = True) -> None:

@@ -204,6 +204,12 @@ def resolve(path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def resolve_arch(arch: str, base: Path) -> str:
+    """A recipe's ``model.arch``: a ``file.py:fn`` is relative to the recipe file like every recipe path."""
+    head, sep, fn = arch.rpartition(":")
+    return f"{resolve(head, base)}:{fn}" if sep and head.endswith(".py") else arch
+
+
 def feasibility(recipe: Recipe) -> list[str]:
     """Notes on what this machine cannot run: missing backends fail now; TensorRT without a GPU is skipped."""
     missing = {"onnxruntime": "onnxruntime", "openvino": "openvino"}

@@ -33,7 +33,7 @@ from deepslim import fingerprint
 from deepslim.errors import ConfigError, InputFileError
 from deepslim.fileio import atomic_path, sha256_file
 from pipeline.recipe import (DistillStage, ExportStage, ModelSpec, PruneStage, QuantizeStage, Recipe, TrainStage,
-                             feasibility, resolve, tensorrt_available)
+                             feasibility, resolve, resolve_arch, tensorrt_available)
 
 MANIFEST_VERSION = 1
 Say = Callable[[str], None]
@@ -164,7 +164,7 @@ def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path
             shutil.copyfile(source, tmp)
         return [out], {}
     from deepslim.training import model_for_dataset
-    bundle = model_for_dataset(spec.arch, recipe.dataset, input_size=spec.input_size, arch_kwargs=spec.arch_kwargs,
+    bundle = model_for_dataset(resolve_arch(spec.arch, base), recipe.dataset, input_size=spec.input_size, arch_kwargs=spec.arch_kwargs,
                                seed=recipe.seed)
     return [save_model(bundle, stage_dir / "model.safetensors")], {}
 
@@ -297,15 +297,15 @@ def _inputs(step, current: Path | None, original: Path | None, dataset: dict[str
     if isinstance(step, DistillStage):
         files["teacher"] = original if step.teacher == "original" else resolve(step.teacher, base)
     files = {k: v for k, v in files.items() if v is not None}
-    return {**{k: sha256_file(v) for k, v in files.items()}, "code": _user_code(step, files.values()),
+    return {**{k: sha256_file(v) for k, v in files.items()}, "code": _user_code(step, files.values(), base),
             "dataset": dataset, "environment": fingerprint.environment_facts(_backends(step))}
 
 
-def _user_code(step, files: Iterable[Path]) -> dict[str, str]:
+def _user_code(step, files: Iterable[Path], base: Path) -> dict[str, str]:
     """sha256 of each Python file the stage runs: model.arch's, and the one each input bundle's architecture names."""
     code = []
     if isinstance(step, ModelSpec) and step.arch is not None:
-        code.append(fingerprint.user_file(step.arch))
+        code.append(fingerprint.user_file(resolve_arch(step.arch, base)))
     code += [_arch_file(f) for f in files]
     return {str(f): fingerprint.file_digest(f) for f in code if f is not None}
 

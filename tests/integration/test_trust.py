@@ -169,3 +169,24 @@ def test_header_names_resolve_only_through_the_registries(tmp_path):
         fmt.write(path, {"w": torch.zeros(1)}, header)
         with pytest.raises(error):
             load_model(path)
+
+
+def test_recipe_arch_file_is_relative_to_the_recipe_and_counts_as_named(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "net.py").write_text(NET_PY.replace("Linear(64,", "Linear(3 * 64,"))  # recipes build 3 channels
+    recipe = project / "r.yaml"
+    recipe.write_text("name: mine\nmodel: {arch: 'net.py:build', input_size: 8}\n"
+                      "stages: [{stage: train, epochs: 1}, {stage: prune, ratio: 0.25}]\nbench: null\n")
+    monkeypatch.chdir(tmp_path)  # not the recipe's folder: net.py is found beside the recipe
+    ok(["run", recipe, "--run-dir", "run", "--quiet"])
+    pruned = tmp_path / "run" / "02-prune" / "model.safetensors"
+    assert pruned.is_file()
+    refused = invoke(["eval", str(pruned), "--limit", "20"])  # outside the recipe nobody named net.py
+    assert refused.exit_code == 2 and "net.py" in refused.stderr
+    follow = tmp_path / "follow.yaml"
+    follow.write_text(f"name: follow\nmodel: {{path: '{pruned}'}}\nstages: [{{stage: prune, ratio: 0.25}}]\n"
+                      "bench: null\n")
+    refused = invoke(["run", str(follow), "--run-dir", "run2", "--quiet"])
+    assert refused.exit_code == 2 and "--trust-code" in refused.stderr
+    ok(["run", follow, "--run-dir", "run2", "--quiet", "--trust-code"])
