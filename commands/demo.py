@@ -27,10 +27,19 @@ def demo(
                       progress=not quiet, log=lambda m: console.print(m, highlight=False))
     print_run(result.run, report=False)
     print_report(result.report)
-    s = result.summary
-    typer.echo(f"final artifact {s['final_artifact']}: test top-1 {s['original_top1']:.4f} -> {s['final_top1']:.4f} "
-               f"({-s['top1_loss_points']:+.2f} pt, at 32x32); at 224x224 batch 1 it runs in {s['final_p50_ms']:.3f} ms: "
-               f"{s['speedup_vs_torch_eager']:.2f}x faster than the original on torch eager "
-               f"({s['torch_eager_p50_ms']:.3f} ms) and {s['speedup_vs_openvino_fp32']:.2f}x faster than the original "
-               "on OpenVINO fp32")
+    typer.echo(headline(result.summary))
     typer.echo(f"report: {result.run.report}")
+
+
+def headline(s: dict) -> str:
+    """Original vs final: test top-1, and the final p50 against the original's, each ratio in the word it measures."""
+    return (f"final artifact {s['final_artifact']}: test top-1 {s['original_top1']:.4f} -> {s['final_top1']:.4f} "
+            f"({-s['top1_loss_points']:+.2f} pt, at 32x32); at 224x224 batch 1 it runs in {s['final_p50_ms']:.3f} ms: "
+            f"{speed_words(s['speedup_vs_torch_eager'])} than the original on torch eager "
+            f"({s['torch_eager_p50_ms']:.3f} ms) and {speed_words(s['speedup_vs_openvino_fp32'])} than the original "
+            "on OpenVINO fp32")
+
+
+def speed_words(speedup: float) -> str:
+    """A measured speedup (baseline p50 / this p50) in words: "2.31x faster", or "1.25x slower" below 1."""
+    return f"{speedup:.2f}x faster" if speedup >= 1 else f"{1 / speedup:.2f}x slower"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -92,11 +94,35 @@ def test_killed_training_resumes_from_checkpoint(tmp_path):
     assert not ckpt.exists()
 
 
+SPEED_CLAIMS = re.compile(r"runs in ([\d.]+) ms: ([\d.]+)x (faster|slower) than the original on torch eager "
+                          r"\(([\d.]+) ms\) and ([\d.]+)x (faster|slower) than the original on OpenVINO fp32")
+
+
+def _assert_speed_claims(line: str, torch_p50: float, final_p50: float, vs_eager: float, vs_openvino: float) -> None:
+    """The demo's headline states the measured p50s, and each ratio with the word that its value calls for."""
+    m = SPEED_CLAIMS.search(line)
+    assert m, line
+    final_ms, torch_ms = float(m[1]), float(m[4])
+    assert final_ms == pytest.approx(final_p50, abs=5e-4) and torch_ms == pytest.approx(torch_p50, abs=5e-4), line
+    for ratio, word, measured in ((m[2], m[3], vs_eager), (m[5], m[6], vs_openvino)):
+        assert word == ("faster" if measured >= 1 else "slower"), (line, measured)
+        assert (float(ratio) if word == "faster" else 1 / float(ratio)) == pytest.approx(measured, rel=0.01), line
+    assert torch_ms / final_ms == pytest.approx(vs_eager, rel=0.01), line
+
+
+@pytest.mark.parametrize("vs_eager, vs_openvino", [(9.17, 6.04), (0.5, 0.8), (1.25, 0.97)])
+def test_demo_headline_says_faster_or_slower_as_measured(vs_eager, vs_openvino):
+    from commands.demo import headline
+    summary = {"final_artifact": "runs/demo/03-quantize/model_int8.xml", "original_top1": 0.99, "final_top1": 0.98,
+               "top1_loss_points": 1.0, "final_p50_ms": 2.0, "torch_eager_p50_ms": 2.0 * vs_eager,
+               "speedup_vs_torch_eager": vs_eager, "speedup_vs_openvino_fp32": vs_openvino}
+    _assert_speed_claims(headline(summary), 2.0 * vs_eager, 2.0, vs_eager, vs_openvino)
+
+
 def test_demo_trains_prunes_quantizes_benchmarks_and_resumes(tmp_path):
     demo = tmp_path / "demo"
     args = ["demo", "--out-dir", demo, "--epochs", "2", "--finetune-epochs", "1", "--bench-seconds", "0.3", "--quiet"]
     result = ok(args)
-    assert "final artifact" in result.stdout and "faster than the original on torch eager" in result.stdout
     for stage, name in (("01-train", "model.safetensors"), ("02-prune", "model.safetensors"),
                         ("03-quantize", "model_int8.xml"), ("03-quantize", "model_int8.bin"), ("bench", "report.html")):
         assert (demo / stage / name).is_file(), (stage, name)
@@ -108,6 +134,9 @@ def test_demo_trains_prunes_quantizes_benchmarks_and_resumes(tmp_path):
     assert [e["backend"] for e in report["entries"]] == ["torch", "onnxruntime", "openvino"] * 2 + ["openvino"]
     assert all(e["input_shape"][1:] == [224, 224] for e in report["entries"])
     assert report["entries"][-1]["precision"] == "int8" and report["entries"][3]["macs"] < 0.6 * report["entries"][0]["macs"]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("final artifact"))
+    original, final = report["entries"][0]["latency"]["1"], report["entries"][-1]["latency"]["1"]
+    _assert_speed_claims(line, original["p50_ms"], final["p50_ms"], final["speedup"], final["speedup_same_backend"])
     again = ok(args)  # a second run reuses every stage and the report
     assert again.stdout.count("kept") == 4
 
