@@ -33,7 +33,7 @@ def export_cmd(
     print_trtexec: Annotated[bool, typer.Option("--print-trtexec", help="Print the equivalent trtexec command and "
                                                 "exit (works without TensorRT).")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Parity inputs from this dataset's test "
-                                                   "split (default: seeded random inputs).")] = None,
+                                                   "split (default: the model's own dataset from its lineage, else seeded random inputs).")] = None,
     parity_samples: Annotated[int, typer.Option(help="Inputs compared by the parity check.")] = 64,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with the source model.")] = True,
     check: Annotated[bool, typer.Option("--check", help="Only say whether MODEL exports to each target, and which "
