@@ -8,6 +8,7 @@ import pytest
 
 from cli_contract import ok
 from deepslim.models import save_model
+from quantized import fp32_and_int8_layers, val_top1
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,17 @@ def narrow(tmp_path_factory):
     bundle = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 4}, seed=0)
     bundle = train(bundle, "digits", TrainConfig(epochs=5, seed=0), progress=False)
     return save_model(bundle, tmp_path_factory.mktemp("quantize") / "narrow.safetensors")
+
+
+def _assert_latency_consistent(m: dict) -> None:
+    """The ratio is the quantized p50 over the fp32 one (both rounded to 3 decimals), and the "not faster"
+    warning is there exactly when that ratio is 1 or more."""
+    lat = m["latency"]
+    fp32, q = lat["fp32_p50_ms"], lat["quantized_p50_ms"]
+    rounding = 5e-4 * (1 + lat["ratio"] * (1 / q + 1 / fp32))
+    assert lat["ratio"] == pytest.approx(q / fp32, abs=rounding), lat
+    slow = [w for w in m["warnings"] if "not faster than fp32" in w]
+    assert bool(slow) == (lat["ratio"] >= 1.0), (lat, m["warnings"])
 
 
 def _record(path) -> dict:
@@ -32,7 +44,7 @@ def test_ptq_for_onnxruntime_is_benchmarked_like_any_artifact(tmp_path, narrow):
     assert record["stage"] == "quantize" and record["config"]["method"] == "ptq"
     m = record["metrics"]
     assert m["fp32"]["test"]["top1"] >= 0.85 and m["quantized"]["test"]["top1"] >= 0.8
-    assert m["latency"]["fp32_p50_ms"] > 0 and m["latency"]["quantized_p50_ms"] > 0
+    _assert_latency_consistent(m)
     assert "activation_type" in m and record["config"]["environment"]["cpu"]
     report = tmp_path / "bench"
     ok(["bench", out, "--backend", "onnxruntime", "--duration", "0.2", "--rounds", "2", "--warmup", "1",
@@ -57,7 +69,12 @@ def test_openvino_ptq_with_a_guard_and_qat_write_ir_pairs(tmp_path, narrow):
     ok(["compress", "quantize", narrow, "--target", "openvino", "--max-accuracy-drop", "2", "--quiet", "-o", out])
     assert out.with_suffix(".bin").is_file()
     m = _record(out)["metrics"]
-    assert m["val_drop_points"] <= 2.0 and "fp32_layers" in m
+    fp32, int8 = fp32_and_int8_layers(out)  # read from the IR: the record names what it keeps in fp32
+    assert int8 and set(fp32) == set(m["fp32_layers"]), (fp32, int8, m["fp32_layers"])
+    top1 = val_top1(out)  # the IR as written, scored by the benchmarks harness
+    assert top1 == pytest.approx(m["quantized"]["val"]["top1"])
+    assert 100 * (m["fp32"]["val"]["top1"] - top1) == pytest.approx(m["val_drop_points"], abs=1e-3)
+    assert 100 * (m["fp32"]["val"]["top1"] - top1) <= 2.0
     qat = tmp_path / "qat.xml"
     ok(["compress", "quantize", narrow, "--method", "qat", "--target", "openvino", "--qat-epochs", "1",
         "--recover", "kd", "--no-latency", "--quiet", "-o", qat])

@@ -14,6 +14,7 @@ from compress.quantize import QuantizeConfig, QuantizeError, quantize
 from compress.quantize_backends import ort_settings
 from deepslim.errors import ConfigError, DatasetError
 from export.tensorrt import check_qdq_for_tensorrt
+from quantized import fp32_and_int8_layers, val_top1
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -87,6 +88,21 @@ def _fragile(bundle):
     return fragile
 
 
+def _assert_guard_held(artifact, metrics: dict, fragile, limit: float) -> tuple[dict, dict]:
+    """The written graph keeps in fp32 exactly the weighted layers the record names, quantizes the others, and its
+    val top-1 measured by the benchmarks harness is the one reported, within ``limit`` of the fp32 model's."""
+    from deepslim.evaluation import evaluate
+    fp32, int8 = fp32_and_int8_layers(artifact)
+    assert int8 and set(fp32) == set(metrics["fp32_layers"]) & (set(fp32) | set(int8)), (fp32, int8, metrics)
+    top1 = val_top1(artifact)
+    assert top1 == pytest.approx(metrics["quantized"]["val"]["top1"])
+    fp32_top1 = metrics["fp32"]["val"]["top1"]
+    assert fp32_top1 == pytest.approx(evaluate(fragile, "digits", split="val").metrics["top1"], abs=0.003)  # 1 image
+    assert 100 * (fp32_top1 - top1) == pytest.approx(metrics["val_drop_points"], abs=1e-3)
+    assert 100 * (fp32_top1 - top1) <= limit
+    return fp32, int8
+
+
 def test_accuracy_guard_keeps_the_fragile_layer_in_fp32(tmp_path, trained_cnn):
     fragile = _fragile(trained_cnn)
     plain = quantize(copy.deepcopy(fragile), tmp_path / "plain.onnx", QuantizeConfig(latency=False), "digits",
@@ -95,19 +111,21 @@ def test_accuracy_guard_keeps_the_fragile_layer_in_fp32(tmp_path, trained_cnn):
     assert plain["val_drop_points"] > 10, "the outlier should break plain int8"
     worst = plain["layer_errors"][0]
     assert worst["weight"].startswith("features.3"), plain["layer_errors"][:3]
+    assert worst["layer"] in fp32_and_int8_layers(tmp_path / "plain.onnx")[1]  # plain int8 quantizes it
     guarded = quantize(copy.deepcopy(fragile), tmp_path / "guarded.onnx",
                        QuantizeConfig(max_accuracy_drop=1.0, latency=False), "digits", progress=False).record.metrics
-    assert guarded["val_drop_points"] <= 1.0
-    assert worst["layer"] in guarded["fp32_layers"] and len(guarded["fp32_layers"]) <= 3
+    fp32, _ = _assert_guard_held(tmp_path / "guarded.onnx", guarded, fragile, 1.0)
+    assert worst["layer"] in fp32 and len(guarded["fp32_layers"]) <= 3
     assert guarded["guard_steps"][0]["val_drop_points"] > 10
 
 
 def test_openvino_guard_uses_nncf_accuracy_control(tmp_path, trained_cnn):
-    guarded = quantize(_fragile(trained_cnn), tmp_path / "g.xml",
+    fragile = _fragile(trained_cnn)
+    guarded = quantize(copy.deepcopy(fragile), tmp_path / "g.xml",
                        QuantizeConfig(target="openvino", max_accuracy_drop=1.0, latency=False), "digits",
                        progress=False)
-    m = guarded.record.metrics
-    assert m["val_drop_points"] <= 1.0 and m["fp32_layers"]
+    fp32, _ = _assert_guard_held(tmp_path / "g.xml", guarded.record.metrics, fragile, 1.0)
+    assert "features.3.weight" in fp32.values(), fp32  # the conv that reads the outlier channel stays fp32
     assert (tmp_path / "g.bin").is_file()
 
 
