@@ -49,10 +49,18 @@ def auto(
     result = search(model, dataset, cfg, out, log=lambda m: console.print(m, highlight=False))
     typer.echo(result.report.read_text())
     if result.chosen:
-        typer.echo(f"chosen: {result.chosen['copied_to']} (trial {result.chosen['number']}, val drop "
-                   f"{result.chosen['val_drop_points']:.2f} pt, {result.chosen['latency_ms']:.3f} ms); "
-                   f"search {result.seconds:.0f} s; Pareto plot {out / 'pareto.png'}")
+        typer.echo(_chosen_line(result.chosen, result.baseline) + f"; search {result.seconds:.0f} s; Pareto plot "
+                   f"{out / 'pareto.png'}; timing {result.timing['report']}")
     else:
         from deepslim.errors import DeepSlimError
         raise DeepSlimError(f"No candidate met --max-accuracy-drop {max_accuracy_drop:g} within the time budget; "
                             f"see {result.report}.")
+
+
+def _chosen_line(chosen: dict, baseline: dict) -> str:
+    """The chosen model: its accuracy (val drop, test top-1) and its speed against the unpruned model, same run."""
+    from commands.demo import speed_words
+    return (f"chosen: {chosen['copied_to']} (trial {chosen['number']}): val drop {chosen['val_drop_points']:.2f} pt, "
+            f"test top-1 {baseline['test']['top1']:.4f} -> {chosen['test']['top1']:.4f}; {chosen['latency_ms']:.3f} ms "
+            f"at batch 1, {speed_words(chosen['speedup'])} than the unpruned model ({baseline['latency_ms']:.3f} ms) "
+            f"timed in the same run{' (inside the noise)' if chosen['within_noise'] else ''}")

@@ -1,4 +1,5 @@
-"""`deepslim auto`: the search returns the fastest candidate within the budget; two workers share one SQLite study."""
+"""`deepslim auto`: the chosen model is timed with the unpruned one in one run and scored as it ships; two workers
+share one SQLite study."""
 
 from __future__ import annotations
 
@@ -7,28 +8,69 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from cli_contract import assert_bad_input, ok
 from deepslim.models import save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_auto_picks_the_fastest_candidate_within_the_budget(tmp_path, trained_cnn):
+FIXED = {"speedup": 2.0, "importance": "l2", "recover": "kd", "method": "ptq"}
+UNQUANTIZED = {"speedup": 1.0, "importance": "l2", "recover": "finetune", "method": "none"}
+
+
+def _study_with(storage: str, name: str, *params: dict) -> None:
+    """A study whose first trials are ``params`` (the search enqueues only the fixed recipe itself)."""
+    import optuna
+    study = optuna.create_study(directions=["minimize"] * 3, storage=storage, study_name=name)
+    for p in params:
+        study.enqueue_trial(p)
+
+
+def _metrics(artifact, split: str) -> dict:
+    """The artifact scored by the benchmarks harness, independently of the search."""
+    from benchmarks.accuracy import predict, score
+    from benchmarks.runners import RunnerOptions, open_runner
+    backend = {".xml": "openvino", ".onnx": "onnxruntime", ".safetensors": "torch"}[Path(artifact).suffix]
+    return score(*predict(open_runner(artifact, backend, RunnerOptions()), "digits", split=split))
+
+
+def test_auto_times_the_chosen_with_the_baseline_in_one_run_and_scores_what_ships(tmp_path, trained_cnn):
     model = save_model(trained_cnn, tmp_path / "base.safetensors")
-    out = tmp_path / "auto"
-    result = ok(["auto", model, "--max-accuracy-drop", "2", "--trials", "3", "--finetune-epochs", "2",
-                 "--time-budget", "300", "--quiet", "-o", out])
-    assert "chosen:" in result.stdout
+    out, storage = tmp_path / "auto", f"sqlite:///{tmp_path / 'search.db'}"
+    _study_with(storage, "s", FIXED, UNQUANTIZED)
+    result = ok(["auto", model, "--max-accuracy-drop", "2", "--trials", "2", "--finetune-epochs", "1",
+                 "--time-budget", "300", "--storage", storage, "--study", "s", "--quiet", "-o", out])
     data = json.loads((out / "search.json").read_text())
-    trials = data["trials"]
-    assert trials[0]["params"] == {"speedup": 2.0, "importance": "l2", "recover": "kd", "method": "ptq"}  # the fixed recipe
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    feasible = [t for t in done if t["val_drop_points"] <= 2.0]
-    chosen = data["chosen"]
-    assert chosen["val_drop_points"] <= 2.0
-    assert chosen["latency_ms"] == min(t["latency_ms"] for t in feasible)
-    assert {t["number"] for t in data["pareto"]} <= {t["number"] for t in done} and data["pareto"]
-    assert (out / "pareto.png").is_file() and Path(chosen["copied_to"]).is_file()
+    trials, chosen, baseline = data["trials"], data["chosen"], data["baseline"]
+    assert [t["params"] for t in trials] == [FIXED, UNQUANTIZED]
+    base_val = _metrics(model, "val")["top1"]
+    fp32 = trials[1]  # not quantized: the accuracy is the exported artifact's, and its parity was checked
+    assert fp32["state"] == "COMPLETE" and fp32["parity"]["passed"] and "digits" in fp32["parity"]["inputs"]
+    assert fp32["val_top1"] == pytest.approx(_metrics(fp32["artifact"], "val")["top1"])
+    assert fp32["val_drop_points"] == pytest.approx(100 * (base_val - fp32["val_top1"]), abs=1e-3)
+    # the baseline and every re-timed candidate come from one interleaved bench run
+    timing = json.loads(Path(data["timing"]["report"]).read_text())
+    entries = {e["artifact"]: e["latency"]["1"] for e in timing["entries"]}
+    retimed = [t for t in trials if t["latency_ms"] is not None]
+    assert chosen["number"] in {t["number"] for t in retimed} and len(entries) == len(retimed) + 1
+    assert timing["entries"][0]["artifact"] == baseline["timed"]
+    assert baseline["latency_ms"] == entries[baseline["timed"]]["p50_ms"]
+    for t in [chosen, *retimed]:
+        assert t["timing_run"] == baseline["timing_run"] == timing["created"] == data["timing"]["created"]
+        assert t["val_drop_points"] <= 2.0 and t["latency_ms"] == entries[t["timed"]]["p50_ms"]
+        assert t["speedup"] == pytest.approx(baseline["latency_ms"] / t["latency_ms"])
+    assert chosen["latency_ms"] == min(t["latency_ms"] for t in retimed)
+    # the chosen model, as copied to best.*, scored on the test split against the unpruned model
+    best = Path(chosen["copied_to"])
+    assert best.is_file() and (out / "pareto.png").is_file()
+    assert chosen["test"]["top1"] == pytest.approx(_metrics(best, "test")["top1"])
+    assert baseline["test"]["top1"] == pytest.approx(_metrics(model, "test")["top1"])
+    assert 0 <= chosen["test"]["agreement"] <= 1
+    assert f"test top-1 {baseline['test']['top1']:.4f} -> {chosen['test']['top1']:.4f}" in result.stdout
+    word = "faster" if chosen["speedup"] >= 1 else "slower"
+    assert f"x {word} than the unpruned model ({baseline['latency_ms']:.3f} ms) timed in the same run" in result.stdout
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, trained_cnn):
