@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import Dataset
+from commands.common import Dataset, TrustCode, trusting
 from compress.options import QuantTarget
 
 
+@trusting
 def auto(
     model: Annotated[Path, typer.Argument(help="A trained bundle (.safetensors).", show_default=False)],
     dataset: Dataset = "digits",
@@ -30,6 +31,7 @@ def auto(
     = "deepslim-auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    trust_code: TrustCode = False,
 ) -> None:
     """Find the fastest pruned/quantized model within --max-accuracy-drop, timed on the target (Optuna, NSGA-II).
 

@@ -252,7 +252,7 @@ def print_distill(bundle, out: Path) -> None:
     for col in ("test split", "top1", "top5", "roc_auc_macro"):
         table.add_column(col, justify="right")
     for name, key in (("teacher", "teacher_test"), ("student before", "test_before"), ("student after", "test")):
-        table.add_row(name, *(f"{m[key][k]:.4f}" for k in ("top1", "top5", "roc_auc_macro")))
+        table.add_row(name, *(f"{m[key][k]:.4f}" if k in m[key] else "-" for k in ("top1", "top5", "roc_auc_macro")))
     Console().print(table)
 
 

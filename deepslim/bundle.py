@@ -133,7 +133,10 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     named = dict(model.named_modules())
     for name, attrs in structure.get("modules", {}).items():
         module = _lookup(named, name)
+        allowed = _scalar_attrs(module)  # only plain settings the architecture has (out_channels, ...)
         for key, value in attrs.items():
+            if key not in allowed or not _plain(value):
+                raise ModelError(f"The bundle changes '{name}.{key}', which is not a plain setting of that module.")
             setattr(module, key, tuple(value) if isinstance(value, list) else value)
     for name, shape in structure.get("tensors", {}).items():
         owner, _, attr = name.rpartition(".")
@@ -161,6 +164,10 @@ def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
                                               and all(isinstance(v, _ATTR_TYPES) for v in value)):
             out[key] = value
     return out
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, _ATTR_TYPES) or (isinstance(value, list) and all(isinstance(v, _ATTR_TYPES) for v in value))
 
 
 def _jsonable(value: Any) -> Any:

@@ -92,8 +92,8 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     out = Path(out_dir)
+    base_val = evaluate(load_model(model), dataset, split="val").metrics["top1"]  # a model that cannot load writes nothing
     (out / "trials").mkdir(parents=True, exist_ok=True)
-    base_val = evaluate(load_model(model), dataset, split="val").metrics["top1"]
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in search.md
     study = _open_study(cfg)
     if not study.trials:

@@ -38,7 +38,7 @@ def models(tmp_path_factory, trained_cnn):
 @pytest.mark.parametrize("target,suffix", [("onnx", ".onnx"), ("openvino", ".xml")])
 def test_fp32_exports_match_the_model(models, tmp_path, name, target, suffix):
     result = export_model(models["bundles"][name], target, tmp_path / f"m{suffix}", verify=VerifyConfig("digits"))
-    assert result.parity.passed and result.parity.inputs == "digits test"
+    assert result.parity.passed and result.parity.inputs == "digits test (--dataset)"
     assert result.parity.max_abs <= 1e-4 and result.parity.top1_agreement == 1.0
 
 

@@ -75,6 +75,7 @@ def _commands(model: Path, tmp: Path) -> dict[str, list[str]]:
         "quantize": ["compress", "quantize", m, "-o", o + "-int8.onnx"],
         "train": ["train", m, "--epochs", "1", "-o", o + "-trained.safetensors"],
         "run": ["run", str(recipe), "--run-dir", str(tmp / "run")],
+        "auto": ["auto", m, "--trials", "1", "-o", o + "-auto"],
     }
 
 
@@ -190,3 +191,16 @@ def test_recipe_arch_file_is_relative_to_the_recipe_and_counts_as_named(tmp_path
     refused = invoke(["run", str(follow), "--run-dir", "run2", "--quiet"])
     assert refused.exit_code == 2 and "--trust-code" in refused.stderr
     ok(["run", follow, "--run-dir", "run2", "--quiet", "--trust-code"])
+
+
+def test_structure_may_only_change_plain_settings_the_architecture_has(trained_cnn, tmp_path):
+    from deepslim.errors import ModelError
+    from deepslim.models import load_model, save_model
+    path = save_model(trained_cnn, tmp_path / "m.safetensors")
+    header = fmt.read_header(path)
+    tensors = fmt.read_tensors(path)
+    for attrs in ({"forward": "x"}, {"_forward_hooks": [1]}, {"out_channels": {"a": 1}}):
+        header.structure = {"modules": {"features.0": attrs}, "tensors": {}}
+        fmt.write(tmp_path / "bad.safetensors", tensors, header)
+        with pytest.raises(ModelError, match="not a plain setting"):
+            load_model(tmp_path / "bad.safetensors")
