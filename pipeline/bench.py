@@ -7,7 +7,7 @@ needs for the requested backends is the pipeline's job (and each is parity-check
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks import Backend, BenchTarget
@@ -25,8 +25,12 @@ _SUFFIX = {Target.ONNX: ".onnx", Target.OPENVINO: ".xml", Target.TENSORRT: ".eng
 
 
 def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_dir: Path, *,
-                 input_size: int | None = None, dataset: str | None = "digits") -> tuple[list[BenchTarget], list[str]]:
-    """Every (artifact, backend) pair that can run, exporting bundles for ONNX/IR backends; plus notes."""
+                 input_size: int | None = None, dataset: str | None = "digits",
+                 sources: Mapping[Path, Path] | None = None) -> tuple[list[BenchTarget], list[str]]:
+    """Every (artifact, backend) pair that can run, exporting bundles for ONNX/IR backends; plus notes.
+
+    ``sources`` maps an OpenVINO IR to the bundle it was made from, so that its MACs can be
+    recounted when it runs at another ``input_size``."""
     if not artifacts:
         raise ConfigError("Give at least one artifact to benchmark.")
     if input_size is not None and input_size < 1:
@@ -42,14 +46,25 @@ def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_
     for path, kind in zip(artifacts, kinds):
         for backend in backends:
             if can_run(backend, path):
-                sized = backend is Backend.TORCH or (backend is Backend.OPENVINO and kind is ArtifactKind.OPENVINO)
-                targets.append(BenchTarget(Path(path), backend, input_size if sized else None))
+                resized_ir = backend is Backend.OPENVINO and kind is ArtifactKind.OPENVINO and input_size is not None
+                sized = backend is Backend.TORCH or resized_ir
+                source = _source(Path(path), sources, bundles) if resized_ir else None
+                targets.append(BenchTarget(Path(path), backend, input_size if sized else None, source=source))
             elif kind is ArtifactKind.BUNDLE:
                 targets.append(_exported(bundles[path], Path(path), stems[path], backend, export_dir, input_size,
                                          dataset))
             else:
                 notes.append(f"{Path(path).name} is not run on {backend.value} (it runs {kind.value} artifacts only)")
     return targets, notes
+
+
+def _source(path: Path, sources: Mapping[Path, Path] | None, loaded: dict) -> ModelBundle | None:
+    bundle_path = (sources or {}).get(path)
+    if bundle_path is None:
+        return None
+    if bundle_path not in loaded:
+        loaded[bundle_path] = load_model(bundle_path)
+    return loaded[bundle_path]
 
 
 def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size: int | None) -> list[ArtifactKind]:

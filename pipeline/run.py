@@ -220,7 +220,7 @@ def _bench(recipe: Recipe, run_dir: Path, outcomes: list[StageOutcome], manifest
         shutil.rmtree(report_dir)
     dataset = recipe.dataset if spec.accuracy else None
     targets, bench_notes = plan_targets(runnable, backends, report_dir / "artifacts", input_size=spec.input_size,
-                                        dataset=dataset)
+                                        dataset=dataset, sources=_bench_sources(outcomes))
     say(f"bench: {len(targets)} artifact/backend pairs")
     result = bench(targets, LatencyConfig(batches=tuple(spec.batches), rounds=spec.rounds, duration=spec.duration),
                    dataset=dataset, notes=notes + bench_notes)
@@ -241,6 +241,18 @@ def _bench_artifacts(outcomes: list[StageOutcome]) -> list[Path]:
                 seen.add(path)
                 out.append(path)
     return out
+
+
+def _bench_sources(outcomes: list[StageOutcome]) -> dict[Path, Path]:
+    """Each IR a stage made, mapped to the bundle it was made from (the last one before it): its MACs at
+    another bench input size are recounted from that bundle (export and quantization keep the MACs)."""
+    sources, bundle = {}, None
+    for outcome in outcomes:
+        for path in outcome.outputs:
+            if path.suffix == ".xml" and bundle is not None:
+                sources[path] = bundle
+        bundle = next((p for p in outcome.outputs if p.suffix == ".safetensors"), bundle)
+    return sources
 
 
 # --- the manifest ------------------------------------------------------------------------------

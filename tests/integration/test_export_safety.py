@@ -119,3 +119,22 @@ def test_pruned_random_init_model_passes_parity_on_its_own_data(tmp_path, monkey
         "-q", "-o", "x.safetensors"])
     out = ok(["export", "x.safetensors", "--target", "onnx", "-o", "x.onnx"]).stdout
     assert "parity ok" in out and "digits test (the model's own dataset)" in out
+
+
+def test_an_ir_benched_at_another_size_counts_macs_from_the_bundle_it_came_from(trained_cnn, tmp_path):
+    from benchmarks import Backend, LatencyConfig, bench
+    from deepslim.profile import count_macs_params
+    from export import export_model
+    from pipeline.bench import plan_targets
+    from pipeline.run import StageOutcome, _bench_sources
+    bundle_path = save_model(trained_cnn, tmp_path / "model.safetensors")
+    ir = export_model(trained_cnn, "openvino", tmp_path / "model.xml", verify=None).artifact
+    fields = {f: None for f in StageOutcome.__dataclass_fields__}
+    outcomes = [StageOutcome(**{**fields, "kind": "prune", "outputs": [bundle_path]}),
+                StageOutcome(**{**fields, "kind": "quantize", "outputs": [ir]})]
+    sources = _bench_sources(outcomes)
+    assert sources == {ir: bundle_path}
+    targets, _ = plan_targets([ir], [Backend.OPENVINO], tmp_path / "a", input_size=16, dataset=None, sources=sources)
+    result = bench(targets, LatencyConfig(batches=(1,), rounds=1, iterations=2, warmup=1), dataset=None)
+    want = count_macs_params(trained_cnn.model, trained_cnn.input_spec.with_size(16))[0]
+    assert result.entries[0].macs == want != count_macs_params(trained_cnn.model, trained_cnn.input_spec)[0]
