@@ -13,7 +13,6 @@ accumulation, checkpoints and resume, and DDP under torchrun.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from deepslim.distributed import context, gather_shards, local_device, setup, sh
 from deepslim.errors import ConfigError, DeepSlimError, ModelError, first_line
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.fileio import sha256_file
+from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
 from deepslim.models import ModelBundle
 from deepslim.spec import InputSpec, StageRecord
@@ -200,7 +200,7 @@ class TorchTeacher(Teacher):
             raise ModelError(f"The teacher fails on inputs of shape {tuple(x.shape)}: {first_line(exc)}.") from exc
 
     def identity(self) -> dict[str, Any]:
-        digest = sha256_file(self.bundle.path) if self.bundle.path else _fingerprint(self.model)
+        digest = sha256_file(self.bundle.path) if self.bundle.path else state_fingerprint(self.model)
         return {"name": self.name, "kind": self.kind, "sha256": digest}
 
     def close(self) -> None:
@@ -323,7 +323,7 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         source = open_dataset(dataset, severity=severity)
         _check_pairing(teacher, student, source.info.channels, say)
         check_compatible(student, source.info.num_classes, dataset)
-        start_weights = _fingerprint(student.model)
+        start_weights = state_fingerprint(student.model)
         wrapper = _prepare(teacher, student, cfg)
         spec = student.input_spec
         splits = {name: source.split(name, spec, augment=cfg.train.augment and name == "train")
@@ -470,14 +470,6 @@ def _stats(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
 def _shape(spec: InputSpec) -> str:
     c, h, w = spec.shape
     return f"{c}x{h}x{w}"
-
-
-def _fingerprint(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 __all__ = ["DistillConfig", "DistillError", "RunnerTeacher", "StudentWithAdapters", "Teacher", "TorchTeacher",
