@@ -83,7 +83,7 @@ def read_header(path: str | Path) -> Header | None:
             raise InputFileError(f"{path} is a bundle of format version {version}; this deepslim reads up to "
                                  f"{FORMAT_VERSION}, so upgrade deepslim.")
         return Header.from_json(data)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputFileError(f"{path} has a corrupt deepslim header ({exc}).") from exc
 
 
@@ -129,16 +129,26 @@ def capture_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
 
 
 def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-    """Reshape a freshly built ``model`` in place as ``structure`` describes."""
+    """Reshape a freshly built ``model`` in place as ``structure`` describes (only public plain settings the
+    architecture has, with values of their type, and tensor shapes); anything else is a ModelError."""
+    try:
+        return _apply_structure(model, structure)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"The bundle's structure section is malformed ({first_line(exc)}).") from exc
+
+
+def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
     named = dict(model.named_modules())
     for name, attrs in structure.get("modules", {}).items():
         module = _lookup(named, name)
         allowed = _scalar_attrs(module)  # only plain settings the architecture has (out_channels, ...)
         for key, value in attrs.items():
-            if key not in allowed or not _plain(value):
+            if key.startswith("_") or key not in allowed or not _same_kind(allowed[key], value):
                 raise ModelError(f"The bundle changes '{name}.{key}', which is not a plain setting of that module.")
             setattr(module, key, tuple(value) if isinstance(value, list) else value)
     for name, shape in structure.get("tensors", {}).items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ModelError(f"The bundle gives '{name}' the shape {shape}, which is not a list of sizes.")
         owner, _, attr = name.rpartition(".")
         module = _lookup(named, owner)
         old = getattr(module, attr, None)
@@ -166,8 +176,18 @@ def _scalar_attrs(module: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _plain(value: Any) -> bool:
-    return isinstance(value, _ATTR_TYPES) or (isinstance(value, list) and all(isinstance(v, _ATTR_TYPES) for v in value))
+def _same_kind(old: Any, new: Any) -> bool:
+    """``new`` (from JSON) may replace ``old``: both scalars of one type (int for float, None either way), or
+    a list for a tuple/list of scalars."""
+    if isinstance(old, (tuple, list)):
+        return isinstance(new, list) and all(isinstance(v, _ATTR_TYPES) for v in new)
+    if old is None or new is None:
+        return isinstance(new, _ATTR_TYPES)
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, float):
+        return isinstance(new, (int, float))
+    return type(new) is type(old)
 
 
 def _jsonable(value: Any) -> Any:

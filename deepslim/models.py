@@ -210,10 +210,7 @@ def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
 def _build_from_file(spec: ArchSpec) -> nn.Module:
     path, fn_name = spec.name.rsplit(":", 1)
     file = require_file(path, "architecture file")
-    if spec.file_sha256 and (actual := sha256_file(file)) != spec.file_sha256:
-        raise ModelError(f"{file} has sha256 {actual}, but the model was saved with an architecture file of "
-                         f"sha256 {spec.file_sha256}; restore that file (or re-save the model from this one).")
-    fn = user_attribute(file, fn_name, error=ModelError)
+    fn = user_attribute(file, fn_name, error=ModelError, sha256=spec.file_sha256, defined_here=True)
     if not callable(fn):
         raise ModelError(f"{file} has no function '{fn_name}'.")
     kwargs = dict(spec.kwargs)
@@ -344,18 +341,20 @@ def _authorised_arch(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
 
 
 def _locate_arch_file(file: Path, sha256: str | None, bundle_path: Path) -> Path:
-    """A file the user named with the recorded content, else the recorded path, else the copy beside the bundle."""
+    """The architecture file to run: a file the user named, the recorded path (a relative one is relative to
+    the bundle) or the same-named copy beside the bundle, the first whose content matches the recorded sha256;
+    without a match (or a hash), the first of the last two that exists (authorise then names both hashes)."""
+    located = [p for p in dict.fromkeys([file if file.is_absolute() else bundle_path.parent / file,
+                                         bundle_path.parent / file.name]) if p.is_file()]
     if sha256 is not None:
-        named = [f for f in sorted(current_policy().files) if f.is_file() and sha256_file(f) == sha256]
-        if named:
-            return named[0]
-    beside = bundle_path.parent / file.name
-    if file.is_file():
-        return file
-    if beside.is_file():
-        return beside
-    raise ModelError(f"{bundle_path} is built by {file}, which does not exist; put that file beside the bundle "
-                     "(or name it with --arch FILE.py:fn).")
+        named = [f for f in sorted(current_policy().files) if f.is_file()]
+        matching = [c for c in named + located if sha256_file(c) == sha256]
+        if matching:
+            return matching[0]
+    if not located:
+        raise ModelError(f"{bundle_path} is built by {file}, which does not exist; put that file beside the bundle "
+                         "(or name it with --arch FILE.py:fn).")
+    return located[0]
 
 
 def _torch_load(path: Path, *, trust_pickle: bool, weights: bool = False) -> Any:

@@ -34,8 +34,10 @@ class ArchSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ArchSpec:
-        return cls(ArchSource(data["source"]), data["name"], dict(data.get("kwargs", {})),
-                   data.get("file_sha256"))
+        name, kwargs, sha = data["name"], data.get("kwargs", {}), data.get("file_sha256")
+        if not isinstance(name, str) or not isinstance(kwargs, dict) or not isinstance(sha, (str, type(None))):
+            raise ValueError("arch.name must be a string, arch.kwargs an object and arch.file_sha256 a string")
+        return cls(ArchSource(data["source"]), name, dict(kwargs), sha)
 
 
 @dataclass(frozen=True)

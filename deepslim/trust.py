@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 import site
-import sys
 import sysconfig
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,13 +26,22 @@ from deepslim.fileio import sha256_file
 
 @dataclass(frozen=True)
 class CodePolicy:
-    """What the user allowed: any bundle-named file (``trust_code``) or only ``files`` they named."""
+    """What the user allowed: any bundle-named function (``trust_code``) or only the ``functions`` they named.
+
+    Each entry is a resolved file and a function name; ``None`` (Python API only, a bare path)
+    allows any function defined in that file.
+    """
 
     trust_code: bool = False
-    files: frozenset[Path] = frozenset()
+    functions: frozenset[tuple[Path, str | None]] = frozenset()
 
-    def named(self, file: Path) -> bool:
-        return file.resolve() in self.files
+    @property
+    def files(self) -> frozenset[Path]:
+        return frozenset(path for path, _ in self.functions)
+
+    def named(self, file: Path, fn: str) -> bool:
+        resolved = file.resolve()
+        return (resolved, fn) in self.functions or (resolved, None) in self.functions
 
 
 _POLICY: contextvars.ContextVar[CodePolicy] = contextvars.ContextVar("deepslim_code_policy", default=CodePolicy())
@@ -44,15 +53,23 @@ def current_policy() -> CodePolicy:
 
 @contextlib.contextmanager
 def allow_code(*, trust_code: bool = False, files: Iterable[str | Path] = ()) -> Iterator[CodePolicy]:
-    """Within the block, also allow ``files`` (``path.py`` or ``path.py:fn``) and, if asked, any file."""
+    """Within the block, also allow ``files`` (``path.py:fn``, or ``path.py`` for any function in it) and,
+    with ``trust_code``, any function a model file names (its sha256 must still match)."""
     outer = _POLICY.get()
-    named = {Path(spec_file(str(f))).resolve() for f in files if f is not None and is_code_spec(str(f))}
-    policy = CodePolicy(outer.trust_code or trust_code, outer.files | frozenset(named))
+    named = {_entry(str(f)) for f in files if f is not None and is_code_spec(str(f))}
+    policy = CodePolicy(outer.trust_code or trust_code, outer.functions | frozenset(named))
     token = _POLICY.set(policy)
     try:
         yield policy
     finally:
         _POLICY.reset(token)
+
+
+def _entry(text: str) -> tuple[Path, str | None]:
+    head, sep, fn = text.rpartition(":")
+    if sep and head.endswith(".py"):
+        return Path(head).resolve(), fn
+    return Path(text).resolve(), None
 
 
 def is_code_spec(text: str) -> bool:
@@ -65,24 +82,37 @@ def spec_file(text: str) -> str:
     return head if sep and head.endswith(".py") else text
 
 
+_INSTALL_PARTS = {"site-packages", "dist-packages"}
+_PYTHON_DIR = re.compile(r"python\d+(\.\d+)?t?")
+
+
 def _protected_dirs() -> list[Path]:
-    """The standard library and every site-packages directory: never imported from by path."""
+    """The standard library and every site-packages directory this Python knows: never imported from by path."""
     paths = sysconfig.get_paths()
     dirs = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     dirs += list(getattr(site, "getsitepackages", lambda: [])()) + [site.getusersitepackages()]
-    dirs += [p for p in sys.path if p and Path(p).name in ("site-packages", "dist-packages")]
     return [Path(d).resolve() for d in dirs if d]
 
 
+def _in_an_installation(path: Path) -> bool:
+    """Part of any Python installation, this one or another: a site-/dist-packages folder or a lib/pythonX.Y."""
+    parts = path.parts
+    if _INSTALL_PARTS & set(parts):
+        return True
+    return any(a in ("lib", "lib64") and _PYTHON_DIR.fullmatch(b) for a, b in zip(parts, parts[1:]))
+
+
 def check_importable(file: Path, *, error: type[DeepSlimError] = UntrustedCodeError) -> Path:
-    """``file`` resolved, if deepslim may import it by path: a ``.py`` file outside stdlib/site-packages."""
+    """``file`` resolved, if deepslim may run it: a ``.py`` file outside the standard library and installed
+    packages (of this Python or any other on the machine)."""
     resolved = Path(file).resolve()
     if resolved.suffix != ".py":
         raise error(f"{file} is not a .py file; deepslim imports only Python source files by path.")
-    for root in _protected_dirs():
-        if resolved.is_relative_to(root):
-            raise error(f"{file} belongs to the Python installation ({root}); deepslim never imports the "
-                        "standard library or installed packages by path.")
+    roots = [root for root in _protected_dirs() if resolved.is_relative_to(root)]
+    if roots or _in_an_installation(resolved):
+        where = roots[0] if roots else resolved.parent
+        raise error(f"{file} belongs to a Python installation ({where}); deepslim never imports the standard "
+                    "library or installed packages by path.")
     return resolved
 
 
@@ -105,8 +135,9 @@ def authorise(file: Path, fn: str, recorded_sha256: str | None, *, source: Path)
     if actual != recorded_sha256:
         raise ModelError(f"{file} has sha256 {actual}, but {source} was saved with an architecture file of "
                          f"sha256 {recorded_sha256}; restore that file (or re-save the model from this one).")
-    if not (policy.trust_code or policy.named(resolved)):
+    if not (policy.trust_code or policy.named(resolved, fn)):
         raise UntrustedCodeError(
             f"{source} asks to run {fn}() from {file}, and loading it would execute that file; name it yourself "
-            f"with --arch {file}:{fn} (in a recipe: model.arch) or pass --trust-code if you trust the model file.")
+            f"(--arch {file}:{fn} where the command takes --arch, model.arch in a recipe) or pass --trust-code "
+            "if you trust the model file.")
     return resolved

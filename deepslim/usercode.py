@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +12,32 @@ from deepslim.errors import DeepSlimError, first_line
 from deepslim.trust import check_importable
 
 
-def user_attribute(file: Path, name: str, *, error: type[DeepSlimError]) -> Any:
+def user_attribute(file: Path, name: str, *, error: type[DeepSlimError], sha256: str | None = None,
+                   defined_here: bool = False) -> Any:
     """Execute ``file`` as a fresh module and return its attribute ``name`` (None when it has none).
 
-    Any failure while importing the user's code is raised as ``error`` with one sentence. Only a
-    ``.py`` file outside the standard library and site-packages is ever imported.
+    The file's bytes are read once, checked against ``sha256`` when given, and those very bytes
+    are compiled and run (never a cached ``__pycache__`` file, which could hold other code). With
+    ``defined_here`` the attribute must be defined in the file, not imported into it. Only a
+    ``.py`` file outside the standard library and site-packages is ever run. Any failure while
+    running the user's code is raised as ``error`` with one sentence.
     """
     file = check_importable(Path(file), error=error)
-    module_name = f"deepslim_user_{abs(hash(str(Path(file).resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    module = importlib.util.module_from_spec(spec)
+    source = file.read_bytes()
+    if sha256 is not None and (actual := hashlib.sha256(source).hexdigest()) != sha256:
+        raise error(f"{file} has sha256 {actual}, but the model was saved with an architecture file of sha256 "
+                    f"{sha256}; restore that file (or re-save the model from this one).")
+    module_name = f"deepslim_user_{hashlib.sha256(str(file).encode()).hexdigest()[:16]}"
+    module = types.ModuleType(module_name)
+    module.__file__ = str(file)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(file), "exec"), module.__dict__)  # noqa: S102 - the user's own, allowed code
     except Exception as exc:  # user code: any import failure becomes one sentence
         raise error(f"Cannot import {file}: {type(exc).__name__}: {first_line(exc)}.") from exc
-    return getattr(module, name, None)
+    attr = getattr(module, name, None)
+    origin = getattr(attr, "__module__", module_name)
+    if defined_here and attr is not None and origin != module_name:
+        raise error(f"{name} is not defined in {file} (it is imported from {origin}); name a function defined in "
+                    "that file.")
+    return attr

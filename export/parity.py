@@ -24,7 +24,7 @@ from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.data import open_dataset, subset
 from deepslim.models import ModelBundle
 from deepslim.spec import InputSpec, StageRecord
-from deepslim.trust import current_policy, is_code_spec, spec_file
+from deepslim.trust import is_code_spec
 from export.errors import ParityError
 
 DEFAULT_BACKEND = {ArtifactKind.ONNX: Backend.ONNXRUNTIME, ArtifactKind.OPENVINO: Backend.OPENVINO,
@@ -83,29 +83,48 @@ class ParityReport:
                 f"{self.inputs} inputs: max |diff| {self.max_abs:.2e}, max rel {self.max_rel:.2e} (of the row's "
                 f"largest output), top-1 agreement {self.top1_agreement:.4f}")
         if self.ill_conditioned:
+            advice = "compare on real inputs (--dataset)" if self.inputs.startswith("seeded random") else \
+                "the model's outputs are not stable enough for an fp32 comparison on them"
             text += (f"; the source model itself is ill-conditioned on these inputs (torch fp32 vs fp64 differ by "
                      f"{self.source_fp64_rel:.2e} of the row's largest output), so they cannot judge the export: "
-                     "compare on real inputs (--dataset)")
+                     f"{advice}")
         return text
 
 
-def choose_inputs(dataset: str | None, lineage: list[StageRecord], severity: int = 3) -> ParityInputs:
-    """The dataset the user named, else the model's own (last recorded in its lineage), else noise."""
+def choose_inputs(dataset: str | None, lineage: list[StageRecord], severity: int = 3,
+                  classes: list[str] | None = None) -> ParityInputs:
+    """The dataset the user named, else the model's own (last recorded in its lineage), else noise.
+
+    A model file's word never runs code or walks an arbitrary directory: a recorded ``file.py:fn``
+    is not used (the user can pass it as --dataset), and a recorded directory only when its class
+    folders are the model's classes.
+    """
+    recorded = recorded_dataset(lineage)
     if dataset is not None:
-        recorded = recorded_dataset(lineage)
         differs = recorded is not None and recorded[0] != dataset
         return ParityInputs(dataset, severity, f"--dataset{f'; the model was made on {recorded[0]}' if differs else ''}")
-    recorded = recorded_dataset(lineage)
     if recorded is None:
         return ParityInputs(None)
     name, recorded_severity = recorded
-    if is_code_spec(name) and not (current_policy().trust_code or current_policy().named(Path(spec_file(name)))):
-        return ParityInputs(None, why=f"the model's dataset {name} is Python code; pass --dataset {name} to use it")
-    if name not in ("digits", "digits-c") and not is_code_spec(name) and not Path(name).is_dir():
+    if name in ("digits", "digits-c"):
+        return ParityInputs(name, recorded_severity, "the model's own dataset")
+    if is_code_spec(name):
+        return ParityInputs(None, why=f"the model's dataset {name} is Python code, which a model file cannot make "
+                                      f"deepslim run; pass --dataset {name} to use it")
+    if not _folder_of(Path(name), classes):
         return ParityInputs(None, why=f"the model's dataset {name} is not here")
-    if is_code_spec(name) and not Path(spec_file(name)).is_file():
-        return ParityInputs(None, why=f"the model's dataset {name} is not here")
-    return ParityInputs(name, recorded_severity, "the model's own dataset")
+    return ParityInputs(name, 3, "the model's own dataset")
+
+
+def _folder_of(root: Path, classes: list[str] | None) -> bool:
+    """``root`` is an image-folder or CIFAR-10 dataset of exactly ``classes`` (read from folder names only)."""
+    from deepslim.datasets.folders import is_cifar10_dir
+    if classes is None or not root.is_dir():
+        return False
+    if is_cifar10_dir(root):
+        return len(classes) == 10
+    top = root / "train" if (root / "train").is_dir() else root
+    return sorted(p.name for p in top.iterdir() if p.is_dir()) == sorted(classes)
 
 
 _SEVERITY = re.compile(r"^digits-c \(severity (\d)\)$")
@@ -143,7 +162,7 @@ def check_parity(source: ModelBundle | str | Path, artifact: str | Path, *, prec
     backend = Backend(backend) if backend else DEFAULT_BACKEND[artifact_kind(artifact)]
     runner = open_runner(artifact, backend, RunnerOptions())
     lineage = source.lineage if isinstance(source, ModelBundle) else runner.meta.lineage
-    chosen = choose_inputs(dataset, lineage, severity)
+    chosen = choose_inputs(dataset, lineage, severity, list(runner.meta.classes))
     if tol.needs_real_inputs and not chosen.real:
         raise ParityError(f"{precision} parity of {artifact.name} needs real inputs (top-1 agreement of a quantized "
                           f"model on noise says nothing), and {chosen.why}; pass --dataset.")

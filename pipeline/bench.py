@@ -79,25 +79,18 @@ def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size
 
 
 def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
-    """File stems for the exports, one per source file: the stem, then the parent folder's name where two
-    artifacts share a stem (a run directory's stages all hold a model.safetensors), then a short hash of
-    the resolved path where that still collides (runs/a/02-prune and runs/b/02-prune)."""
-    def named(p: Path, level: int) -> str:
-        path = Path(p)
-        if level == 0:
-            return path.stem
-        if level == 1:
-            return f"{path.parent.name}-{path.stem}"
-        return f"{path.parent.name}-{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
-    sources = list(dict.fromkeys(Path(p).resolve() for p in artifacts))
-    stems = {}
-    for p in artifacts:
-        for level in range(3):
-            stem = named(p, level)
-            if sum(named(q, level) == stem for q in sources) <= 1:
-                break
-        stems[p] = stem
-    return stems
+    """File stems for the exports, one per source file (by resolved path): the stems; where two sources share
+    one, the parent folder's name and the stem (a run directory's stages all hold a model.safetensors); where
+    those still repeat, a short hash of the resolved path too (runs/a/02-prune and runs/b/02-prune)."""
+    resolved = {p: Path(p).resolve() for p in artifacts}
+    sources = list(dict.fromkeys(resolved.values()))
+
+    def named(path: Path, level: int) -> str:
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        return [path.stem, f"{path.parent.name}-{path.stem}", f"{path.parent.name}-{path.stem}-{digest}"][level]
+
+    level = next(n for n in range(3) if n == 2 or len({named(r, n) for r in sources}) == len(sources))
+    return {p: named(resolved[p], level) for p in artifacts}
 
 
 def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, export_dir: Path,

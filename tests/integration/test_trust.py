@@ -204,3 +204,71 @@ def test_structure_may_only_change_plain_settings_the_architecture_has(trained_c
         fmt.write(tmp_path / "bad.safetensors", tensors, header)
         with pytest.raises(ModelError, match="not a plain setting"):
             load_model(tmp_path / "bad.safetensors")
+
+
+def test_the_bytes_that_were_hashed_are_the_bytes_that_run_never_a_cached_pyc(tmp_path):
+    import importlib.util
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+    from deepslim.errors import ModelError
+    from deepslim.usercode import user_attribute
+    net = tmp_path / "net.py"
+    net.write_text(NET_PY)
+    stat = net.stat()
+    evil = compile(EVIL_PY, str(net), "exec")  # a pyc that claims to be net.py's (same mtime and size)
+    cache = Path(importlib.util.cache_from_source(str(net)))
+    cache.parent.mkdir()
+    cache.write_bytes(_code_to_timestamp_pyc(evil, int(stat.st_mtime), stat.st_size))
+    build = user_attribute(net, "build", error=ModelError, sha256=sha256_file(net), defined_here=True)
+    assert build(num_classes=3)[-1].out_features == 3 and not (tmp_path / "PWNED").exists()
+
+
+def test_no_python_installation_is_ever_imported_from(tmp_path):
+    from deepslim.trust import check_importable
+    from deepslim.errors import UntrustedCodeError
+    for path in ("/usr/lib/python3.11/subprocess.py", "/opt/env/lib/python3.9/site-packages/pkg/mod.py",
+                 "/usr/lib/python3/dist-packages/yaml/__init__.py"):
+        with pytest.raises(UntrustedCodeError, match="Python installation"):
+            check_importable(Path(path))
+    user = tmp_path / "lib" / "python_models" / "net.py"  # only looks like one
+    assert check_importable(user) == user.resolve()
+
+
+def test_naming_a_function_allows_that_function_only(tmp_path):
+    net = tmp_path / "net.py"
+    net.write_text(NET_PY + "\n\ndef other(**kwargs):\n    open(__file__ + '.PWNED', 'w')\n\n"
+                   "from subprocess import run\n")
+    for fn in ("other", "run"):
+        spec = ArchSpec(ArchSource.FILE, f"{net}:{fn}", {"args": ["touch", str(tmp_path / "PWNED")]},
+                        sha256_file(net))
+        path = tmp_path / f"{fn}.safetensors"
+        fmt.write(path, {"w": torch.zeros(1)}, fmt.Header(spec, InputSpec.create(1, 8, (0.5,), (0.25,)), ["a"]))
+        named_build = invoke(["eval", str(path), "--arch", f"{net}:build"])
+        assert named_build.exit_code == 2 and f"{fn}()" in named_build.stderr  # build was named, not this one
+    trusted = invoke(["eval", str(tmp_path / "run.safetensors"), "--trust-code"])
+    assert trusted.exit_code == 2 and "not defined in" in trusted.stderr and "subprocess" in trusted.stderr
+    assert not (tmp_path / "PWNED").exists() and not Path(str(net) + ".PWNED").exists()
+
+
+@pytest.mark.parametrize("header_edit", [
+    lambda h: h["structure"].update(modules={"": 5}),
+    lambda h: h["arch"].update(name=5),
+    lambda h: h["structure"].update(tensors={"1.weight": [-3, 64]}),
+    lambda h: h.update(structure=[1, 2])])
+def test_malformed_headers_are_one_sentence(tmp_path, header_edit):
+    import json
+    from safetensors.torch import save_file
+    header = fmt.Header(ArchSpec(ArchSource.BUILTIN, "small_cnn", {"num_classes": 10, "in_channels": 1}),
+                        InputSpec.create(1, 8, (0.5,), (0.25,)), [str(i) for i in range(10)]).to_json()
+    header_edit(header)
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "bad.safetensors"),
+              metadata={"format": "pt", fmt.METADATA_KEY: json.dumps(header)})
+    result = invoke(["eval", str(tmp_path / "bad.safetensors")])
+    assert result.exit_code == 2 and "Traceback" not in result.output and result.stderr.startswith("error: ")
+
+
+def test_bench_export_names_stay_unique_whatever_the_paths(tmp_path):
+    from pipeline.bench import _unique_stems
+    paths = [tmp_path / "a-model.safetensors", tmp_path / "a" / "model.safetensors",
+             tmp_path / "b" / "model.safetensors", Path("model.safetensors")]
+    stems = _unique_stems(paths)
+    assert len(set(stems.values())) == len(paths) and all(not s.startswith("-") for s in stems.values())

@@ -102,15 +102,20 @@ def test_inputs_come_from_the_dataset_recorded_in_the_lineage(monkeypatch):
     assert _check(monkeypatch, _bundle(model), fn).inputs.startswith("seeded random")
 
 
-def test_a_dataset_file_in_the_lineage_is_not_run_unless_allowed(monkeypatch, tmp_path):
+def test_a_model_file_never_makes_parity_run_code_or_walk_a_directory(tmp_path):
     from deepslim.trust import allow_code
     data = tmp_path / "data.py"
     data.write_text("raise SystemExit('ran')\n")
     lineage = [StageRecord("train", {"dataset": f"{data}:make"}, 1.0)]
-    chosen = parity.choose_inputs(None, lineage)
+    with allow_code(trust_code=True):  # not even with --trust-code: the file has no recorded hash
+        chosen = parity.choose_inputs(None, lineage, classes=["a", "b"])
     assert not chosen.real and "is Python code" in chosen.why
-    with allow_code(trust_code=True):
-        assert parity.choose_inputs(None, lineage).dataset == f"{data}:make"
+    for name in ("a", "b"):
+        (tmp_path / "imgs" / "train" / name).mkdir(parents=True)
+    walk = [StageRecord("train", {"dataset": str(tmp_path / "imgs")}, 1.0)]
+    assert parity.choose_inputs(None, walk, classes=["a", "b"]).real
+    assert not parity.choose_inputs(None, walk, classes=["a", "c"]).real  # not the model's classes
+    assert not parity.choose_inputs(None, [StageRecord("train", {"dataset": "/"}, 1.0)], classes=["a", "b"]).real
 
 
 def test_int8_is_never_judged_on_random_inputs(monkeypatch):
