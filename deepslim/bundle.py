@@ -129,7 +129,7 @@ def capture_structure(model: nn.Module, reference: nn.Module) -> dict[str, Any]:
 
 
 def apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-    """Reshape a freshly built ``model`` in place as ``structure`` describes (only public plain settings the
+    """Reshape a freshly built ``model`` in place as ``structure`` describes (only plain settings the
     architecture has, with values of their type, and tensor shapes); anything else is a ModelError."""
     try:
         return _apply_structure(model, structure)
@@ -143,7 +143,7 @@ def _apply_structure(model: nn.Module, structure: dict[str, Any]) -> nn.Module:
         module = _lookup(named, name)
         allowed = _scalar_attrs(module)  # only plain settings the architecture has (out_channels, ...)
         for key, value in attrs.items():
-            if key.startswith("_") or key not in allowed or not _same_kind(allowed[key], value):
+            if key.startswith("__") or key not in allowed or not _same_kind(allowed[key], value):
                 raise ModelError(f"The bundle changes '{name}.{key}', which is not a plain setting of that module.")
             setattr(module, key, tuple(value) if isinstance(value, list) else value)
     for name, shape in structure.get("tensors", {}).items():
@@ -182,7 +182,7 @@ def _same_kind(old: Any, new: Any) -> bool:
     if isinstance(old, (tuple, list)):
         return isinstance(new, list) and all(isinstance(v, _ATTR_TYPES) for v in new)
     if old is None or new is None:
-        return isinstance(new, _ATTR_TYPES)
+        return isinstance(new, _ATTR_TYPES) or (isinstance(new, list) and all(isinstance(v, _ATTR_TYPES) for v in new))
     if isinstance(old, bool) or isinstance(new, bool):
         return isinstance(old, bool) and isinstance(new, bool)
     if isinstance(old, float):

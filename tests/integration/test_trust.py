@@ -199,7 +199,8 @@ def test_structure_may_only_change_plain_settings_the_architecture_has(trained_c
     path = save_model(trained_cnn, tmp_path / "m.safetensors")
     header = fmt.read_header(path)
     tensors = fmt.read_tensors(path)
-    for attrs in ({"forward": "x"}, {"_forward_hooks": [1]}, {"out_channels": {"a": 1}}):
+    for attrs in ({"forward": "x"}, {"_forward_hooks": [1]}, {"out_channels": {"a": 1}}, {"out_channels": "8"},
+                  {"__dict__": 1}):
         header.structure = {"modules": {"features.0": attrs}, "tensors": {}}
         fmt.write(tmp_path / "bad.safetensors", tensors, header)
         with pytest.raises(ModelError, match="not a plain setting"):
