@@ -22,6 +22,14 @@ class Schedule(str, Enum):
     CONSTANT = "constant"
 
 
+class Augment(str, Enum):
+    """Training augmentation: none; light (small shifts, scale and rotation, no flips: safe for digits and
+    text); standard (ImageNet-style random resized crops and horizontal flips, for natural photos)."""
+    NONE = "none"
+    LIGHT = "light"
+    STANDARD = "standard"
+
+
 class Init(str, Enum):
     DEFAULT = "default"
     KAIMING = "kaiming"
@@ -45,7 +53,7 @@ class TrainConfig:
     schedule: Schedule = Schedule.COSINE
     warmup_epochs: int | None = None  # None: 1 when epochs > 2, else 0
     label_smoothing: float = 0.0
-    augment: bool = True
+    augment: Augment = Augment.LIGHT
     init: Init = Init.DEFAULT
     freeze_backbone: bool = False
     seed: int = 0
@@ -75,6 +83,7 @@ class TrainConfig:
         object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
         object.__setattr__(self, "schedule", Schedule(self.schedule))
         object.__setattr__(self, "init", Init(self.init))
+        object.__setattr__(self, "augment", augment_policy(self.augment))
 
     @property
     def learning_rate(self) -> float:
@@ -88,9 +97,19 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(optimizer=self.optimizer.value, schedule=self.schedule.value, init=self.init.value,
+        data.update(optimizer=self.optimizer.value, augment=self.augment.value, schedule=self.schedule.value, init=self.init.value,
                     lr=self.learning_rate, warmup_epochs=self.warmup)
         return data
+
+
+def augment_policy(value: "Augment | str | bool") -> Augment:
+    """The policy named by ``value`` (True/False, from older callers, mean light/none)."""
+    if isinstance(value, bool):
+        return Augment.LIGHT if value else Augment.NONE
+    try:
+        return Augment(value)
+    except ValueError:
+        raise ConfigError(f"--augment must be none, light or standard, got '{value}'.") from None
 
 
 def _positive_int(name: str, value: int) -> None:
