@@ -14,7 +14,7 @@ from compress.options import QuantTarget
 @trusting
 def auto(
     model: Annotated[Path, typer.Argument(help="A trained bundle (.safetensors).", show_default=False)],
-    dataset: Dataset = "digits",
+    dataset: Dataset = None,
     max_accuracy_drop: Annotated[float, typer.Option(help="Val top-1 points the result may lose.")] = 1.0,
     target: Annotated[QuantTarget, typer.Option(help="Runtime the candidates are timed on.")] = QuantTarget.OPENVINO,
     time_budget: Annotated[float, typer.Option(help="Seconds for the whole search (this worker).")] = 600.0,
@@ -46,9 +46,14 @@ def auto(
     cfg = SearchConfig(max_accuracy_drop=max_accuracy_drop, target=target, time_budget=time_budget, trials=trials,
                        latency_size=latency_size, finetune_epochs=finetune_epochs, storage=storage, study=study,
                        seed=seed)
+    from commands.common import choose_data
+    from deepslim.bundle import read_header
+    header = read_header(model)
+    data = choose_data(dataset, header.lineage if header else [], severity=None,
+                       classes=header.classes if header else None, what=model.name, quiet=quiet)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
-    result = search(model, dataset, cfg, out, log=lambda m: console.print(m, highlight=False))
+    result = search(model, data.spec, cfg, out, log=lambda m: console.print(m, highlight=False))
     typer.echo(result.report.read_text())
     if result.chosen:
         typer.echo(_chosen_line(result.chosen, result.baseline) + f"; search {result.seconds:.0f} s; Pareto plot "

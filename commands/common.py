@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
 
@@ -31,8 +32,9 @@ TrustPickle = Annotated[bool, typer.Option(
 TrustCode = Annotated[bool, typer.Option(
     "--trust-code", help="Allow a model file to run the Python architecture file it names (its recorded sha256 "
     "must still match). Naming that file yourself with --arch FILE.py:fn allows just that file.")]
-Dataset = Annotated[str, typer.Option(
-    "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn.")]
+Dataset = Annotated[Optional[str], typer.Option(
+    "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn "
+    "(default: the dataset recorded in the model's lineage).", show_default=False)]
 Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption severity 1-5 for digits-c "
                                                  "(default 3).", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -51,7 +53,9 @@ WeightDecay = Annotated[float, typer.Option(help="Weight decay.")]
 Sched = Annotated[Schedule, typer.Option("--schedule", help="Learning-rate schedule.")]
 WarmupEpochs = Annotated[Optional[int], typer.Option(help="Linear warm-up epochs (default 1 if epochs > 2).")]
 LabelSmoothing = Annotated[float, typer.Option(help="Label smoothing of the cross-entropy.")]
-Augment = Annotated[bool, typer.Option("--augment/--no-augment", help="Training augmentation.")]
+Augment = Annotated[AugmentPolicy, typer.Option(
+    "--augment", help="Training augmentation: none; light (small shifts, scaling and rotation, no flips: safe for "
+    "digits and text); standard (random resized crops and horizontal flips, for natural photos).")]
 Accumulate = Annotated[int, typer.Option(help="Gradient accumulation: one optimizer step every N batches.")]
 Seed = Annotated[int, typer.Option(help="Random seed (data order, augmentation, initialisation).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
@@ -90,11 +94,15 @@ def trusting(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, arch_kwargs: str | None,
-          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str, severity: int | None,
-          pretrained: str | None = None, seed: int | None = None):
-    """The one model loader of the CLI: a file, or an architecture shaped for the dataset."""
+          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str | None,
+          severity: int | None, pretrained: str | None = None, seed: int | None = None):
+    """The one model loader of the CLI: a file, or an architecture shaped for the dataset.
+
+    A bundle carries its own input spec; a pickled module and a new architecture take their input
+    statistics (and class count) from ``dataset``, which must then be given."""
     from deepslim.data import open_dataset
     from deepslim.models import load_model
+    from deepslim.provenance import require_dataset
     from deepslim.training import model_for_dataset
     kwargs = parse_kwargs(arch_kwargs)
     if model is not None:
@@ -107,13 +115,59 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
                 raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
                                   "architecture and input spec.")
             return load_model(model)
-        info = open_dataset(dataset, severity=severity_for(dataset, severity)).info
+        if not trust_pickle:  # refused (or not a model file at all) before any question of data
+            return load_model(model, trust_pickle=False, input_size=input_size, channels=channels)
+        data = require_dataset(dataset, severity=severity, what=f"{model.name} (a pickled module)")
+        info = open_dataset(data.spec, severity=data.severity).info
         return load_model(model, trust_pickle=trust_pickle, input_size=input_size, channels=channels,
                           mean=info.mean, std=info.std)
     if arch is None:
         raise ConfigError("Give a MODEL file or --arch NAME.")
-    return model_for_dataset(arch, dataset, severity=severity_for(dataset, severity), input_size=input_size,
+    data = require_dataset(dataset, severity=severity, what=f"A new --arch {arch}")
+    return model_for_dataset(arch, data.spec, severity=data.severity, input_size=input_size,
                              channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+
+
+def load_with_data(model: Path | None, *, dataset: str | None, severity: int | None, quiet: bool = False,
+                   **load: Any):
+    """The model and the dataset its numbers are about (``--dataset``, else the model's recorded one), said once."""
+    bundle = load_bundle(model, dataset=dataset, severity=severity, **load)
+    data = choose_data(dataset, bundle.lineage, severity=severity, classes=bundle.classes,
+                       what=model.name if model is not None else f"--arch {load.get('arch')}", quiet=quiet)
+    return bundle, data
+
+
+def choose_data(given: str | None, lineage, *, severity: int | None, classes, what: str, quiet: bool = False):
+    """Resolve the dataset (see :mod:`deepslim.provenance`), check its classes, and say what was chosen."""
+    from deepslim.data import check_classes, open_dataset
+    from deepslim.provenance import canonical_dataset, resolve_dataset
+    choice = resolve_dataset(given, lineage, severity=severity, classes=classes, what=what)
+    info = open_dataset(choice.spec, severity=choice.severity).info
+    if classes is not None:
+        check_classes(list(classes), info, choice.label())
+    say = _stderr(quiet)
+    if choice.note():
+        say(choice.note())
+    elif choice.why != "--dataset":
+        say(f"dataset: {choice.label()} ({choice.why})")
+    if getattr(info, "split_policy", ""):
+        say(f"splits: {info.split_policy}")
+    if choice.spec not in ("digits", "digits-c"):
+        from dataclasses import replace
+        choice = replace(choice, spec=canonical_dataset(choice.spec))
+    return choice
+
+
+def data_line(record) -> str:
+    """'test split of digits' for a stage record: which data its numbers are about."""
+    config = record.config if isinstance(record.config, dict) else {}
+    return f"test split of {config.get('dataset') or 'an unrecorded dataset'}"
+
+
+def _stderr(quiet: bool) -> Callable[[str], None]:
+    from rich.console import Console
+    console = Console(stderr=True, quiet=quiet or not is_main_process())
+    return lambda text: console.print(text, highlight=False, soft_wrap=True)
 
 
 def _check_model_and_arch(model: Path, arch: str | None, weights: Path | None) -> None:

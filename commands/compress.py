@@ -10,8 +10,9 @@ import typer
 from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
                              Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume, Sched,
                              Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             is_main_process, load_bundle, severity_for, trusting)
+                             choose_data, data_line, is_main_process, load_bundle, load_with_data, trusting)
 from compress.options import Activations, Allocation, Calibration, Importance, Method, QuantTarget, Recover
+from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
 
@@ -44,8 +45,9 @@ def prune_cmd(
     alpha: Annotated[float, typer.Option(help="--recover kd: weight of the KD term against cross-entropy.")] = 0.5,
     sparsity_train_epochs: Annotated[int, typer.Option(help="bn importance: epochs of L1 on BatchNorm scales first "
                                                        "(network slimming).")] = 0,
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, "
-                                         "Taylor importance, sensitivity and accuracy.")] = "digits",
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, Taylor importance, sensitivity and "
+        "accuracy (default: the dataset recorded in the model's lineage).", show_default=False)] = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity (table + plot); "
                                               "without -o, only that.")] = False,
     allocation: Annotated[Allocation, typer.Option(help="Same ratio for every layer, or spread by sensitivity.")]
@@ -76,8 +78,10 @@ def prune_cmd(
                       sparsity_train_epochs=sparsity_train_epochs, seed=seed)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
-    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=None, seed=seed)
+    bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                                  channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=None,
+                                  seed=seed, quiet=quiet)
+    dataset = data.spec
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     _prune_preflight(bundle, cfg, check, console)
@@ -131,7 +135,7 @@ def print_prune(bundle, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
     m = bundle.lineage[-1].metrics
-    table = Table(title=f"pruned: {out} ({bundle.lineage[-1].seconds:.1f} s)")
+    table = Table(title=f"pruned: {out} ({bundle.lineage[-1].seconds:.1f} s); {data_line(bundle.lineage[-1])}")
     for col in ("", "before", "after", "change"):
         table.add_column(col, justify="right")
     table.add_row("MACs", f"{m['macs_before'] / 1e6:.1f}M", f"{m['macs_after'] / 1e6:.1f}M",
@@ -156,7 +160,7 @@ def distill_cmd(
                           "path/file.py:build_fn (built at the teacher's input size).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors).",
                                          show_default=False)],
-    dataset: Dataset = "digits", severity: Severity = None,
+    dataset: Dataset = None, severity: Severity = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the KD term (> 0).")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to cross-entropy with the "
                                          "labels.")] = 0.5,
@@ -170,7 +174,7 @@ def distill_cmd(
     trust_pickle: TrustPickle = False, trust_code: TrustCode = False,
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
-    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = True,
+    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
     accumulate: Accumulate = 1, seed: Seed = 0, device: Device = "auto", workers: Workers = 0,
     resume: Resume = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
@@ -198,11 +202,13 @@ def distill_cmd(
     from compress.distill import distill, open_teacher
     from deepslim.models import check_saveable, save_model
     teacher_model = _load_teacher(teacher, teacher_backend, trust_pickle, dataset, severity)
-    severity_value = severity_for(dataset, severity)
+    data = choose_data(dataset, _lineage(teacher_model), severity=severity, classes=teacher_model.classes,
+                       what=f"The teacher {teacher.name}", quiet=quiet)
+    dataset, severity_value = data.spec, data.severity
     if student_path is not None:
         student_bundle = load_bundle(student_path, arch=None, weights=None, arch_kwargs=arch_kwargs,
                                      input_size=input_size, channels=channels, trust_pickle=trust_pickle,
-                                     dataset=dataset, severity=severity)
+                                     dataset=dataset, severity=severity_value)
     else:
         from deepslim.models import torchvision_names
         chans, size = teacher_model.input_spec.shape[:2]
@@ -210,7 +216,7 @@ def distill_cmd(
             channels = chans
         student_bundle = load_bundle(None, arch=student, weights=None, arch_kwargs=arch_kwargs,
                                      input_size=input_size or size, channels=channels,
-                                     trust_pickle=False, dataset=dataset, severity=severity, seed=seed)
+                                     trust_pickle=False, dataset=dataset, severity=severity_value, seed=seed)
     check_saveable(student_bundle)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet or not is_main_process())
@@ -230,7 +236,13 @@ def _is_model_file(student: str) -> bool:
     return Path(student).suffix.lower() in (".safetensors", ".pt", ".pth") and ".py:" not in student
 
 
-def _load_teacher(path: Path, backend: str | None, trust_pickle: bool, dataset: str, severity: int | None):
+def _lineage(teacher) -> list:
+    """The teacher's lineage: a bundle's, or the metadata of an exported artifact."""
+    runner = getattr(teacher, "runner", None)
+    return list(runner.meta.lineage) if runner is not None else list(teacher.lineage)
+
+
+def _load_teacher(path: Path, backend: str | None, trust_pickle: bool, dataset: str | None, severity: int | None):
     """Exported artifacts stay paths (run through their runner); anything else loads as a bundle."""
     if path.suffix.lower() in (".onnx", ".xml", ".engine", ".plan"):
         if backend is not None and backend not in ("onnxruntime", "openvino", "tensorrt"):
@@ -248,7 +260,8 @@ def print_distill(bundle, out: Path) -> None:
     from rich.table import Table
     record = bundle.lineage[-1]
     m = record.metrics
-    table = Table(title=f"distilled: {out} ({record.seconds:.1f} s, teacher forward {m['teacher_seconds']:.1f} s)")
+    table = Table(title=f"distilled: {out} ({record.seconds:.1f} s, teacher forward {m['teacher_seconds']:.1f} s); "
+                        f"{data_line(record)}")
     for col in ("test split", "top1", "top5", "roc_auc_macro"):
         table.add_column(col, justify="right")
     for name, key in (("teacher", "teacher_test"), ("student before", "test_before"), ("student after", "test")):
@@ -267,7 +280,7 @@ def quantize_cmd(
                                            "fine-tuning; dynamic: onnxruntime int8 weights; fp16.")] = Method.PTQ,
     target: Annotated[QuantTarget, typer.Option(help="The runtime the artifact is for (sets its format).")]
     = QuantTarget.ONNXRUNTIME,
-    dataset: Dataset = "digits", severity: Severity = None,
+    dataset: Dataset = None, severity: Severity = None,
     calibration: Annotated[Optional[Calibration], typer.Option(
         help="Activation range estimation (default: the library's own: onnxruntime minmax, NNCF's preset).")]
     = None,
@@ -315,14 +328,18 @@ def quantize_cmd(
     if model.suffix.lower() == ".onnx":
         if method is Method.QAT:
             raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
-        source = model
+        from benchmarks.runners import read_meta
+        source, meta = model, read_meta(model)
+        lineage, classes = meta.lineage, meta.classes
     else:
         source = load_bundle(model, arch=None, weights=None, arch_kwargs=None, input_size=None, channels=None,
                              trust_pickle=False, dataset=dataset, severity=severity)
+        lineage, classes = source.lineage, source.classes
+    data = choose_data(dataset, lineage, severity=severity, classes=classes, what=model.name, quiet=quiet)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     from compress.quantize import quantize
-    result = quantize(source, out, cfg, dataset, severity=severity_for(dataset, severity), progress=not quiet,
+    result = quantize(source, out, cfg, data.spec, severity=data.severity, progress=not quiet,
                       log=lambda m: console.print(m, highlight=False))
     print_quantize(result)
 
@@ -330,6 +347,8 @@ def quantize_cmd(
 def print_quantize(result) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from deepslim.units import format_speedup
     m, cfg = result.record.metrics, result.record.config
     table = Table(title=f"{cfg['method']} for {cfg['target']}: {result.artifact} ({result.record.seconds:.1f} s)")
     for col in ("", "fp32", "quantized", "change"):
@@ -341,11 +360,12 @@ def print_quantize(result) -> None:
     if "latency" in m:
         lat = m["latency"]
         table.add_row("p50 batch 1", f"{lat['fp32_p50_ms']:.3f} ms", f"{lat['quantized_p50_ms']:.3f} ms",
-                      f"{lat['ratio']:.2f}x" + (" ~" if lat["within_noise"] else ""))
+                      format_speedup(lat["speedup"]) + (" (within noise)" if lat["within_noise"] else ""))
     console = Console()
     console.print(table)
     if m.get("fp32_layers"):
-        console.print(f"kept in fp32 by the accuracy guard: {', '.join(m['fp32_layers'])}", highlight=False)
+        names = m.get("fp32_modules") or m["fp32_layers"]  # the PyTorch module names where known
+        console.print(f"kept in fp32 by the accuracy guard: {', '.join(names)}", highlight=False)
     if m.get("layer_errors"):
         errors = Table(title="per-layer quantization error (SQNR vs fp32, dB; worst first)")
         for col in ("layer", "op", "input", "output", "lost", "weight"):

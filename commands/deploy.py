@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from commands.common import (Arch, ArchKwargs, Force, Model, Severity, TrustCode, TrustPickle, Weights, load_bundle,
-                             parse_batches, print_bench, severity_for, trusting)
+                             parse_batches, print_bench, trusting)
 from deepslim.errors import ConfigError
 from export.options import Exporter, OVSource, Precision, Target
 
@@ -48,7 +48,7 @@ def export_cmd(
     import export as ex
     if check:
         return _export_check(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                             trust_pickle=trust_pickle, dataset=dataset or "digits")
+                             trust_pickle=trust_pickle, dataset=dataset)
     if target is None or output is None:
         raise ConfigError("Give --target onnx|openvino|tensorrt and -o OUTPUT (or --check).")
     onnx_config = ex.OnnxConfig(exporter=exporter.value, simplify=simplify, input_size=input_size)
@@ -63,7 +63,7 @@ def export_cmd(
         source = model
     else:
         source = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                       trust_pickle=trust_pickle, dataset=dataset or "digits", severity=None)
+                       trust_pickle=trust_pickle, dataset=dataset, severity=None)
     result = ex.export_model(source, target.value, out, precision=precision.value, onnx_config=onnx_config,
                              ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config)
     typer.echo(f"wrote {result.artifact}" + "".join(f", {p}" for p in result.extra_files))
@@ -124,7 +124,9 @@ def bench(
     = "torch,onnxruntime,openvino",
     report: Annotated[Path, typer.Option("--report", "-r", help="Directory for report.json/.md/.html and plots.")]
     = Path("runs/bench"),
-    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Accuracy on this dataset's split.")] = "digits",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Accuracy on this dataset's split "
+                                                   "(default: the one the models' lineage records).",
+                                                   show_default=False)] = None,
     split: Annotated[str, typer.Option(help="Evaluation split.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     severity: Severity = None,
@@ -159,19 +161,47 @@ def bench(
     user_metric = load_metric(metric) if metric else None
     from deepslim.data import check_split
     check_split(split)
-    severity = severity_for(dataset, severity)
+    if no_accuracy:
+        dataset, severity = None, None
+    else:
+        data = _bench_data(artifacts, dataset, severity)
+        dataset, severity = data.spec, data.severity
     from pipeline.bench import plan_targets
     targets, notes = plan_targets(artifacts, backends, report / "artifacts", input_size=input_size,
-                           dataset=None if no_accuracy else dataset)
+                           dataset=dataset)
     from rich.console import Console
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
-        result = run_bench(targets, latency, dataset=None if no_accuracy else dataset, split=split, limit=limit,
-                           severity=severity, metric=user_metric, options=options,
+        result = run_bench(targets, latency, dataset=dataset, split=split, limit=limit, severity=severity or 3, metric=user_metric, options=options,
                            tick=lambda text: status.update(text), notes=notes)
     paths = write_report(result, report)
     print_bench(result)
     typer.echo(f"report: {paths['report.html']} (also report.md, report.json)")
+
+
+def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None):
+    """The dataset of the accuracy columns: --dataset, else the one every artifact's lineage records."""
+    from benchmarks.runners import read_meta
+    from deepslim.bundle import read_header
+    from deepslim.errors import DeepSlimError
+    from deepslim.fileio import require_file
+    from deepslim.provenance import common_dataset
+    models = []
+    for path in artifacts:
+        require_file(path, "artifact")
+        meta = read_header(path) if path.suffix.lower() == ".safetensors" else read_meta(path)
+        models.append((path.name, meta.lineage if meta else [], meta.classes if meta else None))
+    try:
+        choice = common_dataset(dataset, models, severity=severity)
+    except DeepSlimError as exc:
+        raise type(exc)(f"{str(exc).rstrip('.')} (or --no-accuracy for latency only).") from None
+    if choice.recorded and choice.why == "--dataset":
+        typer.echo(f"note: --dataset {choice.spec} differs from the dataset the models were made on "
+                   f"({choice.recorded}).", err=True)
+    elif choice.why != "--dataset":
+        why = choice.why.replace("model's", "models'")
+        typer.echo(f"dataset: {choice.label()} ({why})", err=True)
+    return choice
 
 
 def _backends(text: str):

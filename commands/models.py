@@ -11,7 +11,8 @@ import typer
 from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
                              Epochs, Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume,
                              Sched, Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             is_main_process, load_bundle, print_metrics, severity_for, trusting)
+                             is_main_process, load_with_data, print_metrics, trusting)
+from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.errors import ConfigError
 
@@ -24,10 +25,10 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
     input_size: InputSize = None, channels: Channels = None,
-    dataset: Dataset = "digits", severity: Severity = None,
+    dataset: Dataset = None, severity: Severity = None,
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
-    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = True,
+    warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
     accumulate: Accumulate = 1,
     init: Annotated[Init, typer.Option(help="Re-initialise Conv/Linear weights before training.")] = Init.DEFAULT,
     freeze_backbone: Annotated[bool, typer.Option(
@@ -50,19 +51,19 @@ def train(
                           "without --weights or --pretrained.")
     from deepslim.models import check_saveable, save_model
     from deepslim.training import train as run_train
-    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                   pretrained=pretrained, seed=seed)
+    bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                                  channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
+                                  pretrained=pretrained, seed=seed, quiet=quiet)
     check_saveable(bundle)
     ckpt = out.with_name(out.name + ".ckpt")
-    trained = run_train(bundle, dataset, cfg, severity=severity_for(dataset, severity), checkpoint=ckpt, resume=resume,
+    trained = run_train(bundle, data.spec, cfg, severity=data.severity, checkpoint=ckpt, resume=resume,
                         progress=not quiet)
     if not is_main_process():
         return
     save_model(trained, out)
     ckpt.unlink(missing_ok=True)
     record = trained.lineage[-1]
-    print_metrics(f"{out}: test split of {dataset} (best epoch {record.metrics['best_epoch']}, "
+    print_metrics(f"{out}: test split of {data.label()} (best epoch {record.metrics['best_epoch']}, "
                    f"{record.seconds:.1f} s)", record.metrics["test"])
 
 
@@ -70,7 +71,7 @@ def train(
 def evaluate(
     model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
     input_size: InputSize = None, channels: Channels = None, trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False, dataset: Dataset = "digits", severity: Severity = None,
+    trust_code: TrustCode = False, dataset: Dataset = None, severity: Severity = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
@@ -83,10 +84,11 @@ def evaluate(
     from deepslim.evaluation import evaluate as run_eval
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
-    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity)
-    result = run_eval(bundle, dataset, split=split, limit=limit, batch_size=batch_size,
-                      severity=severity_for(dataset, severity), device=device)
+    bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                                  channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
+                                  quiet=as_json)
+    result = run_eval(bundle, data.spec, split=split, limit=limit, batch_size=batch_size, severity=data.severity,
+                      device=device)
     if as_json:
         typer.echo(json.dumps({"model": str(model or arch), "dataset": result.dataset, "split": split,
                                "metrics": result.metrics}, indent=2))

@@ -12,7 +12,6 @@ says so instead of blaming the export.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.data import open_dataset, subset
 from deepslim.models import ModelBundle
 from deepslim.spec import InputSpec, StageRecord
-from deepslim.trust import is_code_spec
+from deepslim.provenance import canonical_dataset, recorded_dataset, usable_recorded
 from export.errors import ParityError
 
 DEFAULT_BACKEND = {ArtifactKind.ONNX: Backend.ONNXRUNTIME, ArtifactKind.OPENVINO: Backend.OPENVINO,
@@ -97,47 +96,17 @@ def choose_inputs(dataset: str | None, lineage: list[StageRecord], severity: int
 
     A model file's word never runs code or walks an arbitrary directory: a recorded ``file.py:fn``
     is not used (the user can pass it as --dataset), and a recorded directory only when its class
-    folders are the model's classes.
+    folders are the model's classes (see :mod:`deepslim.provenance`).
     """
     recorded = recorded_dataset(lineage)
     if dataset is not None:
-        differs = recorded is not None and recorded[0] != dataset
+        differs = recorded is not None and canonical_dataset(recorded[0]) != canonical_dataset(dataset)
         return ParityInputs(dataset, severity, f"--dataset{f'; the model was made on {recorded[0]}' if differs else ''}")
     if recorded is None:
         return ParityInputs(None)
     name, recorded_severity = recorded
-    if name in ("digits", "digits-c"):
-        return ParityInputs(name, recorded_severity, "the model's own dataset")
-    if is_code_spec(name):
-        return ParityInputs(None, why=f"the model's dataset {name} is Python code, which a model file cannot make "
-                                      f"deepslim run; pass --dataset {name} to use it")
-    if not _folder_of(Path(name), classes):
-        return ParityInputs(None, why=f"the model's dataset {name} is not here")
-    return ParityInputs(name, 3, "the model's own dataset")
-
-
-def _folder_of(root: Path, classes: list[str] | None) -> bool:
-    """``root`` is an image-folder or CIFAR-10 dataset of exactly ``classes`` (read from folder names only)."""
-    from deepslim.datasets.folders import is_cifar10_dir
-    if classes is None or not root.is_dir():
-        return False
-    if is_cifar10_dir(root):
-        return len(classes) == 10
-    top = root / "train" if (root / "train").is_dir() else root
-    return sorted(p.name for p in top.iterdir() if p.is_dir()) == sorted(classes)
-
-
-_SEVERITY = re.compile(r"^digits-c \(severity (\d)\)$")
-
-
-def recorded_dataset(lineage: list[StageRecord]) -> tuple[str, int] | None:
-    """The dataset (and digits-c severity) of the last lineage stage that records one."""
-    for record in reversed(lineage):
-        name = record.config.get("dataset") if isinstance(record.config, dict) else None
-        if isinstance(name, str) and name:
-            match = _SEVERITY.match(name)
-            return ("digits-c", int(match.group(1))) if match else (name, 3)
-    return None
+    why = usable_recorded(name, classes)
+    return ParityInputs(None, why=why) if why else ParityInputs(name, recorded_severity, "the model's own dataset")
 
 
 def parity_inputs(spec: InputSpec, source: ParityInputs | str | None, samples: int,

@@ -127,7 +127,7 @@ class BenchSpec(_Strict):
 
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    dataset: str = "digits"
+    dataset: str | None = None  # None: the dataset model.path records in its lineage
     seed: int = 0
     model: ModelSpec
     stages: list[Stage] = Field(default_factory=list)
@@ -208,6 +208,42 @@ def resolve_arch(arch: str, base: Path) -> str:
     """A recipe's ``model.arch``: a ``file.py:fn`` is relative to the recipe file like every recipe path."""
     head, sep, fn = arch.rpartition(":")
     return f"{resolve(head, base)}:{fn}" if sep and head.endswith(".py") else arch
+
+
+def resolve_dataset_spec(dataset: str, base: Path) -> str:
+    """A recipe's ``dataset``: built-in names as they are; a directory or ``file.py:fn`` relative to the recipe."""
+    if dataset in ("digits", "digits-c"):
+        return dataset
+    head, sep, fn = dataset.rpartition(":")
+    if sep and head.endswith(".py"):
+        return f"{resolve(head, base).resolve()}:{fn}"
+    return str(resolve(dataset, base).resolve())
+
+
+def recipe_dataset(recipe: Recipe, base: Path) -> str:
+    """The dataset every stage of ``recipe`` uses: its ``dataset``, else the one its ``model.path`` records."""
+    if recipe.dataset is not None:
+        return resolve_dataset_spec(recipe.dataset, base)
+    from deepslim.provenance import resolve_dataset
+    if recipe.model.path is None:
+        raise ConfigError(f"The recipe builds a new model (model.arch {recipe.model.arch}), so it needs a `dataset:` "
+                          "(digits, digits-c, a directory, or path/file.py:fn).")
+    path = resolve(recipe.model.path, base)
+    lineage, classes = _recorded(path)
+    return resolve_dataset(None, lineage, classes=classes, what=f"The recipe's model {path.name}").spec
+
+
+def _recorded(path: Path) -> tuple[list, list[str] | None]:
+    """The lineage and classes a model file records (nothing for a file deepslim did not write)."""
+    from deepslim.fileio import require_file
+    require_file(path, "model")
+    if path.suffix.lower() == ".safetensors":
+        from deepslim.bundle import read_header
+        meta = read_header(path)
+    else:
+        from deepslim.artifact import read_onnx_meta
+        meta = read_onnx_meta(path)
+    return (list(meta.lineage), list(meta.classes)) if meta else ([], None)
 
 
 def feasibility(recipe: Recipe) -> list[str]:

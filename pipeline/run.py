@@ -33,7 +33,7 @@ from deepslim import fingerprint
 from deepslim.errors import ConfigError, InputFileError
 from deepslim.fileio import atomic_path, sha256_file
 from pipeline.recipe import (DistillStage, ExportStage, ModelSpec, PruneStage, QuantizeStage, Recipe, TrainStage,
-                             feasibility, resolve, resolve_arch, tensorrt_available)
+                             feasibility, recipe_dataset, resolve, resolve_arch, tensorrt_available)
 
 MANIFEST_VERSION = 1
 Say = Callable[[str], None]
@@ -62,6 +62,9 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
     """Run (or resume) ``recipe`` in ``run_dir``; returns what each stage did and the report path."""
     say = log or (lambda _msg: None)
     run_dir = Path(run_dir)
+    if recipe.dataset is None:
+        say(f"dataset: {recipe_dataset(recipe, base)} (the one the recipe's model records)")
+    recipe = recipe.model_copy(update={"dataset": recipe_dataset(recipe, base)})
     notes = feasibility(recipe)
     for note in notes:
         say(f"note: {note}")
