@@ -8,7 +8,7 @@ adapted to its channel count and normalised with its mean/std (the model's
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from deepslim.config import Augment, augment_policy
 from deepslim.errors import ConfigError, DatasetError, first_line
 from deepslim.spec import InputSpec
 from deepslim.usercode import user_attribute
@@ -35,6 +36,8 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     native_size: tuple[int, int] | None = None
+    split_policy: str = ""  # one sentence: where train, val and test come from
+    preprocess: str = ""  # one sentence: how an image becomes the model's input (before normalisation)
 
     @property
     def num_classes(self) -> int:
@@ -44,7 +47,7 @@ class DatasetInfo:
 class DataSource(Protocol):
     info: DatasetInfo
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset: ...
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset: ...
 
 
 def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
@@ -73,6 +76,30 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ConfigError(f"--split must be train, val or test, got '{split}'.")
     return split
+
+
+def check_classes(model_classes: int | Sequence[str], info: DatasetInfo, dataset_label: str) -> None:
+    """Raise DatasetError unless the model's classes fit dataset ``info``: the same count and, when both
+    sides have real names (not the default "0".."N-1"), the same names in the same order.
+
+    ``model_classes`` is the model's class names, or only their count when it has none."""
+    count = model_classes if isinstance(model_classes, int) else len(model_classes)
+    if count != info.num_classes:
+        raise DatasetError(f"The model has {count} classes but dataset {dataset_label} has {info.num_classes}; "
+                           "give the dataset the model was trained on.")
+    if isinstance(model_classes, int):
+        return
+    model, data = tuple(map(str, model_classes)), tuple(map(str, info.classes))
+    if _default_names(model) or _default_names(data) or model == data:
+        return
+    wrong = [f"#{i} '{m}' vs '{d}'" for i, (m, d) in enumerate(zip(model, data)) if m != d]
+    more = f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    raise DatasetError(f"The model's class names differ from dataset {dataset_label}'s ({', '.join(wrong[:3])}{more}); "
+                       "give the dataset the model was trained on.")
+
+
+def _default_names(names: tuple[str, ...]) -> bool:
+    return names == tuple(str(i) for i in range(len(names)))
 
 
 def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
@@ -157,6 +184,49 @@ def random_affine(image: torch.Tensor) -> torch.Tensor:
     return TF.affine(image, angle=angle, translate=[tx, ty], scale=scale, shear=[0.0, 0.0])
 
 
+def random_crop_flip(image: torch.Tensor) -> torch.Tensor:
+    """ImageNet-style: a random resized crop (35-100% of the area, aspect 3/4-4/3) back to the same size, then a
+    horizontal flip half of the time."""
+    from torchvision.transforms import v2
+    h, w = image.shape[-2:]
+    crop = v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), antialias=True)
+    return v2.RandomHorizontalFlip()(crop(image))
+
+
+AUGMENT_HELP = ("Training augmentation: none; light (small random rotation, shift and scale, never flips: safe "
+                "for digits and text); standard (random resized crops and horizontal flips for photos; "
+                "pad-and-crop and flips for CIFAR-10; the same as light for digits).")
+
+
+def split_augment(split: str, augment: Augment | str | bool) -> Augment:
+    """The augmentation policy a split gets; only the train split is ever augmented.
+
+    - ``none``: no augmentation; a train image is exactly its evaluation image.
+    - ``light`` (mild, never flips, so safe for digits and text): after the evaluation preprocessing,
+      a random rotation of up to ±10°, a shift of up to ±8% of each side and a scale of 0.9-1.1.
+      The same in every source (digits, digits-c, ImageFolder, CIFAR-10, file.py:fn).
+    - ``standard`` (natural photos): ImageFolder and file.py:fn datasets take a random resized crop of
+      35-100% of the area (aspect 3/4-4/3) and a horizontal flip half of the time; CIFAR-10 takes a
+      reflect-padded random crop (4 px at 32x32) and a horizontal flip; digits and digits-c take the
+      same as light, because a mirrored digit is a different digit or none at all.
+
+    ``augment`` is an :class:`~deepslim.config.Augment`, its string, or a bool (True: light, False: none).
+    """
+    policy = augment_policy(augment)
+    return policy if split == "train" else Augment.NONE
+
+
+def tensor_augment(split: str, augment: Augment | str | bool, *,
+                   standard: Callable[[torch.Tensor], torch.Tensor] = random_crop_flip
+                   ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The augmentation of an image tensor in [0, 1] for ``split`` (None: none); see :func:`split_augment`.
+    ``standard`` is the source's own standard policy (digits pass :func:`random_affine`)."""
+    policy = split_augment(split, augment)
+    if policy is Augment.NONE:
+        return None
+    return random_affine if policy is Augment.LIGHT else standard
+
+
 class TensorImages(Dataset):
     """Images in [0, 1] held in memory (N, C, h, w), prepared for one model per item."""
 
@@ -211,12 +281,14 @@ class FileSource:
         dims = tuple(range(images.dim()))
         mean = images.mean(dim=(0, *dims[2:])).tolist()
         std = images.std(dim=(0, *dims[2:])).clamp_min(1e-3).tolist()
-        return DatasetInfo(name, tuple(map(str, classes)), images.shape[1], tuple(mean), tuple(std),
-                           tuple(images.shape[-2:]))
+        h, w = images.shape[-2:]
+        return DatasetInfo(name, tuple(map(str, classes)), images.shape[1], tuple(mean), tuple(std), (h, w),
+                           split_policy=f"the train, val and test splits that {name} returns, as they are",
+                           preprocess=f"images at {h}x{w}: resized to the input size, no crop")
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
         return _Prepared(self._train if name == "train" else self._call(name), input_spec,
-                         random_affine if augment else None)
+                         tensor_augment(name, augment))
 
 
 class _Prepared(Dataset):

@@ -16,7 +16,9 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
-from deepslim.data import DatasetInfo, Split, TensorImages, random_affine, resize, stratified_split
+from deepslim.config import Augment
+from deepslim.data import (SPLIT_SEED, DatasetInfo, Split, TensorImages, random_affine, resize, stratified_split,
+                           tensor_augment)
 from deepslim.spec import InputSpec
 
 MEAN, STD = (0.3053,), (0.3760,)  # of load_digits().data / 16
@@ -84,12 +86,17 @@ class DigitsSource:
     def __init__(self, severity: int | None = None) -> None:
         self.severity = severity
         name = "digits" if severity is None else f"digits-c (severity {severity})"
-        self.info = DatasetInfo(name, tuple(str(i) for i in range(10)), 1, MEAN, STD, (8, 8))
+        size = (8, 8) if severity is None else CORRUPT_SIZE
+        self.info = DatasetInfo(
+            name, tuple(str(i) for i in range(10)), 1, MEAN, STD, (8, 8),
+            split_policy=f"scikit-learn's 1,797 digits split 60/20/20 into train/val/test (stratified, seed {SPLIT_SEED})",
+            preprocess=f"grey images at {size[0]}x{size[1]}: resized to the input size, no crop")
 
     def images(self) -> torch.Tensor:
         return _load()[0] if self.severity is None else _corrupted(self.severity)[0]
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
+        """``augment="standard"`` is the same as ``light`` here: a mirrored digit is not the same digit."""
         idx = torch.as_tensor(_split_indices()[name])
         images, labels = self.images()[idx], _load()[1][idx]
-        return TensorImages(images, labels, input_spec, random_affine if augment else None)
+        return TensorImages(images, labels, input_spec, tensor_augment(name, augment, standard=random_affine))

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from deepslim.data import DatasetInfo, Split, TensorImages, adapt_channels, normalize, stratified_split
+from deepslim.config import Augment
+from deepslim.data import (SPLIT_SEED, SPLITS, DatasetInfo, Split, TensorImages, adapt_channels, normalize,
+                           random_affine, split_augment, stratified_split, tensor_augment)
 from deepslim.errors import DatasetError
 from deepslim.spec import InputSpec
 
@@ -25,12 +27,21 @@ _CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
 # --- ImageFolder ------------------------------------------------------------------------------
 
-class ImageFolderSource:
-    """``root/class_x/img.png`` split 70/15/15, or ``root/train`` (+ ``val``/``test`` folders if present).
+SIZE_PROBES = 16  # images whose size decides the evaluation resize (evenly spaced, so deterministic)
 
-    With split folders, labels follow the train folder's class list in every split; a
-    missing val split is carved from train (10%, stratified) so the test split is never
-    used for model selection; a missing test split is the val folder.
+
+class ImageFolderSource:
+    """An ImageFolder tree; no split is ever used both to choose (val) and to report (test):
+
+    - ``root/class_x/img.png``: split 70/15/15 into train/val/test (stratified, seed 0);
+    - ``root/train`` only: split 80/10/10 the same way;
+    - ``root/train`` + ``root/val``: train as is, val split 50/50 (stratified, seed 0) into val and test;
+    - ``root/train`` + ``root/test``: test as is, 10% of train (stratified) carved out as val;
+    - ``root/train`` + ``val`` + ``test``: used as they are.
+
+    Labels follow the train folder's class list in every split. Evaluation images are resized
+    straight to the model's input when the dataset's images are at or below it, and resized then
+    centre-cropped only when they are larger (:meth:`eval_resize`).
     """
 
     def __init__(self, root: Path) -> None:
@@ -44,45 +55,113 @@ class ImageFolderSource:
             raise DatasetError(f"Cannot read dataset directory {root}: {str(exc).splitlines()[0]}") from exc
         first = self.folders.get("train", self.folders.get("all"))
         self.classes = list(first.classes)
-        self.info = DatasetInfo(str(root), tuple(self.classes), 3, IMAGENET_MEAN, IMAGENET_STD)
         for name, folder in self.folders.items():
             unknown = sorted(set(folder.classes) - set(self.classes))
             if unknown:
                 raise DatasetError(f"Dataset {root / name} has classes the train folder lacks: {', '.join(unknown)}.")
-        self.plan = self._plan(np.array(first.targets))
+        self.plan, split_policy = self._plan()
+        self.image_size = _typical_size(first.samples)
+        (h, w), short = self.image_size, min(self.image_size)
+        self.info = DatasetInfo(str(root), tuple(self.classes), 3, IMAGENET_MEAN, IMAGENET_STD, self.image_size,
+                                split_policy=split_policy,
+                                preprocess=f"images at {h}x{w}: resized straight to the input size when it is at "
+                                           f"least {short} px, else the shorter side resized to input/0.875 (at most "
+                                           f"{short}) and centre-cropped to the input size")
 
-    def _plan(self, targets: np.ndarray) -> dict[str, tuple[str, list[int] | None]]:
-        """For each split: which folder and which of its indices (None: all)."""
+    def _labels(self, folder: str) -> np.ndarray:
+        return np.array(self.folders[folder].targets)
+
+    def _plan(self) -> tuple[dict[str, tuple[str, list[int] | None]], str]:
+        """For each split: which folder and which of its indices (None: all); and that plan in one sentence."""
+        seed = f"stratified, seed {SPLIT_SEED}"
         if "all" in self.folders:
-            idx = stratified_split(targets, (0.7, 0.15, 0.15), name=str(self.root))
-            return {s: ("all", idx[s].tolist()) for s in ("train", "val", "test")}
-        plan: dict[str, tuple[str, list[int] | None]] = {"train": ("train", None)}
-        if "val" not in self.folders:
-            idx = stratified_split(targets, (0.9, 0.1, 0.0), name=str(self.root / "train"))
-            plan["train"], plan["val"] = ("train", idx["train"].tolist()), ("train", idx["val"].tolist())
-        else:
-            plan["val"] = ("val", None)
-        plan["test"] = ("test", None) if "test" in self.folders else ("val", None)
-        if plan["test"][0] not in self.folders:
-            raise DatasetError(f"Dataset {self.root} has a train folder but neither val nor test.")
-        return plan
+            idx = stratified_split(self._labels("all"), (0.7, 0.15, 0.15), name=str(self.root))
+            return ({s: ("all", idx[s].tolist()) for s in SPLITS},
+                    f"the class folders split 70/15/15 into train/val/test ({seed})")
+        has_val, has_test = "val" in self.folders, "test" in self.folders
+        if has_val and has_test:
+            return {s: (s, None) for s in SPLITS}, "train/, val/ and test/ as they are"
+        if has_val:
+            val, test = _halves(self._labels("val"), str(self.root / "val"))
+            return ({"train": ("train", None), "val": ("val", val), "test": ("val", test)},
+                    f"val/ split 50/50 ({seed}) into val and test; train/ as is")
+        if has_test:
+            idx = stratified_split(self._labels("train"), (0.9, 0.1, 0.0), name=str(self.root / "train"))
+            return ({"train": ("train", idx["train"].tolist()), "val": ("train", idx["val"].tolist()),
+                     "test": ("test", None)}, f"10% of train/ ({seed}) held out as val; test/ as is")
+        idx = stratified_split(self._labels("train"), (0.8, 0.1, 0.1), name=str(self.root / "train"))
+        return ({s: ("train", idx[s].tolist()) for s in SPLITS},
+                f"train/ split 80/10/10 into train/val/test ({seed}); no val/ or test/ folder")
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
+    def eval_resize(self, input_spec: InputSpec) -> int | None:
+        """The shorter side evaluation images are resized to before a centre crop to the input size, or None
+        for a straight resize to the input size (images at or below the model's input, so nothing is lost)."""
+        image_short, input_short = min(self.image_size), min(input_spec.size)
+        if image_short <= input_short:
+            return None
+        return min(int(round(input_short / 0.875)), image_short)
+
+    def describe_preprocess(self, input_spec: InputSpec) -> str:
+        """The evaluation preprocessing for this model's input, in one phrase."""
+        (h, w), (ih, iw) = self.image_size, input_spec.size
+        short = self.eval_resize(input_spec)
+        if short is None:
+            return f"images at {h}x{w}: resized to the input size {ih}x{iw}, no crop"
+        return f"images at {h}x{w}: shorter side resized to {short} then centre-cropped to {ih}x{iw}"
+
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
         folder_name, idx = self.plan[name]
         folder = self.folders[folder_name]
-        ds = _FolderImages(folder, input_spec, augment, [self.classes.index(c) for c in folder.classes])
+        transform = _folder_transform(input_spec, self.eval_resize(input_spec), split_augment(name, augment))
+        ds = _FolderImages(folder, input_spec, transform, [self.classes.index(c) for c in folder.classes])
         return Subset(ds, idx) if idx is not None else ds
 
 
+def _halves(labels: np.ndarray, name: str) -> tuple[list[int], list[int]]:
+    from sklearn.model_selection import train_test_split
+    try:
+        first, second = train_test_split(np.arange(len(labels)), test_size=0.5, stratify=labels,
+                                         random_state=SPLIT_SEED)
+    except ValueError as exc:
+        raise DatasetError(f"Dataset {name} has too few images per class ({len(labels)} in all) to split them 50/50 "
+                           "into val and test; give every class at least 2 images there, or add a test/ folder.") from exc
+    return np.sort(first).tolist(), np.sort(second).tolist()
+
+
+def _typical_size(samples: list[tuple[str, int]]) -> tuple[int, int]:
+    """The median (height, width) of up to SIZE_PROBES evenly spaced images (headers only)."""
+    from PIL import Image
+    picks = np.unique(np.linspace(0, len(samples) - 1, min(SIZE_PROBES, len(samples))).round().astype(int))
+    sizes = []
+    for i in picks:
+        path = samples[int(i)][0]
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size[::-1])
+        except OSError as exc:
+            raise DatasetError(f"Cannot read image {path}: {exc}") from exc
+    h, w = np.median(np.array(sizes), axis=0)
+    return int(h), int(w)
+
+
+def _folder_transform(spec: InputSpec, eval_short: int | None, policy: Augment):
+    from torchvision.transforms import v2
+    h, w = spec.size
+    if policy is Augment.STANDARD:
+        steps = [v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    elif eval_short is None:
+        steps = [v2.Resize((h, w), antialias=True)]
+    else:
+        steps = [v2.Resize(eval_short, antialias=True), v2.CenterCrop((h, w))]
+    steps = [v2.ToImage(), *steps, v2.ToDtype(torch.float32, scale=True)]
+    if policy is Augment.LIGHT:
+        steps.append(v2.Lambda(random_affine))
+    return v2.Compose(steps)
+
+
 class _FolderImages(Dataset):
-    def __init__(self, folder, spec: InputSpec, augment: bool, label_map: list[int]) -> None:
-        from torchvision.transforms import v2
-        self.folder, self.spec, self.label_map = folder, spec, label_map
-        h, w = spec.size
-        crop = [v2.RandomResizedCrop((h, w), scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        center = [v2.Resize(int(round(min(h, w) / 0.875)), antialias=True), v2.CenterCrop((h, w))]
-        self.transform = v2.Compose([v2.ToImage(), *(crop if augment else center),
-                                     v2.ToDtype(torch.float32, scale=True)])
+    def __init__(self, folder, spec: InputSpec, transform, label_map: list[int]) -> None:
+        self.folder, self.spec, self.transform, self.label_map = folder, spec, transform, label_map
 
     def __len__(self) -> int:
         return len(self.folder)
@@ -135,7 +214,11 @@ class Cifar10Source:
         meta = self.root / "batches.meta"
         names = [n.decode() if isinstance(n, bytes) else n for n in _read_batch(meta)["label_names"]] \
             if meta.is_file() else [str(i) for i in range(10)]
-        self.info = DatasetInfo(f"cifar10:{self.root}", tuple(names), 3, CIFAR_MEAN, CIFAR_STD, (32, 32))
+        self.info = DatasetInfo(
+            f"cifar10:{self.root}", tuple(names), 3, CIFAR_MEAN, CIFAR_STD, (32, 32),
+            split_policy=f"data_batch_1-5 minus 10% (stratified, seed {SPLIT_SEED}) held out as val is train; "
+                         "test_batch is test",
+            preprocess="images at 32x32: resized to the input size, no crop")
 
     def _arrays(self, files: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         found = [self.root / f for f in files if (self.root / f).is_file()]
@@ -147,14 +230,14 @@ class Cifar10Source:
         images = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
         return images, torch.from_numpy(labels)
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: bool = False) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
         if name == "test":
             images, labels = self._arrays(["test_batch"])
         else:
             images, labels = self._arrays(_CIFAR_TRAIN)
             keep = torch.as_tensor(stratified_split(labels.numpy(), (0.9, 0.1, 0.0), name=str(self.root))[name])
             images, labels = images[keep], labels[keep]
-        return TensorImages(images, labels, input_spec, _cifar_augment if augment else None)
+        return TensorImages(images, labels, input_spec, tensor_augment(name, augment, standard=_cifar_augment))
 
 
 def _cifar_augment(image: torch.Tensor) -> torch.Tensor:

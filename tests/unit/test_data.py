@@ -79,11 +79,14 @@ def test_image_folder_with_split_folders(tmp_path):
     for split in ("train", "val"):
         for cls in ("a", "b", "c"):
             (tmp_path / split / cls).mkdir(parents=True)
-            Image.new("L", (9, 9), 128).save(tmp_path / split / cls / "x.png")
+            for i in range(2):
+                Image.new("L", (9, 9), 128).save(tmp_path / split / cls / f"{i}.png")
     src = open_dataset(str(tmp_path))
     assert src.info.num_classes == 3
-    assert len(src.split("train", GRAY8)) == 3
-    assert len(src.split("test", GRAY8)) == 3  # falls back to val
+    assert len(src.split("train", GRAY8)) == 6
+    val, test = src.split("val", GRAY8), src.split("test", GRAY8)  # val/ split 50/50, one image per class each
+    assert len(val) == len(test) == 3 and not set(val.indices) & set(test.indices)
+    assert sorted(_labels(test)) == [0, 1, 2] and "val/ split 50/50" in src.info.split_policy
     assert src.split("test", GRAY8)[0][0].shape == (1, 8, 8)
 
 
