@@ -6,10 +6,13 @@ import base64
 import html
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from benchmarks.bench import BenchReport, Entry
 from deepslim.fileio import atomic_path
+from deepslim.units import format_count, format_size, format_speedup
 
 PLOTS = ("accuracy_vs_latency.png", "latency_per_batch.png", "size.png")
 
@@ -37,18 +40,59 @@ def _fmt(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
+def title_line(report: BenchReport | Mapping[str, Any]) -> str:
+    """What the accuracy figures are about, for the title of every table and report of a bench run:
+    "accuracy on digits, test split (all 360 images)", "... (a seeded subset of 100 images)", or
+    "latency only; accuracy not measured". Takes the report or its ``report.json`` (a kept report prints
+    like a fresh one)."""
+    config, entries = _config_entries(report)
+    dataset = config.get("dataset")
+    if dataset is None:
+        return "latency only; accuracy not measured"
+    counts = {e["accuracy"].get("samples") for e in entries if e["accuracy"].get("samples") is not None}
+    count, limit = (counts.pop() if len(counts) == 1 else None), config.get("limit")
+    if limit is None:
+        images = f"all {count} images" if count is not None else "all images"
+    elif count is not None and count < limit:  # the split is smaller than the limit: all of it was scored
+        images = f"all {count} images"
+    else:
+        images = f"a seeded subset of {count if count is not None else f'at most {limit}'} images"
+    return f"accuracy on {dataset}, {config.get('split', 'test')} split ({images})"
 
 
-def _latency_cell(entry: Entry, batch: int, compact: bool) -> str:
+def _config_entries(report: BenchReport | Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
+    if isinstance(report, BenchReport):
+        return report.config, [{"accuracy": e.accuracy} for e in report.entries]
+    return report["config"], report["entries"]
+
+
+def speed_cell(speedup: float | None, *, within_noise: bool | None = None, baseline: bool = False) -> str:
+    """One speedup (baseline p50 / this p50) in words; "baseline" for the row the others are measured against,
+    " ~" appended when it is inside the baseline's spread."""
+    if baseline:
+        return "baseline"
+    if speedup is None:
+        return "-"
+    return format_speedup(speedup) + (" ~" if within_noise and speedup != 1.0 else "")
+
+
+def _latency_cells(entry: Entry, batch: int, compact: bool, first: bool, first_on_backend: bool) -> list[str]:
     s = entry.latency[batch]
-    ratio = f"{s.speedup:.2f}x" + ("~" if s.within_noise and s.speedup != 1.0 else "")
-    spread = "" if compact else f" ({s.spread_ms[0]:.3f}-{s.spread_ms[1]:.3f})"
+    p50 = f"{s.p50_ms:.3f}" + ("" if compact else f" ({s.spread_ms[0]:.3f}-{s.spread_ms[1]:.3f})")
+    speed = speed_cell(s.speedup, within_noise=s.within_noise, baseline=first)
     same = s.speedup_same_backend
-    if not compact and same is not None and abs(same - s.speedup) > 1e-9:
-        ratio += f" / {same:.2f}x on {entry.backend}"
-    return f"{s.p50_ms:.3f}{spread} {ratio}"
+    differs = same is not None and (first_on_backend or abs(same - (s.speedup or 0)) > 1e-9)
+    if not compact and not first and differs:
+        speed += f" / {speed_cell(same, baseline=first_on_backend)} on {entry.backend}"
+    return [p50, speed]
+
+
+def _firsts_on_backend(entries: list[Entry]) -> set[int]:
+    """Indices of the first entry on each backend (the key of ``benchmarks.bench.add_backend_speedups``)."""
+    seen: dict[str, int] = {}
+    for i, e in enumerate(entries):
+        seen.setdefault(e.backend + str(bool(e.runner.get("compile"))), i)
+    return set(seen.values())
 
 
 def short_path(path: str) -> str:
@@ -61,18 +105,22 @@ def short_path(path: str) -> str:
 
 
 def summary_rows(report: BenchReport, *, compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The headline table shared by the terminal (compact), Markdown and HTML views."""
+    """The headline table shared by the terminal (compact), Markdown and HTML views.
+
+    Each batch has a p50 column and a speed column: baseline p50 / this p50 in words ("2.00× faster",
+    "1.50× slower"), against the first artifact (and, in the full view, the first on the same backend)."""
     batches = report.config["batches"]
-    latency_head = "b{} p50 ms" if compact else "b{} p50 ms (spread), speedup vs the first / vs the first on that backend"
+    p50_head = "b{} p50 ms" if compact else "b{} p50 ms (spread)"
+    speed_head = "b{} speed vs the first" if compact else "b{} speed vs the first / vs the first on that backend"
     head = ["artifact", "backend", "prec.", "input", "top-1", "agree", "size", "MACs",
-            *[latency_head.format(b) for b in batches]]
+            *[h.format(b) for b in batches for h in (p50_head, speed_head)]]
     rows = []
-    for e in report.entries:
-        macs = f"{e.macs / 1e6:.1f}M" if e.macs else "-"
-        backend = e.backend + (" compiled" if e.runner.get("compile") else "")
-        rows.append([short_path(e.artifact), backend, e.precision, "x".join(map(str, e.input_shape[1:])),
-                     _fmt(e.accuracy.get("top1"), 3), _fmt(e.accuracy.get("agreement"), 3), _mib(e.size_bytes), macs,
-                     *[_latency_cell(e, b, compact) for b in batches]])
+    firsts = _firsts_on_backend(report.entries)
+    for i, e in enumerate(report.entries):
+        macs = format_count(e.macs) if e.macs else "-"
+        rows.append([short_path(e.artifact), _backend(e), e.precision, "x".join(map(str, e.input_shape[1:])),
+                     _fmt(e.accuracy.get("top1"), 3), _fmt(e.accuracy.get("agreement"), 3), format_size(e.size_bytes),
+                     macs, *[c for b in batches for c in _latency_cells(e, b, compact, i == 0, i in firsts)]])
     return head, rows
 
 
@@ -87,7 +135,8 @@ def _env_lines(report: BenchReport) -> list[str]:
 
 def to_markdown(report: BenchReport) -> str:
     head, rows = summary_rows(report)
-    lines = ["# deepslim bench report", "", f"Created {report.created}.", ""]
+    lines = ["# deepslim bench report", "", f"**{_capital(title_line(report))}.**", "",
+             f"Created {report.created}.", ""]
     lines += [f"- {line}" for line in _env_lines(report)] + [""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -96,23 +145,27 @@ def to_markdown(report: BenchReport) -> str:
     for e in report.entries:
         lines.append(f"| {Path(e.artifact).name} | {e.backend} | " +
                      " | ".join(_fmt(e.accuracy.get(m)) for m in _metric_names(report)) + " |")
-    lines += ["", "## Latency (ms)", "", "Speedup is against the first artifact (the original on its first backend); "
-              "same backend, against the first artifact on that backend.", "",
+    lines += ["", "## Latency (ms)", "", f"{SPEED_NOTE}.", "",
               "| artifact | backend | batch | p50 | p90 | p99 | mean | std | items/s | "
-              "speedup | same backend |", "|" + "---|" * 11]
-    for e in report.entries:
+              "vs the first | vs the first on that backend |", "|" + "---|" * 11]
+    firsts = _firsts_on_backend(report.entries)
+    for i, e in enumerate(report.entries):
         for b, s in e.latency.items():
             lines.append(f"| {Path(e.artifact).name} | {e.backend} | {b} | {s.p50_ms:.3f} | {s.p90_ms:.3f} | "
                          f"{s.p99_ms:.3f} | {s.mean_ms:.3f} | {s.std_ms:.3f} | {s.throughput:.1f} | "
-                         f"{s.speedup:.2f}x{'~' if s.within_noise and s.speedup != 1.0 else ''} | "
-                         f"{_fmt_ratio(s.speedup_same_backend)} |")
+                         f"{speed_cell(s.speedup, within_noise=s.within_noise, baseline=i == 0)} | "
+                         f"{speed_cell(s.speedup_same_backend, baseline=i in firsts)} |")
     notes = report.notes + [f"{Path(e.artifact).name} [{e.backend}]: {n}" for e in report.entries for n in e.notes]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
 
 
-def _fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+SPEED_NOTE = ("Speed is the baseline's p50 / this artifact's p50, measured in this run: against the first artifact "
+              "(the original on its first backend), and against the first artifact on the same backend")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _metric_names(report: BenchReport) -> list[str]:
@@ -134,47 +187,97 @@ def to_html(report: BenchReport, images: dict[str, bytes]) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}th{background:#f3f3f3}"
              "figure{display:inline-block;margin:1em}img{max-width:560px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>deepslim bench report</title>"
-            f"<style>{style}</style></head><body><h1>deepslim bench report</h1><p>Created {report.created}.</p>"
-            f"<ul>{env}</ul>{table}<div>{pictures}</div><h2>Notes</h2><ul>"
+            f"<style>{style}</style></head><body><h1>deepslim bench report</h1>"
+            f"<p><strong>{html.escape(_capital(title_line(report)))}.</strong></p><p>Created {report.created}.</p>"
+            f"<ul>{env}</ul>{table}<p>{html.escape(SPEED_NOTE)}.</p><div>{pictures}</div><h2>Notes</h2><ul>"
             + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul></body></html>")
 
 
-def _plots(report: BenchReport) -> dict[str, bytes]:
-    from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend switch
-    labels = [e.label for e in report.entries]
-    batches = report.config["batches"]
-    out = {}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # 7 markers x 20 colours: 140 distinct pairs in a row
+
+
+def plot_styles(count: int) -> list[tuple[tuple[float, float, float, float], str]]:
+    """A (colour, marker) pair for each of ``count`` series, all different for up to 140 series.
+
+    matplotlib's default colour cycle repeats after 10; tab20 has 20 colours (its darker ten first,
+    so short lists get the clearly distinct ones) and the marker cycles independently."""
+    from matplotlib import colormaps
+    tab20 = colormaps["tab20"].colors
+    colours = [*tab20[0::2], *tab20[1::2]]
+    return [((*colours[i % len(colours)], 1.0), MARKERS[i % len(MARKERS)]) for i in range(count)]
+
+
+def plot_labels(entries: list[Entry]) -> list[str]:
+    """Each entry's label (file name [backend]); where two share one (every stage of a run directory holds a
+    model.safetensors), their paths relative to the working directory instead."""
+    labels = [e.label for e in entries]
+    return [f"{short_path(e.artifact)} [{_backend(e)}]" if labels.count(e.label) > 1 else e.label for e in entries]
+
+
+def _backend(entry: Entry) -> str:
+    return entry.backend + (" compiled" if entry.runner.get("compile") else "")
+
+
+def figures(report: BenchReport) -> dict[str, Any]:
+    """The report's plots as matplotlib Figures (the object API: no pyplot state, no global backend switch)."""
+    styles = plot_styles(len(report.entries))
+    return {"accuracy_vs_latency.png": _accuracy_figure(report, styles),
+            "latency_per_batch.png": _batch_figure(report, styles), "size.png": _size_figure(report, styles)}
+
+
+def _accuracy_figure(report: BenchReport, styles):
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    first = batches[0]
+    first = report.config["batches"][0]
     points = [(e.latency[first].p50_ms, e.accuracy.get("top1")) for e in report.entries]
-    for (lat, acc), label in zip(points, labels):
+    for (lat, acc), label, (colour, marker) in zip(points, plot_labels(report.entries), styles):
         if acc is not None:
-            ax.scatter(lat, acc, label=label)
+            ax.scatter(lat, acc, label=label, color=colour, marker=marker)
     front = sorted(points[i] for i in pareto_front(points))
     if front:
         ax.plot(*zip(*front), "o--", color="black", markerfacecolor="none", markersize=12, linewidth=1,
                 label="Pareto front")
-    ax.set(xlabel=f"p50 latency at batch {first} (ms)", ylabel="top-1", title="accuracy vs latency")
+    ax.set(xlabel=f"p50 latency at batch {first} (ms; lower is faster)", ylabel="top-1")
+    ax.set_title(f"accuracy vs latency\n{title_line(report)}", fontsize=10)
     if any(acc is not None for _, acc in points):
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "accuracy not measured", ha="center", va="center", transform=ax.transAxes)
-    out["accuracy_vs_latency.png"] = _png(fig)
+    return fig
+
+
+def _batch_figure(report: BenchReport, styles):
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    for e, label in zip(report.entries, labels):
-        ax.plot(batches, [e.latency[b].p50_ms / b for b in batches], marker="o", label=label)
-    ax.set(xlabel="batch size", ylabel="p50 ms per item", title="latency per item by batch size", xscale="log")
+    batches = report.config["batches"]
+    for e, label, (colour, marker) in zip(report.entries, plot_labels(report.entries), styles):
+        ax.plot(batches, [e.latency[b].p50_ms / b for b in batches], color=colour, marker=marker, label=label)
+    ax.set(xlabel="batch size", ylabel="p50 ms per item (lower is faster)", title="latency per item by batch size",
+           xscale="log")
     ax.legend(fontsize=7)
-    out["latency_per_batch.png"] = _png(fig)
+    return fig
+
+
+def _size_figure(report: BenchReport, styles):
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    ax.barh(labels, [e.size_bytes / 2**20 for e in report.entries])
-    ax.set(xlabel="MiB on disk", title="artifact size")
+    sizes = [e.size_bytes for e in report.entries]
+    unit, scale = ("MiB", 2**20) if max(sizes, default=0) >= 2**20 else ("KiB", 2**10)
+    bars = ax.barh(range(len(sizes)), [s / scale for s in sizes], color=[c for c, _ in styles])
+    ax.set_yticks(range(len(sizes)), plot_labels(report.entries))
+    ax.invert_yaxis()  # the first artifact on top, as in the tables
+    ax.bar_label(bars, labels=[format_size(s) for s in sizes], fontsize=7, padding=2)
+    ax.margins(x=0.15)  # room for the labels
+    ax.set(xlabel=f"{unit} on disk", title="artifact size")
     fig.tight_layout()
-    out["size.png"] = _png(fig)
-    return out
+    return fig
+
+
+def _plots(report: BenchReport) -> dict[str, bytes]:
+    return {name: _png(fig) for name, fig in figures(report).items()}
 
 
 def pareto_front(points: list[tuple[float, float | None]]) -> list[int]:

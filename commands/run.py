@@ -73,19 +73,24 @@ def print_report(report: dict) -> None:
     """The bench report's headline (from report.json, so a kept report prints like a fresh one)."""
     from rich.console import Console
     from rich.table import Table
-    from benchmarks.report import short_path
+    from benchmarks.report import short_path, speed_cell, title_line
+    from deepslim.units import format_size
     batches = report["config"]["batches"]
-    table = Table(title="bench (speedup: vs the first row / vs the first row on the same backend)")
-    for col in ("artifact", "backend", "prec.", "input", "top-1", "size MiB",
-                *[f"b{b} p50 ms" for b in batches], *[f"b{b} speedup" for b in batches]):
+    table = Table(title=f"bench: {title_line(report)} (speed = baseline p50 / this p50: vs the first row / vs the "
+                  "first row on the same backend)")
+    for col in ("artifact", "backend", "prec.", "input", "top-1", "size",
+                *[f"b{b} p50 ms" for b in batches], *[f"b{b} speed" for b in batches]):
         table.add_column(col, justify="left" if col in ("artifact", "backend") else "right", overflow="fold")
-    for e in report["entries"]:
+    firsts: dict[str, int] = {}
+    for i, e in enumerate(report["entries"]):
+        first_on_backend = firsts.setdefault(e["backend"] + str(bool(e.get("runner", {}).get("compile"))), i) == i
         top1 = e["accuracy"].get("top1")
         lat = [e["latency"][str(b)] for b in batches]
         table.add_row(short_path(e["artifact"]), e["backend"], e["precision"], "x".join(map(str, e["input_shape"][1:])),
-                      f"{top1:.3f}" if top1 is not None else "-", f"{e['size_bytes'] / 2**20:.1f}",
+                      f"{top1:.3f}" if top1 is not None else "-", format_size(e["size_bytes"]),
                       *[f"{s['p50_ms']:.3f}" for s in lat],
-                      *[f"{s['speedup']:.2f}x / {s['speedup_same_backend']:.2f}x" for s in lat])
+                      *[f"{speed_cell(s['speedup'], within_noise=s.get('within_noise'), baseline=i == 0)} / "
+                        f"{speed_cell(s['speedup_same_backend'], baseline=first_on_backend)}" for s in lat])
     console = Console()
     console = console if console.is_terminal else Console(width=160)
     console.print(table)

@@ -23,11 +23,29 @@ from deepslim.fileio import atomic_path
 from deepslim.models import ModelBundle
 
 
+class ValTop1(float):
+    """The base val top-1 of a sensitivity analysis, with the val images it was measured on
+    (``images`` of ``total``: the analysis evaluates a seeded subset of the val split)."""
+
+    images: int
+    total: int
+
+    def __new__(cls, value: float, images: int, total: int) -> ValTop1:
+        top1 = super().__new__(cls, value)
+        top1.images, top1.total = images, total
+        return top1
+
+    def describe(self) -> str:
+        """The figure in words: "val top-1 on 300 of 360 val images" ("on all 120 ..." when nothing was left out)."""
+        on = f"all {self.total}" if self.images == self.total else f"{self.images} of {self.total}"
+        return f"val top-1 on {on} val images"
+
+
 @dataclass
 class LayerSensitivity:
     layer: str
     channels: int
-    drops: dict[float, float]   # ratio -> top-1 drop in points on the val subset
+    drops: dict[float, float]   # ratio -> top-1 drop in points on the val subset (ValTop1.images of them)
 
     def to_json(self) -> dict:
         return {**asdict(self), "drops": {str(k): v for k, v in self.drops.items()}}
@@ -47,13 +65,16 @@ def prunable_roots(bundle: ModelBundle, cfg: PruneConfig) -> list[str]:
 
 
 def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
-            limit: int = 300, tick=None) -> tuple[float, list[LayerSensitivity]]:
-    """Base val top-1 and, per prunable layer, the drop when only that layer is pruned at each ratio."""
+            limit: int = 300, tick=None) -> tuple[ValTop1, list[LayerSensitivity]]:
+    """Base val top-1 and, per prunable layer, the drop when only that layer is pruned at each ratio.
+
+    Both are measured on a seeded subset of at most ``limit`` val images; the base says how many."""
     source = open_dataset(dataset)
     check_compatible(bundle, source.info.num_classes, dataset)
-    val = subset(source.split("val", bundle.input_spec), limit)
+    whole = source.split("val", bundle.input_spec)
+    val = subset(whole, limit)
     train = source.split("train", bundle.input_spec)
-    base = _top1(bundle.model, val)
+    base = ValTop1(_top1(bundle.model, val), len(val), len(whole))
     ignored = ignored_layers(bundle, cfg.ignore)
     rows = []
     for name in prunable_roots(bundle, cfg):
@@ -96,22 +117,28 @@ def allocate(rows: list[LayerSensitivity], *, reference_ratio: float = 0.5) -> d
 def write_sensitivity(base: float, rows: list[LayerSensitivity], directory: str | Path) -> dict[str, Path]:
     """``sensitivity.json``, ``sensitivity.md`` and ``sensitivity.png`` (drop vs ratio per layer)."""
     from matplotlib.figure import Figure
+    from benchmarks.report import plot_styles
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     ratios = sorted({k for r in rows for k in r.drops})
-    md = [f"Val top-1 of the unpruned model: {base:.4f}. Drop in points when only that layer is pruned:", "",
+    on = base.describe() if isinstance(base, ValTop1) else "val top-1"
+    md = [f"Unpruned model: {on}: {base:.4f}. Drop in points of the same figure when only that layer is pruned:",
+          "",
           "| layer | channels | " + " | ".join(f"ratio {r}" for r in ratios) + " |", "|" + "---|" * (2 + len(ratios))]
     md += [f"| {r.layer} | {r.channels} | " + " | ".join(f"{r.drops[k]:.2f}" for k in ratios) + " |" for r in rows]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    for r in rows:
-        ax.plot(ratios, [r.drops[k] for k in ratios], marker="o", linewidth=1, label=r.layer)
-    ax.set(xlabel="pruning ratio of the layer alone", ylabel="top-1 drop (points)", title="pruning sensitivity")
+    for r, (colour, marker) in zip(rows, plot_styles(len(rows))):  # one look per layer, past 10 layers too
+        ax.plot(ratios, [r.drops[k] for k in ratios], color=colour, marker=marker, linewidth=1, label=r.layer)
+    ax.set(xlabel="pruning ratio of the layer alone", ylabel="top-1 drop (points)",
+           title=f"pruning sensitivity ({on})")
     if len(rows) <= 24:
         ax.legend(fontsize=6, ncol=2)
     paths = {"json": out / "sensitivity.json", "md": out / "sensitivity.md", "png": out / "sensitivity.png"}
     with atomic_path(paths["json"]) as tmp:
-        tmp.write_text(json.dumps({"base_top1": base, "layers": [r.to_json() for r in rows]}, indent=2))
+        tmp.write_text(json.dumps({"base_top1": float(base), "val_images": getattr(base, "images", None),
+                                   "val_total": getattr(base, "total", None), "layers": [r.to_json() for r in rows]},
+                                  indent=2))
     with atomic_path(paths["md"]) as tmp:
         tmp.write_text("\n".join(md) + "\n")
     with atomic_path(paths["png"]) as tmp:

@@ -81,13 +81,16 @@ def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size
 def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
     """File stems for the exports, one per source file (by resolved path): the stems; where two sources share
     one, the parent folder's name and the stem (a run directory's stages all hold a model.safetensors); where
-    those still repeat, a short hash of the resolved path too (runs/a/02-prune and runs/b/02-prune)."""
+    those still repeat, a short hash of the resolved path too (runs/a/02-prune and runs/b/02-prune).
+    A part that is empty (the folder name of a file at the filesystem root) is left out and leading dashes are
+    dropped, so no name starts with "-" (which a shell would read as an option)."""
     resolved = {p: Path(p).resolve() for p in artifacts}
     sources = list(dict.fromkeys(resolved.values()))
 
     def named(path: Path, level: int) -> str:
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-        return [path.stem, f"{path.parent.name}-{path.stem}", f"{path.parent.name}-{path.stem}-{digest}"][level]
+        parts = [[path.stem], [path.parent.name, path.stem], [path.parent.name, path.stem, digest]][level]
+        return "-".join(part for part in parts if part).lstrip("-") or "model"
 
     level = next(n for n in range(3) if n == 2 or len({named(r, n) for r in sources}) == len(sources))
     return {p: named(resolved[p], level) for p in artifacts}
