@@ -220,9 +220,10 @@ def parse_batches(text: str) -> tuple[int, ...]:
 def print_bench(result) -> None:
     from rich.console import Console
     from rich.table import Table
-    from benchmarks.report import summary_rows
+    from benchmarks.report import summary_rows, title_line
     head, rows = summary_rows(result, compact=True)
-    table = Table(title="deepslim bench (p50 = median of round medians; ~ = inside the noise)")
+    table = Table(title=f"deepslim bench: {title_line(result)} (p50 = median of round medians; "
+                  "speed = baseline p50 / this p50; ~ = inside the noise)")
     for col in head:
         table.add_column(col, justify="left" if col in ("artifact", "backend") else "right", overflow="fold")
     for row in rows:

@@ -122,7 +122,7 @@ def _sensitivity(bundle, cfg, dataset: str, report: Path, allocation, console):
     with console.status("pruning sensitivity") as status:
         base, rows = analyze(bundle, dataset, cfg, tick=lambda text: status.update(text))
     paths = write_sensitivity(base, rows, report)
-    console.print(f"sensitivity: {paths['md']} and {paths['png']}", highlight=False)
+    console.print(f"sensitivity ({base.describe()}: {base:.4f}): {paths['md']} and {paths['png']}", highlight=False)
     if allocation is Allocation.SENSITIVITY and (cfg.ratio or cfg.speedup):
         weights = allocate(rows)
         layer_ratios = {k: min(w * cfg.ratio, cfg.max_layer_ratio) for k, w in weights.items()} if cfg.ratio \
@@ -138,10 +138,11 @@ def print_prune(bundle, out: Path) -> None:
     table = Table(title=f"pruned: {out} ({bundle.lineage[-1].seconds:.1f} s); {data_line(bundle.lineage[-1])}")
     for col in ("", "before", "after", "change"):
         table.add_column(col, justify="right")
-    table.add_row("MACs", f"{m['macs_before'] / 1e6:.1f}M", f"{m['macs_after'] / 1e6:.1f}M",
-                  f"{m['mac_reduction']:.2f}x fewer")
-    table.add_row("params", f"{m['params_before'] / 1e6:.2f}M", f"{m['params_after'] / 1e6:.2f}M",
-                  f"{m['params_before'] / m['params_after']:.2f}x fewer")
+    from deepslim.units import format_count
+    table.add_row("MACs", format_count(m["macs_before"]), format_count(m["macs_after"]),
+                  f"{m['mac_reduction']:.2f}× fewer")
+    table.add_row("params", format_count(m["params_before"]), format_count(m["params_after"]),
+                  f"{m['params_before'] / m['params_after']:.2f}× fewer")
     if "test" in m:
         b, a = m["test_before"]["top1"], m["test"]["top1"]
         table.add_row("test top-1", f"{b:.4f}", f"{a:.4f}", f"{100 * (a - b):+.2f} pt")
