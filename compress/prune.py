@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 
 from compress.options import Importance, Recover
+from compress.prune_plan import Structure, analyse, global_plan, refine, uniform_plan
+from compress.prune_plan import ratio_dict as ratio_dict_for
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
@@ -119,20 +122,42 @@ def ignored_layers(bundle: ModelBundle, names: tuple[str, ...]) -> dict[str, str
 
 
 def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
-                layer_ratios: dict[str, float] | None = None):
+                layer_ratios: dict[str, float] | None = None, planned: tuple[Structure, dict[str, int]] | None = None):
+    """torch-pruning's MetaPruner set to leave exactly the per-group plan (computed here when not given).
+
+    Every group gets its own ratio (``pruning_ratio_dict``), rounding and cap already applied, so
+    torch-pruning's own rounding (which rounds kept channels down, past the cap or to nothing) is off."""
     import torch_pruning as tp
     modules = dict(model.named_modules())
     heads = attention_heads(model)
-    # torch-pruning 1.6 applies max_pruning_ratio to per-layer ratios only, so the cap is applied here too
-    cap = cfg.max_layer_ratio
-    ratio = min(ratio, cap)
-    ratio_dict = {modules[n]: min(r, cap) for n, r in (layer_ratios or {}).items() if n in modules} or None
+    s, kept = planned or _plan_for(model, example, cfg, ratio, ignored, layer_ratios)
+    ratio_dict = {modules[n]: r for n, r in ratio_dict_for(kept, s).items() if n in modules}
+    ratio = min(ratio, cfg.max_layer_ratio)  # what attention heads lose
     return tp.pruner.MetaPruner(
-        model, example, importance=_importance(cfg.importance), global_pruning=cfg.global_pruning,
-        pruning_ratio=ratio, pruning_ratio_dict=ratio_dict, max_pruning_ratio=cfg.max_layer_ratio,
+        model, example, importance=_importance(cfg.importance), global_pruning=False,
+        pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, max_pruning_ratio=cfg.max_layer_ratio,
         iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
-        round_to=cfg.round_to, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
+        round_to=None, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
         head_pruning_ratio=ratio if heads else 0.0)
+
+
+def structure(model: nn.Module, spec_shape: tuple[int, ...], cfg: PruneConfig, ignored: dict[str, str], *,
+              count: bool = True) -> Structure:
+    """The model's torch-pruning groups under ``cfg``'s rounding and cap, with its per-layer MACs model."""
+    importance = _importance(_structure_only(cfg).importance) if cfg.global_pruning else None
+    return analyse(model, torch.zeros(1, *spec_shape), ignored=ignored, round_to=cfg.round_to,
+                   max_ratio=cfg.max_layer_ratio, heads=attention_heads(model), importance=importance, count=count)
+
+
+def plan_at(s: Structure, cfg: PruneConfig, ratio: float, layer_ratios: dict[str, float] | None) -> dict[str, int]:
+    """Kept units per group at ``ratio``: the same ratio everywhere, or torch-pruning's global ranking."""
+    fn = global_plan if cfg.global_pruning else uniform_plan
+    return fn(s, ratio, cfg.max_layer_ratio, layer_ratios)
+
+
+def _plan_for(model, example, cfg, ratio, ignored, layer_ratios) -> tuple[Structure, dict[str, int]]:
+    s = structure(model, tuple(example.shape[1:]), cfg, ignored, count=False)
+    return s, plan_at(s, cfg, ratio, layer_ratios)
 
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
@@ -171,11 +196,12 @@ def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
 
 
 def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
-               layer_ratios: dict[str, float] | None = None) -> int:
-    """MACs of a copy pruned at ``ratio`` (all iterative steps at once; the structure is what counts)."""
+               layer_ratios: dict[str, float] | None = None,
+               planned: tuple[Structure, dict[str, int]] | None = None) -> int:
+    """MACs of a copy really pruned at ``ratio`` or to ``planned`` (all iterative steps at once)."""
     model = copy.deepcopy(bundle.model).eval()
     example = torch.zeros(1, *bundle.input_spec.shape)
-    pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios)
+    pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios, planned)
     pruner.step()
     return count_macs_params(model, bundle.input_spec)[0]
 
@@ -188,23 +214,43 @@ def _structure_only(cfg: PruneConfig) -> PruneConfig:
     return replace(cfg, importance=kind, iterative_steps=1)
 
 
-def search_ratio(bundle: ModelBundle, cfg: PruneConfig, ignored: dict[str, str], *, tolerance: float = 0.05,
-                 layer_ratios: dict[str, float] | None = None) -> tuple[float, float]:
-    """Bisect the channel ratio whose MAC reduction reaches ``cfg.speedup`` (within ``tolerance``)."""
-    base = count_macs_params(bundle.model, bundle.input_spec)[0]
-    low, high, best = 0.0, cfg.max_layer_ratio, None
-    for _ in range(14):
+def search_plan(bundle: ModelBundle, cfg: PruneConfig, s: Structure, ignored: dict[str, str], *,
+                tolerance: float = 0.05) -> tuple[float, dict[str, int], float]:
+    """The plan whose MAC reduction is ``cfg.speedup`` within ``tolerance``: (uniform ratio, plan, reduction).
+
+    A bisection of the uniform ratio on the MACs model, then single groups moved one rounding step at a
+    time (:func:`compress.prune_plan.refine`); the reduction is then counted on a really pruned copy, and
+    the MACs model corrected by it when it is off."""
+    target, seen = cfg.speedup, {}
+    at = lambda r: plan_at(s, cfg, r, _scaled(cfg.layer_ratios, r))  # noqa: E731
+    low, high = 0.0, cfg.max_layer_ratio
+    for _ in range(24):
         mid = (low + high) / 2
-        reached = base / max(macs_after(bundle, cfg, mid, ignored, _scaled(layer_ratios, mid)), 1)
-        if best is None or abs(reached - cfg.speedup) < abs(best[1] - cfg.speedup):
-            best = (mid, reached)
-        if abs(reached - cfg.speedup) <= tolerance * cfg.speedup:
-            return mid, reached
-        low, high = (mid, high) if reached < cfg.speedup else (low, mid)
-    raise PruneError(f"No ratio up to --max-layer-ratio {cfg.max_layer_ratio} reaches a {cfg.speedup}x MAC "
-                     f"reduction within 5% (closest: {best[1]:.2f}x at ratio {best[0]:.3f}); lower --speedup, raise "
-                     "--max-layer-ratio, ignore fewer layers, or use --round-to 1 (small layers move in steps of "
-                     f"{cfg.round_to} channels).")
+        seen[f"--ratio {mid:.3f}"] = reached = s.reduction(at(mid))
+        low, high = (mid, high) if reached < target else (low, mid)
+    ratio = min((r for r in (low, high)), key=lambda r: abs(math.log(s.reduction(at(r)) / target)))
+    plan, scale, best = at(ratio), 1.0, None
+    for _ in range(3):  # aim at half the window; keep the nearest really counted plan
+        plan = refine(s, plan, target, tolerance=tolerance / 2, scale=scale)
+        exact = s.base_macs / max(macs_after(bundle, cfg, ratio, ignored, planned=(s, plan)), 1)
+        seen[f"--speedup {exact:.2f}"] = exact
+        if best is None or abs(math.log(exact / target)) < abs(math.log(best[1] / target)):
+            best = (plan, exact)
+        if abs(exact - target) <= tolerance / 2 * target:
+            break
+        scale = exact / s.reduction(plan)
+    if abs(best[1] - target) > tolerance * target:
+        raise PruneError(_unreachable(cfg, seen))
+    return ratio, best[0], best[1]
+
+
+def _unreachable(cfg: PruneConfig, seen: dict[str, float]) -> str:
+    below = max(((v, k) for k, v in seen.items() if v < cfg.speedup), default=None)
+    above = min(((v, k) for k, v in seen.items() if v > cfg.speedup), default=None)
+    near = " and ".join(f"{v:.2f}x ({k})" for v, k in (x for x in (below, above) if x is not None)) or "none"
+    return (f"No plan within --max-layer-ratio {cfg.max_layer_ratio} reaches a {cfg.speedup}x MAC reduction "
+            f"within 5% (nearest reachable: {near}); lower --speedup, raise --max-layer-ratio, ignore fewer "
+            f"layers, or use --round-to 1 (channels move in steps of {cfg.round_to or 1}).")
 
 
 def _scaled(layer_ratios: dict[str, float] | None, scale: float) -> dict[str, float] | None:
@@ -235,13 +281,17 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
         say(f"network slimming: {cfg.sparsity_train_epochs} epochs with L1 {cfg.sparsity_lambda} on BatchNorm scales")
         sparsity_train(work.model, data["train"], data["val"], epochs=cfg.sparsity_train_epochs,
                        penalty=cfg.sparsity_lambda, seed=cfg.seed, progress=progress)
-    ratio, target = cfg.ratio, None
-    if cfg.speedup is not None:
-        ratio, target = search_ratio(work, cfg, the_plan.ignored, layer_ratios=cfg.layer_ratios)
-        say(f"ratio {ratio:.3f} reaches a {target:.2f}x MAC reduction (asked {cfg.speedup}x)")
-    layer_ratios = _scaled(cfg.layer_ratios, ratio) if cfg.speedup is not None else cfg.layer_ratios
     example = torch.zeros(1, *work.input_spec.shape)
-    pruner = make_pruner(work.model, example, cfg, ratio or 0.0, the_plan.ignored, layer_ratios)
+    ratio, the_structure = cfg.ratio, structure(work.model, work.input_spec.shape, cfg, the_plan.ignored)
+    if cfg.speedup is not None:
+        ratio, groups, target = search_plan(work, cfg, the_structure, the_plan.ignored)
+        say(f"ratio {ratio:.3f} with {_moved(the_structure, cfg, ratio, groups)} group(s) moved by rounding "
+            f"steps: a {target:.2f}x MAC reduction (asked {cfg.speedup}x)")
+    else:
+        groups = plan_at(the_structure, cfg, ratio, cfg.layer_ratios)
+    for name, why in the_structure.uncut().items():
+        say(f"not cut: {name} ({why})")
+    pruner = make_pruner(work.model, example, cfg, ratio, the_plan.ignored, planned=(the_structure, groups))
     history = []
     for step in range(cfg.iterative_steps):
         if cfg.importance is Importance.TAYLOR:
@@ -256,20 +306,44 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
             if epochs:
                 ft = TrainConfig(epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, warmup_epochs=0)
                 loss = kd_finetune_loss(teacher, cfg.temperature, cfg.alpha) if teacher is not None else None
-                row["finetune_val_top1"] = fit(work.model, data["train_aug"], data["val"], ft, loss_fn=loss,
-                                               progress=progress).best_val_top1
+                result = fit(work.model, data["train_aug"], data["val"], ft, loss_fn=loss, progress=progress,
+                             keep_start=True)
+                row.update(finetune_val_top1=result.best_val_top1, finetune_best_epoch=result.best_epoch)
+                if result.best_epoch == 0:
+                    row["kept_start"] = True
+                    say(f"step {step + 1}: no fine-tuning epoch beat the pruned start (val top-1 "
+                        f"{result.best_val_top1:.4f}); the start is kept")
         history.append(row)
         say(f"step {step + 1}/{cfg.iterative_steps}: {before_macs / row['macs']:.2f}x fewer MACs")
     work.model.eval().cpu()
     after_macs, after_params = count_macs_params(work.model, work.input_spec)
     metrics: dict[str, Any] = {"macs_before": before_macs, "macs_after": after_macs, "params_before": before_params,
                                "params_after": after_params, "mac_reduction": before_macs / after_macs,
-                               "ratio": ratio, "steps": history, "ignored": the_plan.ignored}
+                               "ratio": ratio, "steps": history, "ignored": the_plan.ignored,
+                               "groups": _kept(work.model, the_structure, groups),
+                               "uncut": the_structure.uncut()}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset).metrics)
     record = StageRecord("prune", {**cfg.to_json(), "dataset": dataset}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())
     return work.with_record(record)
+
+
+def _moved(s: Structure, cfg: PruneConfig, ratio: float, groups: dict[str, int]) -> int:
+    uniform = plan_at(s, cfg, ratio, _scaled(cfg.layer_ratios, ratio))
+    return sum(uniform[k] != v for k, v in groups.items())
+
+
+def _kept(model: nn.Module, s: Structure, groups: dict[str, int]) -> dict[str, list[int]]:
+    """Per planned group: [channels before, channels planned, channels the root layer has now]."""
+    modules = dict(model.named_modules())
+    out = {}
+    for g in s.groups:
+        if g.name in groups:
+            root = modules[g.name]
+            now = getattr(root, "out_channels", getattr(root, "out_features", None))
+            out[g.name] = [g.units * g.per_unit, groups[g.name] * g.per_unit, now]
+    return out
 
 
 def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig) -> dict[str, Any] | None:
