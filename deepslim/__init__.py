@@ -3,7 +3,7 @@
     import deepslim
     bundle = deepslim.load_model(arch="small_cnn", num_classes=10, input_size=16)
     bundle = deepslim.train(bundle, "digits", deepslim.TrainConfig(epochs=10))
-    deepslim.save_model(bundle, "base.safetensors")
+    deepslim.save_model(bundle, "base.safetensors")  # an existing file is replaced only with force=True
     print(deepslim.evaluate(bundle, "digits").metrics)
 
 Heavy modules (torch, torchvision) are imported on first use of an attribute, so

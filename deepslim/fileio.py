@@ -32,17 +32,47 @@ def check_output(path: str | os.PathLike, *, force: bool = False,
     return out
 
 
+def check_new_outputs(paths: Sequence[str | os.PathLike], *, force: bool = False) -> None:
+    """The Python API's overwrite rule (the CLI's ``--force``): refuse any of ``paths`` that exists unless
+    ``force``; a directory is never replaced."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise OutputError(f"Output {path} is a directory; give a file path.")
+        if path.exists() and not force:
+            raise OutputError(f"Output {path} already exists; pass force=True to overwrite it or choose another path.")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else set and restored at once."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a finished temporary output the mode a plain ``open()`` would have: ``0o666 & ~umask`` for a file
+    (``0o777 & ~umask`` for a directory), whatever mode its writer created it with (mkstemp-style 0600)."""
+    full = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, full & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. The file put in place gets
+    ``0o666 & ~umask``, as if the user had created it (:func:`publish_mode`).
     """
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        publish_mode(tmp)
         fsync_path(tmp)
         os.replace(tmp, out)
         fsync_path(out.parent)
@@ -56,8 +86,8 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
     """Like :func:`atomic_path` for artifacts made of several files (IR .xml + .bin, engine + sidecar).
 
     Yields temporary paths with the final file names inside a hidden directory next to the
-    first output; on success every file is moved into place (the first path last), on
-    failure nothing is left behind.
+    first output; on success every file is moved into place (the first path last) with the
+    umask's mode (:func:`publish_mode`), on failure nothing is left behind.
     """
     outs = [Path(p) for p in paths]
     outs[0].parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +97,7 @@ def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         yield tmps
         written = [(tmp, out) for tmp, out in zip(tmps, outs) if tmp.exists()]
         for tmp, _ in written:
+            publish_mode(tmp)
             fsync_path(tmp)
         for tmp, out in reversed(written):
             os.replace(tmp, out)

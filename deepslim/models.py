@@ -1,13 +1,14 @@
-"""Architectures and the one loader behind every command that takes a model."""
+"""The model bundle in memory and the one loader behind every command that takes a model (and saving it).
+
+The architectures themselves (the built-in CNN, the torchvision zoo, user files) live in
+:mod:`deepslim.architectures`; their names stay importable from here.
+"""
 
 from __future__ import annotations
 
-import difflib
-from collections import OrderedDict
-import functools
-import inspect
 import pickle
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,17 @@ import torch
 from torch import nn
 
 from deepslim import bundle as bundle_format
-from deepslim.errors import (ConfigError, InputFileError, ModelError, StateDictMismatchError,
-                             UnknownArchitectureError, UnsafePickleError, first_line)
-from deepslim.fileio import require_file, sha256_file
+from deepslim.architectures import (BUILTIN, SmallCNN, build_model, check_shape_options, find_head,
+                                    known_architectures, replace_head, resolve_arch, torchvision_names)
+from deepslim.codespec import parse_code_spec
+from deepslim.errors import ConfigError, InputFileError, ModelError, StateDictMismatchError, UnsafePickleError, first_line
+from deepslim.fileio import check_new_outputs, require_file, sha256_file
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
 from deepslim.trust import allow_code, authorise, current_policy
-from deepslim.usercode import user_attribute
+
+__all__ = ["BUILTIN", "EXPORTED_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "PICKLE_SUFFIXES", "ModelBundle",
+           "SmallCNN", "build_model", "check_finite", "check_saveable", "find_head", "known_architectures",
+           "load_model", "load_weights", "replace_head", "resolve_arch", "save_model", "torchvision_names"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,201 +54,6 @@ class ModelBundle:
         """A copy with ``record`` appended to the lineage (and optionally a new module)."""
         return replace(self, model=model if model is not None else self.model,
                        lineage=[*self.lineage, record], path=None)
-
-
-# --- the built-in CNN -------------------------------------------------------------------------
-
-class SmallCNN(nn.Module):
-    """VGG-style CNN for 8x8 to 32x32 inputs: three conv stages, global pooling, linear head."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32,
-                 batch_norm: bool = True, dropout: float = 0.2) -> None:
-        super().__init__()
-        if min(num_classes, in_channels, width) < 1 or not 0 <= dropout < 1:
-            raise ValueError("num_classes, in_channels and width must be >= 1 and dropout in [0, 1)")
-        chans = [width, width * 2, width * 4]
-        layers: list[nn.Module] = []
-        cin = in_channels
-        for stage, cout in enumerate(chans):
-            for _ in range(2 if stage < 2 else 1):
-                layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm)]
-                layers += [nn.BatchNorm2d(cout)] if batch_norm else []
-                layers += [nn.ReLU(inplace=True)]
-                cin = cout
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
-
-
-BUILTIN: dict[str, Any] = {"small_cnn": SmallCNN}
-_DEFAULT_SIZE = {ArchSource.BUILTIN: 16, ArchSource.TORCHVISION: 224, ArchSource.FILE: 224}
-# Builder kwargs that make torchvision models trainable from scratch at any input size.
-_TV_FIXED_KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
-                    "googlenet": {"aux_logits": False, "init_weights": False}}
-
-
-@functools.cache
-def torchvision_names() -> tuple[str, ...]:
-    import torchvision
-    return tuple(torchvision.models.list_models(module=torchvision.models))
-
-
-def known_architectures() -> list[str]:
-    return sorted(BUILTIN) + list(torchvision_names())
-
-
-# --- resolving and building -------------------------------------------------------------------
-
-def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
-                 channels: int | None = None, kwargs: dict[str, Any] | None = None) -> tuple[ArchSpec, int, int]:
-    """Turn a user's architecture name into an :class:`ArchSpec`; return it, input size and channels."""
-    kwargs = dict(kwargs or {})
-    if num_classes < 1:
-        raise ConfigError(f"--num-classes must be a positive integer, got {num_classes}.")
-    _check_shape_options(input_size, channels)
-    if ":" in name and name.rsplit(":", 1)[0].endswith(".py"):
-        path, fn = name.rsplit(":", 1)
-        file = require_file(path, "architecture file").resolve()
-        spec = ArchSpec(ArchSource.FILE, f"{file}:{fn}", {"num_classes": num_classes, **kwargs}, sha256_file(file))
-        return spec, input_size or _DEFAULT_SIZE[ArchSource.FILE], channels or 3
-    if name in BUILTIN:
-        chans = channels or 1
-        spec = ArchSpec(ArchSource.BUILTIN, name, {"num_classes": num_classes, "in_channels": chans, **kwargs})
-        return spec, input_size or _DEFAULT_SIZE[ArchSource.BUILTIN], chans
-    if name in torchvision_names():
-        if channels not in (None, 3):
-            raise ConfigError(f"torchvision architectures take 3 input channels, not {channels}; grayscale data "
-                              "is repeated to 3 channels automatically.")
-        size = input_size or _DEFAULT_SIZE[ArchSource.TORCHVISION]
-        kwargs = {**_TV_FIXED_KWARGS.get(name, {}), **_size_kwargs(name, size), **kwargs}
-        return ArchSpec(ArchSource.TORCHVISION, name, {"num_classes": num_classes, **kwargs}), size, 3
-    close = difflib.get_close_matches(name, known_architectures(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "`deepslim archs` lists them."
-    raise UnknownArchitectureError(f"Unknown architecture '{name}'; {hint}")
-
-
-def _check_shape_options(input_size: int | None, channels: int | None) -> None:
-    if input_size is not None and input_size < 1:
-        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
-    if channels is not None and channels < 1:
-        raise ConfigError(f"--channels must be a positive integer, got {channels}.")
-
-
-def _size_kwargs(name: str, size: int) -> dict[str, Any]:
-    if name.startswith("vit_"):
-        return {"image_size": size}
-    if name.startswith("maxvit"):
-        return {"input_size": [size, size]}
-    return {}
-
-
-def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
-    """Instantiate ``spec`` (random weights unless ``pretrained`` names torchvision weights).
-
-    Built-in and torchvision names resolve only through their registries (an allow-list), with
-    plain JSON keyword arguments. A ``file.py:fn`` spec runs the user's code: callers pass only
-    specs the user named or that :func:`deepslim.trust.authorise` allowed.
-    """
-    _check_plain_kwargs(spec)
-    try:
-        if spec.source is ArchSource.BUILTIN:
-            model = _registered(BUILTIN, spec)(**spec.kwargs)
-        elif spec.source is ArchSource.TORCHVISION:
-            model = _build_torchvision(spec, pretrained)
-        elif spec.source is ArchSource.FILE:
-            model = _build_from_file(spec)
-        else:
-            raise ModelError(f"A model of source '{spec.source.value}' cannot be rebuilt; load it from its file.")
-    except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"Cannot build {spec.name} with {spec.kwargs}: {first_line(exc)}.") from exc
-    if pretrained is not None and spec.source is not ArchSource.TORCHVISION:
-        raise ConfigError("--pretrained works only with torchvision architectures.")
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module.")
-    return model
-
-
-_JSON_SCALARS = (str, int, float, bool, type(None))
-
-
-def _plain_json(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_plain_json(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
-    return isinstance(value, _JSON_SCALARS)
-
-
-def _check_plain_kwargs(spec: ArchSpec) -> None:
-    bad = [k for k, v in spec.kwargs.items() if not _plain_json(v)]
-    if bad:
-        raise ModelError(f"The architecture arguments of {spec.name} must be plain JSON values; '{bad[0]}' is a "
-                         f"{type(spec.kwargs[bad[0]]).__name__}.")
-    if spec.source is not ArchSource.FILE and {"weights", "weights_backbone"} & set(spec.kwargs):
-        raise ModelError(f"The architecture arguments of {spec.name} may not name weights to fetch; a bundle "
-                         "carries its own weights.")
-
-
-def _registered(registry: dict[str, Any], spec: ArchSpec) -> Any:
-    if spec.name not in registry:
-        raise UnknownArchitectureError(f"Unknown built-in architecture '{spec.name}'; `deepslim archs` lists them.")
-    return registry[spec.name]
-
-
-def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
-    import torchvision
-    if spec.name not in torchvision_names():  # the registry is the allow-list, never getattr on a module
-        raise UnknownArchitectureError(f"Unknown torchvision architecture '{spec.name}'; `deepslim archs` lists them.")
-    kwargs = dict(spec.kwargs)
-    if pretrained is None:
-        return torchvision.models.get_model(spec.name, weights=None, **kwargs)
-    num_classes = kwargs.pop("num_classes")
-    model = torchvision.models.get_model(spec.name, weights=pretrained, **kwargs)  # downloads once
-    if num_classes != 1000:
-        replace_head(model, num_classes)
-    return model
-
-
-def _build_from_file(spec: ArchSpec) -> nn.Module:
-    path, fn_name = spec.name.rsplit(":", 1)
-    file = require_file(path, "architecture file")
-    fn = user_attribute(file, fn_name, error=ModelError, sha256=spec.file_sha256, defined_here=True)
-    if not callable(fn):
-        raise ModelError(f"{file} has no function '{fn_name}'.")
-    kwargs = dict(spec.kwargs)
-    params = inspect.signature(fn).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    try:
-        return fn(**kwargs)
-    except Exception as exc:  # user code: any failure becomes one sentence
-        raise ModelError(f"{spec.name} failed: {type(exc).__name__}: {first_line(exc)}.") from exc
-
-
-def find_head(model: nn.Module, num_classes: int | None = None) -> tuple[str, nn.Module]:
-    """The classifier head: the last Linear (or 1x1 Conv) layer producing ``num_classes`` outputs."""
-    found = None
-    for name, module in model.named_modules():
-        out = getattr(module, "out_features", getattr(module, "out_channels", None))
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and (num_classes is None or out == num_classes):
-            found = (name, module)
-    if found is None:
-        raise ModelError("Cannot find the classifier head (a final Linear or Conv2d layer).")
-    return found
-
-
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    name, head = find_head(model)
-    if not isinstance(head, nn.Linear):
-        raise ModelError(f"Cannot replace the head '{name}' ({type(head).__name__}); only Linear heads are supported.")
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Linear(head.in_features, num_classes))
-    return model
 
 
 # --- loading and saving -----------------------------------------------------------------------
@@ -309,10 +120,11 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
         raise ModelError(f"{path} is a state_dict, not a model; load it with --arch NAME --weights {path}.")
     if not isinstance(obj, nn.Module):
         raise ModelError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module.")
-    _check_shape_options(input_size, channels)
+    check_shape_options(input_size, channels)
     if input_size is None:
         raise ConfigError(f"{path} is a pickled module without an input spec; pass --input-size (and --channels "
                           "if its first layer does not tell).")
+    check_finite(obj.state_dict(), source=path)
     spec = ArchSpec(ArchSource.PICKLE, f"{type(obj).__module__}.{type(obj).__qualname__}")
     chans, size = channels or _guess_channels(obj), input_size
     n = _guess_num_classes(obj)
@@ -332,10 +144,11 @@ def _authorised_arch(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
     """The architecture file a bundle names, located and allowed (:func:`deepslim.trust.authorise`)."""
     if spec.source is not ArchSource.FILE:
         return spec
-    file, _, fn = spec.name.rpartition(":")
-    if not file or not fn:
+    named = parse_code_spec(spec.name)
+    if named is None:
         raise ModelError(f"{bundle_path} names the architecture '{spec.name}', which is not path/file.py:function.")
-    located = _locate_arch_file(Path(file), spec.file_sha256, bundle_path)
+    file, fn = named
+    located = _locate_arch_file(file, spec.file_sha256, bundle_path)
     resolved = authorise(located, fn, spec.file_sha256, source=bundle_path)
     return replace(spec, name=f"{resolved}:{fn}")
 
@@ -412,11 +225,23 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], *, label: str,
     if problems:
         more = f" (and {len(problems) - 1} more mismatches)" if len(problems) > 1 else ""
         raise StateDictMismatchError(f"Weights {source} do not fit {label}: {problems[0]}{more}.")
+    check_finite({k: state[k] for k in own}, source=source)
     # safetensors keeps no per-module version metadata; the architecture's own is right for it (MNASNet checks it)
     state = OrderedDict(state)
     state._metadata = getattr(own, "_metadata", None)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def check_finite(state: dict[str, torch.Tensor], *, source: str | Path) -> None:
+    """Raise a ModelError naming the floating-point tensors of ``state`` that hold NaN or Inf (first few + count):
+    such weights come from a corrupt file or a diverged training run, and would give NaN outputs later."""
+    bad = [k for k, v in state.items() if (v.is_floating_point() or v.is_complex()) and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ModelError(f"{source} has weights that are not finite (NaN or Inf) in {len(bad)} "
+                         f"tensor{'s' if len(bad) > 1 else ''}: {', '.join(bad[:3])}{more}; the file is corrupt or "
+                         "training diverged, so restore it or retrain.")
 
 
 def check_saveable(bundle: ModelBundle) -> None:
@@ -426,11 +251,15 @@ def check_saveable(bundle: ModelBundle) -> None:
                          "--weights FILE to save it as a bundle.")
 
 
-def save_model(bundle: ModelBundle, path: str | Path) -> Path:
-    """Write ``bundle`` as a pickle-free ``.safetensors`` bundle (atomically)."""
+def save_model(bundle: ModelBundle, path: str | Path, *, force: bool = False) -> Path:
+    """Write ``bundle`` as a pickle-free ``.safetensors`` bundle (atomically).
+
+    An existing ``path`` is replaced only with ``force=True`` (the CLI's ``--force`` rule).
+    """
     check_saveable(bundle)
     if Path(path).suffix.lower() != ".safetensors":
         raise ConfigError(f"Bundles are .safetensors files; name the output {Path(path).with_suffix('.safetensors')}.")
+    check_new_outputs([path], force=force)
     reference = _reference_model(bundle.arch)
     header = bundle_format.Header(bundle.arch, bundle.input_spec, list(bundle.classes),
                                   bundle_format.capture_structure(bundle.model, reference), list(bundle.lineage))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.errors import ConfigError
-from deepslim.fileio import atomic_files
+from deepslim.fileio import atomic_files, check_new_outputs
 from deepslim.models import ModelBundle
 from export.onnx import OnnxConfig, to_onnx
 from export.options import OVSource, Precision, Target
@@ -76,18 +76,20 @@ def planned_files(target: Target, output: str | Path, *, from_bundle: bool) -> l
 def export_model(source: ModelBundle | str | Path, target: Target, output: str | Path, *,
                  precision: Precision = Precision.FP32, onnx_config: OnnxConfig | None = None,
                  ov_via: OVSource = OVSource.ONNX, tensorrt_config: TensorRTConfig | None = None,
-                 verify: VerifyConfig | None = VerifyConfig()) -> ExportResult:
+                 verify: VerifyConfig | None = VerifyConfig(), force: bool = False) -> ExportResult:
     """Export ``source`` (a bundle, or an ONNX file for OpenVINO/TensorRT) and check parity unless verify=None.
 
     Every file is written under a temporary name and parity is checked there; the files are moved
     into place only when the check passes, so a failed or killed check leaves any previous files
-    at ``output`` as they were.
+    at ``output`` as they were. If any file the export would write (:func:`planned_files`) exists,
+    nothing is done unless ``force=True`` (the CLI's ``--force`` rule).
     """
     target, precision, output = Target(target), Precision(precision), Path(output)
     source = source if isinstance(source, ModelBundle) else Path(source)
     check_request(source, target, output, precision)
     onnx_config = replace(onnx_config or OnnxConfig(), fp16=precision is Precision.FP16 and target is Target.ONNX)
     files = planned_files(target, output, from_bundle=isinstance(source, ModelBundle))
+    check_new_outputs(files, force=force)
     with atomic_files(*files) as tmps:
         _write(source, target, tmps[0], precision, onnx_config, ov_via, tensorrt_config)
         parity = None

@@ -146,3 +146,46 @@ def test_foreign_module_cannot_be_saved(tmp_path, cnn_bundle):
     cnn_bundle.model.extra = torch.nn.Linear(2, 2)
     with pytest.raises(ModelError, match="not part of the architecture"):
         save_model(cnn_bundle, tmp_path / "m.safetensors")
+
+
+def _overwrite_tensor_bytes(path, name: str, pattern: bytes) -> None:
+    """Overwrite one tensor's bytes in place, as disk corruption or a bad copy would."""
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    start, end = json.loads(data[8:8 + size])[name]["data_offsets"]
+    offset = 8 + size
+    data[offset + start:offset + end] = (pattern * (end - start))[: end - start]
+    path.write_bytes(bytes(data))
+
+
+def test_bundle_with_non_finite_weights_names_the_tensors(tmp_path, cnn_bundle):
+    path = save_model(cnn_bundle, tmp_path / "m.safetensors")
+    _overwrite_tensor_bytes(path, "features.0.weight", b"\xff")  # 0xffffffff is a NaN
+    _overwrite_tensor_bytes(path, "features.1.running_var", b"\x00\x00\x80\x7f")  # +Inf
+    with pytest.raises(ModelError, match=r"m.safetensors has weights that are not finite \(NaN or Inf\) in 2 "
+                                         r"tensors: features.0.weight, features.1.running_var; the file is "
+                                         r"corrupt or training diverged"):
+        load_model(path)
+
+
+def test_non_finite_message_lists_first_few_and_a_count(tmp_path, cnn_bundle):
+    state = cnn_bundle.model.state_dict()
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            tensor.fill_(float("nan"))
+    path = save_model(cnn_bundle, tmp_path / "m.safetensors")
+    floats = sum(t.is_floating_point() for t in state.values())
+    with pytest.raises(ModelError, match=rf"in {floats} tensors: features.0.weight, features.1.weight, "
+                                         rf"features.1.bias and {floats - 3} more;"):
+        load_model(path)
+
+
+def test_bundle_naming_a_file_that_is_not_python_is_refused(tmp_path, cnn_bundle):
+    path = save_model(cnn_bundle, tmp_path / "m.safetensors")
+    header = fmt.read_header(path).to_json()
+    header["arch"] = {"source": "file", "name": f"{tmp_path / 'evil.txt'}:build", "kwargs": {}, "file_sha256": None}
+    from safetensors.torch import save_file
+    save_file(fmt.read_tensors(path), str(tmp_path / "evil.safetensors"),
+              metadata={fmt.METADATA_KEY: json.dumps(header)})
+    with pytest.raises(ModelError, match="which is not path/file.py:function"):
+        load_model(tmp_path / "evil.safetensors", trust_code=True)

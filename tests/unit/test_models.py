@@ -143,3 +143,78 @@ def test_bundle_with_user_architecture_moves_with_its_file(tmp_path):
     (moved / "net.py").write_text((moved / "net.py").read_text() + "\n# edited\n")
     with pytest.raises(ModelError, match="sha256 .* was saved with an architecture file of sha256"):
         load_model(moved / "m.safetensors", trust_code=True)
+
+
+def test_weights_with_nan_or_inf_are_named(tmp_path):
+    source = load_model(arch="small_cnn", num_classes=10, input_size=8, arch_kwargs={"width": 8})
+    state = source.model.state_dict()
+    state["features.0.weight"][0, 0, 0, 0] = float("nan")
+    state["classifier.2.bias"][3] = float("inf")
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(ModelError, match=r"w.pth has weights that are not finite \(NaN or Inf\) in 2 tensors: "
+                                         r"features.0.weight, classifier.2.bias"):
+        load_model(arch="small_cnn", num_classes=10, input_size=8, arch_kwargs={"width": 8}, weights=tmp_path / "w.pth")
+
+
+_NET_PY = """
+import pathlib
+pathlib.Path(__file__).with_name("ran").write_text("the file was executed")
+def build(num_classes):
+    pass
+async def make_small(num_classes):
+    pass
+class Net:
+    def inner(self):
+        pass
+def _helper():
+    pass
+"""
+
+
+@pytest.mark.parametrize("suffix", ["", ":"])
+def test_arch_file_without_function_lists_its_callables_without_running_it(tmp_path, suffix):
+    file = tmp_path / "net.py"
+    file.write_text(_NET_PY)
+    with pytest.raises(ConfigError, match=rf"--arch {file}{suffix} names a Python file but no function; use "
+                                          rf"{file}:build \(callables in net.py: build, make_small, Net\)"):
+        load_model(arch=f"{file}{suffix}", num_classes=3)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_arch_file_without_callables_or_unparsable_says_so(tmp_path):
+    (tmp_path / "empty.py").write_text("X = 1\n")
+    with pytest.raises(ConfigError, match=r"no function; empty.py defines no top-level function or class"):
+        load_model(arch=str(tmp_path / "empty.py"), num_classes=3)
+    (tmp_path / "bad.py").write_text("def build(:\n")
+    with pytest.raises(ConfigError, match=r"no function; bad.py cannot be parsed \(line 1"):
+        load_model(arch=str(tmp_path / "bad.py"), num_classes=3)
+
+
+def test_missing_function_in_arch_file_lists_its_callables(tmp_path):
+    file = tmp_path / "net.py"
+    file.write_text("import torch.nn as nn\ndef build(num_classes):\n    return nn.Linear(4, num_classes)\n")
+    with pytest.raises(ModelError, match=r"has no function 'buld' \(callables in net.py: build\)"):
+        load_model(arch=f"{file}:buld", num_classes=3)
+
+
+@pytest.mark.parametrize("text,parsed,file", [
+    ("net.py:build", ("net.py", "build"), "net.py"), ("a/b/net.py:make", ("a/b/net.py", "make"), "a/b/net.py"),
+    ("C:/x/net.py:fn", ("C:/x/net.py", "fn"), "C:/x/net.py"), ("net.py", None, "net.py"), ("net.py:", None, "net.py"),
+    ("resnet18", None, None), ("data:fn", None, None), ("digits", None, None)])
+def test_parse_code_spec(text, parsed, file):
+    from pathlib import Path
+
+    from deepslim.codespec import code_file, parse_code_spec
+    assert parse_code_spec(text) == (None if parsed is None else (Path(parsed[0]), parsed[1]))
+    assert code_file(text) == (None if file is None else Path(file))
+
+
+def test_models_module_is_split_and_keeps_its_names():
+    import deepslim.models as models
+    from pathlib import Path
+    names = ["BUILTIN", "ModelBundle", "SmallCNN", "build_model", "check_saveable", "find_head", "known_architectures",
+             "load_model", "load_weights", "replace_head", "resolve_arch", "save_model", "torchvision_names",
+             "IMAGENET_MEAN", "IMAGENET_STD"]
+    assert all(hasattr(models, n) for n in names)
+    for module in ("models", "architectures"):
+        assert len((Path(models.__file__).parent / f"{module}.py").read_text().splitlines()) <= 400, module
