@@ -6,9 +6,10 @@
 The teacher is a bundle (any PyTorch model deepslim loads) or an exported artifact run through
 the benchmark runners (ONNX Runtime, OpenVINO, TensorRT), so the student can learn from the
 model that is really deployed; that costs one runner call per training batch and gives
-logits only (no feature distillation). Training goes through the shared loop
-(:func:`deepslim.training.fit`): schedules, augmentation, mixed precision, gradient
-accumulation, checkpoints and resume, and DDP under torchrun.
+logits only (no feature distillation); the teachers live in :mod:`compress.teachers`.
+Training goes through the shared loop (:func:`deepslim.training.fit`): schedules,
+augmentation, mixed precision, gradient accumulation, checkpoints and resume, DDP under
+torchrun, BatchNorm recalibration, and a fine-tuning start for a student that is trained.
 """
 
 from __future__ import annotations
@@ -16,33 +17,27 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from compress.losses import distillation_loss, feature_loss, make_adapter
+from compress.teachers import (DistillError, RunnerTeacher, Teacher, TorchTeacher, capture, layer_named,
+                               open_teacher, shape_text)
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset
-from deepslim.distributed import context, gather_shards, local_device, setup, shard
-from deepslim.errors import ConfigError, DeepSlimError, ModelError, first_line
+from deepslim.distributed import local_device, setup
+from deepslim.errors import ConfigError, ModelError, first_line
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
-from deepslim.fileio import sha256_file
+from deepslim.finetune import finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
 from deepslim.models import ModelBundle
-from deepslim.spec import InputSpec, StageRecord
-from deepslim.training import fit, versions
-
-_RUNNER_BACKEND = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
-
-
-class DistillError(DeepSlimError):
-    """Teacher and student cannot be paired, or a named layer does not exist."""
+from deepslim.spec import StageRecord
+from deepslim.training import fit, measure_start, open_splits, sayer, versions
 
 
 @dataclass(frozen=True)
@@ -97,166 +92,6 @@ def parse_feature_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-# --- the teacher ----------------------------------------------------------------------------------
-
-class Teacher:
-    """What distillation asks of a teacher: logits for a student's batch, features of named layers."""
-
-    name: str
-    kind: str
-    input_spec: InputSpec
-    classes: list[str]
-    seconds: float = 0.0   # time spent in the teacher's forward passes
-    features: dict[str, torch.Tensor]
-    device: torch.device = torch.device("cpu")
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch normalised with ``student_spec`` (set by :meth:`pair`)."""
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = self._forward(self._renormalize(x))
-        self.seconds += time.perf_counter() - start
-        return out
-
-    def pair(self, student_spec: InputSpec, data_channels: int = 0) -> None:
-        """Feed the teacher batches prepared for the student, converted to the teacher's normalisation.
-
-        The spatial size must match. Channel counts may differ (1 vs 3) only for greyscale data
-        (``data_channels == 1``), whose 3-channel form repeats one channel: the conversion is then exact.
-        """
-        (sc, *s_size), (tc, *t_size) = student_spec.shape, self.input_spec.shape
-        grey = data_channels == 1 and {sc, tc} <= {1, 3}
-        if s_size != t_size or (sc != tc and not grey):
-            raise DistillError(f"The student takes {_shape(student_spec)} inputs but the teacher "
-                               f"{_shape(self.input_spec)}; distillation feeds both the same batch, so build "
-                               "the student at the teacher's input size and channels.")
-        s_mean, s_std = _stats(student_spec)
-        t_mean, t_std = _stats(self.input_spec)
-        same = sc == tc and torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std)
-        self._convert = None if same else (s_mean, s_std, t_mean, t_std)
-
-    def _renormalize(self, x: torch.Tensor) -> torch.Tensor:
-        convert = getattr(self, "_convert", None)
-        if convert is None:
-            return x
-        s_mean, s_std, t_mean, t_std = (a.to(x.device, x.dtype) for a in convert)
-        raw = x * s_std + s_mean
-        if raw.shape[1] != t_mean.shape[0]:  # greyscale: 3 equal channels <-> 1
-            raw = raw.mean(1, keepdim=True) if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
-        return (raw - t_mean) / t_std
-
-    def watch(self, layers: list[str]) -> None:
-        raise DistillError(f"The teacher {self.name} is an exported {self.kind} artifact whose inner layers "
-                           "cannot be read; use --feature-pairs with a bundle teacher, or logits only.")
-
-    def predict(self, dataset: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels over the whole dataset (sharded over ranks under torchrun)."""
-        ctx = context()
-        logits, labels = [], []
-        for x, y in DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False):
-            logits.append(self.logits(x.to(self.device)).float().cpu())
-            labels.append(y)
-        total = len(dataset)
-        return (gather_shards(torch.cat(logits).numpy(), total, ctx),
-                gather_shards(torch.cat(labels).numpy(), total, ctx))
-
-    def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind}
-
-    def close(self) -> None:
-        """Drop hooks and runners."""
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class TorchTeacher(Teacher):
-    """A PyTorch teacher in eval mode; forward hooks read the features of named layers."""
-
-    def __init__(self, bundle: ModelBundle) -> None:
-        self.bundle, self.model = bundle, bundle.model.eval()
-        self.name = bundle.path.name if bundle.path else bundle.arch.name
-        self.kind, self.input_spec, self.classes = "bundle", bundle.input_spec, list(bundle.classes)
-        self.features, self._hooks = {}, []
-        self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-
-    def to(self, device: torch.device) -> TorchTeacher:
-        self.model.to(device)
-        self.device = device
-        return self
-
-    def watch(self, layers: list[str]) -> None:
-        modules = dict(self.model.named_modules())
-        targets = [_module(modules, name, "teacher") for name in layers]  # every name checked before any hook
-        for module, name in zip(targets, layers):
-            self._hooks.append(module.register_forward_hook(_capture(self.features, name)))
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device != self.device:
-            self.to(x.device)
-        try:
-            return self.model(x)
-        except Exception as exc:  # a user's model may raise anything
-            raise ModelError(f"The teacher fails on inputs of shape {tuple(x.shape)}: {first_line(exc)}.") from exc
-
-    def identity(self) -> dict[str, Any]:
-        digest = sha256_file(self.bundle.path) if self.bundle.path else state_fingerprint(self.model)
-        return {"name": self.name, "kind": self.kind, "sha256": digest}
-
-    def close(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        self.model.cpu()
-
-
-class RunnerTeacher(Teacher):
-    """An exported artifact (ONNX, OpenVINO IR, TensorRT engine) as the teacher, through its runner."""
-
-    def __init__(self, path: Path, backend: str | None = None, *, device: str = "cpu") -> None:
-        from benchmarks.runners import RunnerOptions, open_runner
-        self.path = Path(path)
-        backend = backend or _RUNNER_BACKEND.get(self.path.suffix.lower())
-        if backend is None:
-            raise ConfigError(f"{path} is not an exported artifact (.onnx, .xml or .engine).")
-        self.runner = open_runner(self.path, backend, RunnerOptions(device=device))
-        meta = self.runner.meta
-        self.name, self.kind, self.backend = self.path.name, self.path.suffix.lower().lstrip("."), backend
-        self.input_spec, self.classes, self.features = meta.input_spec, list(meta.classes), {}
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Runs the batch in chunks the artifact accepts (a TensorRT profile or a fixed ONNX batch)."""
-        batch = x.detach().float().cpu().numpy()
-        step = self.runner.max_batch or len(batch)
-        try:
-            outs = [np.asarray(self.runner.run(batch[i:i + step]), dtype=np.float32)
-                    for i in range(0, len(batch), step)]
-        except Exception as exc:  # runtimes raise their own exception types
-            raise ModelError(f"The teacher {self.name} fails on a batch of shape {tuple(batch[:step].shape)} "
-                             f"through {self.backend}: {first_line(exc)}.") from exc
-        return torch.from_numpy(np.concatenate(outs)).to(x.device)
-
-    def identity(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "backend": self.backend, "sha256": sha256_file(self.path)}
-
-    def close(self) -> None:
-        self.runner.__exit__(None, None, None)
-
-
-def open_teacher(source: str | Path | ModelBundle | Teacher, *, backend: str | None = None,
-                 device: str = "cpu") -> Teacher:
-    """A teacher from a bundle (or loaded model) or from an exported artifact's path."""
-    if isinstance(source, Teacher):
-        return source
-    if isinstance(source, ModelBundle):
-        return TorchTeacher(source)
-    path = Path(source)
-    if path.suffix.lower() in _RUNNER_BACKEND:
-        return RunnerTeacher(path, backend, device=device)
-    from deepslim.models import load_model
-    return TorchTeacher(load_model(path))
-
-
 # --- the student ------------------------------------------------------------------------------
 
 class StudentWithAdapters(nn.Module):
@@ -272,8 +107,8 @@ class StudentWithAdapters(nn.Module):
         self.captured: dict[str, torch.Tensor] = {}
         self.adapted: list[torch.Tensor] = []
         modules = dict(student.named_modules())
-        targets = [_module(modules, n, "student") for n in layers]  # every name checked before any hook
-        self._hooks = [m.register_forward_hook(_capture(self.captured, n)) for m, n in zip(targets, layers)]
+        targets = [layer_named(modules, n, "student") for n in layers]  # every name checked before any hook
+        self._hooks = [m.register_forward_hook(capture(self.captured, n)) for m, n in zip(targets, layers)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.student(x)
@@ -290,20 +125,6 @@ class StudentWithAdapters(nn.Module):
         return self.student
 
 
-def _capture(store: dict[str, torch.Tensor], name: str) -> Callable:
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        store[name] = output[0] if isinstance(output, (tuple, list)) else output
-    return hook
-
-
-def _module(modules: dict[str, nn.Module], name: str, role: str) -> nn.Module:
-    if name not in modules or not name:
-        known = [n for n in modules if n and "." not in n] or [n for n in modules if n][:12]
-        raise DistillError(f"--feature-pairs: the {role} has no layer '{name}'; its top-level layers are "
-                           f"{', '.join(known)} (`deepslim info MODEL --layers` lists them all).")
-    return modules[name]
-
-
 # --- the stage ----------------------------------------------------------------------------------
 
 def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str = "digits",
@@ -313,9 +134,12 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
 
     The student is trained in place (pass a copy to keep the original). Checks that can fail
     (class counts, input shapes, layer names, a forward pass of each) run before any training.
+    A student that starts trained is fine-tuned at a tenth of the default learning rate unless
+    ``cfg.train.lr`` is set, and the result is the better on val of its start and the best epoch
+    (:mod:`deepslim.finetune`); each such decision is said through ``log`` and kept in ``notes``.
     """
     cfg = cfg or DistillConfig()
-    say = log or (lambda _msg: None)
+    say = sayer(progress, log)
     start = time.perf_counter()
     teacher = teacher if isinstance(teacher, Teacher) else TorchTeacher(teacher)
     wrapper = None
@@ -326,10 +150,8 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         start_weights = state_fingerprint(student.model)
         wrapper = _prepare(teacher, student, cfg)
         spec = student.input_spec
-        splits = {name: source.split(name, spec, augment=cfg.train.augment and name == "train")
-                  for name in ("train", "val", "test")}
-        ctx = setup(cfg.train.device)
-        device = resolve_device(local_device(ctx, cfg.train.device))
+        splits = open_splits(source, spec, cfg.train.augment, student.model)
+        device = resolve_device(local_device(setup(cfg.train.device), cfg.train.device))
         if isinstance(teacher, TorchTeacher):
             teacher.to(device)
         if isinstance(teacher, RunnerTeacher):
@@ -338,6 +160,11 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
                 f"training batch, on {where}, logits only")
         teacher_test = classification_metrics(*teacher.predict(splits["test"]))
         before = classification_metrics(*predict_all(student.model, splits["test"], device=str(device)))
+        begin = measure_start(student.model, splits["val"], student.lineage, cfg.train, str(device))
+        tuned, lr_note = finetune_config(cfg.train, begin)
+        cfg = replace(cfg, train=tuned)
+        if lr_note:
+            say(lr_note)
         teacher_identity = teacher.identity()
         identity = {"student_arch": student.arch.to_json(), "student_weights": start_weights,
                     "input": spec.to_json(), "dataset": source.info.name,
@@ -346,7 +173,8 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         teacher.seconds = 0.0
         result = fit(wrapper, splits["train"], splits["val"], cfg.train, loss_fn=_loss_fn(teacher, wrapper, cfg),
                      checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, progress=progress,
-                     identity=identity)
+                     identity=identity, keep_start=begin.trained, start_val_top1=begin.val_top1,
+                     bn_data=splits.get("bn"))
         teacher_seconds = teacher.seconds
         model = wrapper.close()
         test = classification_metrics(*predict_all(model, splits["test"], device=str(device)))
@@ -354,10 +182,15 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         if wrapper is not None:
             wrapper.close()
         teacher.close()
+    notes = ([lr_note] if lr_note else []) + result.notes
+    if result.best_epoch == 0:
+        notes.append(kept_start_note(begin.val_top1, result.history))
+        say(notes[-1])
     params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": source.info.name}
     metrics = {"teacher_test": teacher_test, "test_before": before, "test": test, "val_top1": result.best_val_top1,
-               "best_epoch": result.best_epoch, "history": result.history,
-               "teacher_seconds": round(teacher_seconds, 2)}
+               "best_epoch": result.best_epoch, "start_val_top1": begin.val_top1,
+               "kept_start": result.best_epoch == 0, "history": result.history,
+               "teacher_seconds": round(teacher_seconds, 2), "notes": notes}
     record = StageRecord("distill", params, round(time.perf_counter() - start, 2), metrics, versions=versions())
     return student.with_record(record, model=model.cpu().eval())
 
@@ -402,7 +235,7 @@ def _trial_forward(student: ModelBundle) -> Any:
         with torch.no_grad():
             return model.eval()(torch.zeros(2, *student.input_spec.shape))
     except Exception as exc:  # a user's model may raise anything
-        raise ModelError(f"The student does not accept {_shape(student.input_spec)} inputs: "
+        raise ModelError(f"The student does not accept {shape_text(student.input_spec)} inputs: "
                          f"{first_line(exc)}.") from exc
     finally:
         model.train(was_training)
@@ -459,17 +292,6 @@ def kd_finetune_loss(teacher_model: nn.Module, temperature: float, alpha: float)
         return distillation_loss(net(x), target, y, temperature=temperature, alpha=alpha)
 
     return loss_fn
-
-
-def _stats(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    c = spec.shape[0]
-    return (torch.tensor(spec.mean, dtype=torch.float32).view(c, 1, 1),
-            torch.tensor(spec.std, dtype=torch.float32).view(c, 1, 1))
-
-
-def _shape(spec: InputSpec) -> str:
-    c, h, w = spec.shape
-    return f"{c}x{h}x{w}"
 
 
 __all__ = ["DistillConfig", "DistillError", "RunnerTeacher", "StudentWithAdapters", "Teacher", "TorchTeacher",

@@ -6,38 +6,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from deepslim.batchnorm import recalibrate_batchnorm
 from deepslim.config import TrainConfig
 from deepslim.training import fit
 
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: Dataset, *, batches: int = 20, batch_size: int = 64) -> int:
-    """Recompute every BatchNorm's running statistics on training data (pruning invalidates them).
-
-    Returns the number of batches used (0 when the model has no BatchNorm)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return 0
-    saved = [(m.momentum, m.training) for m in norms]
-    was_training = model.training
-    model.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-        m.train()
-    device = next(model.parameters()).device
-    used = 0
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
-    for x, _ in loader:
-        model(x.to(device))
-        used += 1
-        if used >= batches:
-            break
-    for m, (momentum, training) in zip(norms, saved):
-        m.momentum = momentum
-        m.train(training)
-    model.train(was_training)
-    return used
+__all__ = ["accumulate_taylor_gradients", "recalibrate_batchnorm", "sparsity_train"]
 
 
 def sparsity_train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, *, epochs: int, penalty: float,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
@@ -19,12 +18,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
+from deepslim.batchnorm import BatchNormGuard, batchnorm_layers
+from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
+from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import open_dataset
-from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
-from deepslim.distributed import DistContext, all_sum, broadcast_buffers, context, local_device, setup
+from deepslim.errors import ConfigError, ModelError, first_line
+from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
-from deepslim.fileio import atomic_path
+from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
 from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
@@ -40,12 +41,21 @@ class FitResult:
     best_epoch: int = 0
     best_val_top1: float = -1.0
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the loop decided on its own, in words
 
 
 def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | None = None, *, severity: int = 3,
-          checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True) -> ModelBundle:
-    """Train ``bundle`` on ``dataset``; keep the best epoch on the val split; test it; record the lineage."""
+          checkpoint: str | Path | None = None, resume: bool = False, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> ModelBundle:
+    """Train ``bundle`` on ``dataset``; keep the best epoch on the val split; test it; record the lineage.
+
+    A bundle that starts trained is fine-tuned: at a tenth of the default learning rate unless
+    ``config.lr`` is set, and its starting weights are kept when no epoch beats them on val
+    (:mod:`deepslim.finetune`). What was decided is said through ``log``
+    (default: the console, when ``progress``) and kept in the record's ``notes``.
+    """
     cfg = config or TrainConfig()
+    say = sayer(progress, log)
     start = time.perf_counter()
     source = open_dataset(dataset, severity=severity)
     check_compatible(bundle, source.info.num_classes, dataset)
@@ -55,29 +65,72 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
     if cfg.freeze_backbone:
         freeze_backbone(model, bundle.num_classes)
     spec = bundle.input_spec
-    splits = {name: source.split(name, spec, augment=cfg.augment and name == "train")
-              for name in ("train", "val", "test")}  # every split opens before any work
+    splits = open_splits(source, spec, cfg.augment, model)  # every split opens before any work
     # resume only from a checkpoint of these starting weights (the bundle, or --arch with its --weights)
     identity = {"arch": bundle.arch.to_json(), "input": spec.to_json(), "dataset": source.info.name,
                 "starting weights": state_fingerprint(model)}
+    device = local_device(setup(cfg.device), cfg.device)
+    begin = measure_start(model, splits["val"], bundle.lineage, cfg, device)
+    cfg, lr_note = finetune_config(cfg, begin)
+    if lr_note:
+        say(lr_note)
     result = fit(model, splits["train"], splits["val"], cfg, checkpoint=Path(checkpoint) if checkpoint else None,
-                 resume=resume, progress=progress, identity=identity)
-    logits, labels = predict_all(model, splits["test"], device=local_device(context(), cfg.device))
+                 resume=resume, progress=progress, identity=identity, keep_start=begin.trained,
+                 start_val_top1=begin.val_top1, bn_data=splits.get("bn"))
+    notes = ([lr_note] if lr_note else []) + result.notes
+    if result.best_epoch == 0:
+        notes.append(kept_start_note(begin.val_top1, result.history))
+        say(notes[-1])
+    logits, labels = predict_all(model, splits["test"], device=device)
     test = classification_metrics(logits, labels)
     record = StageRecord("train", {**cfg.to_json(), "dataset": source.info.name},
                          round(time.perf_counter() - start, 2),
                          {"val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
-                          "test": test, "history": result.history}, versions=versions())
+                          "start_val_top1": begin.val_top1, "kept_start": result.best_epoch == 0,
+                          "test": test, "history": result.history, "notes": notes}, versions=versions())
     return bundle.with_record(record, model=model.cpu().eval())
+
+
+def open_splits(source, spec, augment, model: nn.Module) -> dict[str, Dataset]:
+    """train (augmented with ``augment``), val and test; and ``bn``, the train split without augmentation,
+    when ``model`` has BatchNorm layers whose statistics may need recomputing."""
+    splits = {name: source.split(name, spec, augment=augment if name == "train" else Augment.NONE)
+              for name in ("train", "val", "test")}
+    if batchnorm_layers(model, trainable_only=True):
+        splits["bn"] = source.split("train", spec, augment=Augment.NONE)
+    return splits
+
+
+def measure_start(model: nn.Module, val_ds: Dataset, lineage: list[StageRecord], cfg: TrainConfig,
+                  device: str) -> Start:
+    """The model's val top-1 before any training step, and whether it starts trained."""
+    logits, labels = predict_all(model, val_ds, batch_size=max(cfg.batch_size, 256), device=device)
+    return assess_start(float(np.mean(logits.argmax(1) == labels)), labels, lineage, cfg.init)
+
+
+def sayer(progress: bool, log: Callable[[str], None] | None) -> Callable[[str], None]:
+    """Where a stage's sentences go: ``log`` when given, else the console (rank 0, when ``progress``)."""
+    if log is not None:
+        return log
+    if progress and launched_rank() == 0:  # known before the process group is set up
+        return lambda message: console.print(message, highlight=False, soft_wrap=True)
+    return lambda _message: None
 
 
 def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, *, loss_fn: LossFn | None = None,
         checkpoint: Path | None = None, resume: bool = False, progress: bool = True,
-        identity: dict[str, Any] | None = None, keep_start: bool = False) -> FitResult:
+        identity: dict[str, Any] | None = None, keep_start: bool = False, start_val_top1: float | None = None,
+        bn_data: Dataset | None = None) -> FitResult:
     """Train ``model`` in place; at the end it holds the weights of the best epoch on ``val_ds``.
 
-    ``keep_start`` validates the model before training and lets that state win (best epoch 0)
-    when no epoch beats it: fine-tuning (QAT) then never ends below where it started.
+    ``keep_start`` validates the model before training (or takes ``start_val_top1``, measured by
+    the caller) and lets that state win (best epoch 0) when no epoch beats it: fine-tuning
+    then never ends below where it started.
+
+    Before each validation, BatchNorm running statistics are recomputed on ``bn_data`` (training
+    images without augmentation; default ``train_ds``) when their momentum is too slow to follow
+    the weights or eval mode has collapsed on a training batch (:class:`deepslim.batchnorm.BatchNormGuard`);
+    the rows say ``bn_recalibrated`` and ``notes`` says why, once.
 
     ``identity`` (architecture, input spec, dataset...) is stored in the checkpoint and must
     match on ``resume``, like the config. Under torchrun the model is wrapped in
@@ -98,11 +151,16 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     scheduler = _scheduler(optimizer, cfg, math.ceil(batches / cfg.accumulate))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     loss_fn = loss_fn or (lambda m, x, y: criterion(m(x), y))
-    state, first_epoch, best = FitResult(), 0, _cpu_state(model)
+    state, first_epoch, best = FitResult(), 0, cpu_state(model)
     if keep_start and not resume:
-        state.best_val_top1 = _validate(model, val_ds, cfg, criterion, device)["val_top1"]
+        state.best_val_top1 = start_val_top1 if start_val_top1 is not None else \
+            _validate(model, val_ds, cfg, criterion, device)["val_top1"]
     if resume:
-        state, first_epoch, best = _load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
+        data = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
+        state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"],
+                          list(data.get("notes", [])))
+        first_epoch, best = int(data["epoch"]), data["best"]
+    guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, _noter(state, progress and ctx.is_main))
     net = _data_parallel(model, device) if ctx.enabled else model
     begin = time.perf_counter() - state.seconds
     with _progress(progress and ctx.is_main) as bar:
@@ -114,19 +172,33 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
             row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
                                device, ctx, lambda: bar.advance(task))
             broadcast_buffers(model, ctx)
+            guard.before_validation(row, epoch + 1)
+            if row.get("bn_recalibrated"):
+                broadcast_buffers(model, ctx)
             row.update(_validate(model, val_ds, cfg, criterion, device))
             if row["val_top1"] > state.best_val_top1:
                 state.best_val_top1, state.best_epoch = row["val_top1"], epoch + 1
-                best = _cpu_state(model)
+                best = cpu_state(model)
             state.history.append(row)
             state.seconds = time.perf_counter() - begin
             if progress and ctx.is_main:
                 bar.console.print(_epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
             if checkpoint is not None and ctx.is_main:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
+                save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
+
+
+def _noter(state: FitResult, show: bool) -> Callable[[str], None]:
+    """Keep a note in ``state.notes``; print it too when ``show``."""
+    def note(message: str) -> None:
+        if message in state.notes:  # said before an interruption
+            return
+        state.notes.append(message)
+        if show:
+            console.print(message, highlight=False, soft_wrap=True)
+    return note
 
 
 def _loader(train_ds: Dataset, cfg: TrainConfig, epoch: int, ctx: DistContext) -> DataLoader:
@@ -231,56 +303,6 @@ def _epoch_line(row: dict[str, float], epochs: int) -> str:
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=not enabled, transient=True)
-
-
-# --- checkpoints (torch.save of tensors and plain data; loaded with weights_only=True) ---------
-
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-def _save_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, state: FitResult,
-                     best: dict[str, torch.Tensor], epoch: int, identity: dict[str, Any]) -> None:
-    payload = {"epoch": epoch + 1, "config": cfg.to_json(), "identity": json.dumps(identity, sort_keys=True), "model": _cpu_state(model),
-               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best": best,
-               "best_epoch": state.best_epoch, "best_val_top1": state.best_val_top1, "history": state.history,
-               "seconds": state.seconds, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: Path | None, model, optimizer, scheduler, cfg: TrainConfig, identity: dict[str, Any],
-                     ctx: DistContext):
-    if path is None or not path.is_file():
-        raise ConfigError(f"--resume was given but there is no checkpoint {path}; run without --resume to start.")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        saved = data["config"]
-    except Exception as exc:  # any unreadable checkpoint: one sentence
-        raise InputFileError(f"Checkpoint {path} is unreadable ({type(exc).__name__}); delete it and start again.") from exc
-    differs = sorted(k for k, v in cfg.to_json().items() if saved.get(k) != v and k != "device")
-    saved_identity = json.loads(data.get("identity", "{}"))
-    differs += sorted(k for k in set(identity) | set(saved_identity) if identity.get(k) != saved_identity.get(k))
-    if differs:
-        raise ConfigError(f"Checkpoint {path} was made with other settings ({', '.join(differs)}); rerun with the "
-                          "same model, data and options, or without --resume.")
-    try:
-        model.load_state_dict(data["model"])
-    except RuntimeError as exc:
-        raise ConfigError(f"Checkpoint {path} does not fit this model ({first_line(exc)}); rerun without "
-                          "--resume.") from exc
-    optimizer.load_state_dict(data["optimizer"])
-    scheduler.load_state_dict(data["scheduler"])
-    torch.set_rng_state(data["torch_rng"])
-    random.setstate(_as_tuple(data["python_rng"]))
-    state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"])
-    if ctx.is_main:
-        console.print(f"resuming from {path} after epoch {data['epoch']}", highlight=False)
-    return state, int(data["epoch"]), data["best"]
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 # --- set-up helpers ---------------------------------------------------------------------------

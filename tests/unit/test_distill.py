@@ -139,3 +139,30 @@ def test_student_that_returns_a_tuple_is_one_clear_error(trained_cnn):
     with pytest.raises(ModelError, match="The student returns tuple for a batch of 2, not \\(2, 10\\) logits"):
         distill(copy.deepcopy(trained_cnn), student, "digits", DistillConfig(train=TrainConfig(epochs=1)),
                 progress=False)
+
+
+def test_distilling_into_a_trained_student_fine_tunes_it(trained_cnn):
+    said = []
+    out = distill(copy.deepcopy(trained_cnn), copy.deepcopy(trained_cnn), "digits",
+                  DistillConfig(train=TrainConfig(epochs=1, seed=0)), progress=False, log=said.append)
+    record = out.lineage[-1]
+    assert record.config["train"]["lr"] == pytest.approx(0.005) and record.config["train"]["warmup_epochs"] == 0
+    assert "fine-tuning learning rate 0.005" in said[0] and said == record.metrics["notes"]
+    m = record.metrics
+    assert m["val_top1"] >= m["start_val_top1"] >= 0.9
+    assert m["test"]["top1"] >= m["test_before"]["top1"] - 0.01
+
+
+def test_distilling_from_a_worse_teacher_keeps_the_student_and_says_so(trained_cnn):
+    said = []
+    untrained = model_for_dataset("small_cnn", "digits", input_size=8, arch_kwargs={"width": 16}, seed=3)
+    student = copy.deepcopy(trained_cnn)
+    start = copy.deepcopy(student.model.state_dict())
+    cfg = DistillConfig(alpha=1.0, train=TrainConfig(epochs=1, seed=0, lr=0.1))
+    out = distill(untrained, student, "digits", cfg, progress=False, log=said.append)
+    m = out.lineage[-1].metrics
+    assert m["kept_start"] is True and m["best_epoch"] == 0 and m["history"][0]["val_top1"] < m["start_val_top1"]
+    assert said[-1].startswith(f"no epoch beat the starting model on val ({m['start_val_top1']:.4f}")
+    assert said[-1].endswith("kept the starting weights")
+    assert m["test"]["top1"] == pytest.approx(m["test_before"]["top1"])
+    assert all(torch.equal(start[k], v) for k, v in out.model.state_dict().items())

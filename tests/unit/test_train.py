@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -18,6 +20,9 @@ def test_builtin_cnn_reaches_95_percent_on_digits(trained_cnn):
     assert record.metrics["test"]["roc_auc_macro"] >= 0.99
     assert record.config["epochs"] == 3 and record.config["dataset"] == "digits"
     assert len(record.metrics["history"]) == 3 and record.versions["torch"] == torch.__version__
+    # from scratch: the default learning rate and warm-up, and an epoch beat the random start
+    assert record.config["lr"] == 0.05 and record.config["warmup_epochs"] == 1
+    assert record.metrics["kept_start"] is False and record.metrics["start_val_top1"] < 0.3
 
 
 def _small(seed=0):
@@ -132,3 +137,33 @@ def test_model_for_dataset_seed_fixes_the_initial_weights():
     torch.rand(100)  # disturb the global generator in between
     b = model_for_dataset("small_cnn", "digits", input_size=8, seed=5).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_a_trained_bundle_fine_tunes_at_a_tenth_of_the_learning_rate(trained_cnn):
+    said = []
+    out = train(copy.deepcopy(trained_cnn), "digits", TrainConfig(epochs=1), progress=False, log=said.append)
+    record = out.lineage[-1]
+    assert record.config["lr"] == pytest.approx(0.005) and record.config["warmup_epochs"] == 0
+    assert said == record.metrics["notes"]
+    assert said[0].startswith("the model starts trained (its lineage has a train stage; val top-1 0.9")
+    assert "fine-tuning learning rate 0.005 (a tenth of the from-scratch 0.05), no warm-up" in said[0]
+    start = trained_cnn.lineage[-1].metrics
+    assert record.metrics["start_val_top1"] == pytest.approx(start["val_top1"])
+    assert record.metrics["val_top1"] >= start["val_top1"]
+    assert record.metrics["test"]["top1"] >= start["test"]["top1"] - 0.01
+
+
+def test_training_that_only_hurts_keeps_the_starting_weights_and_says_so(trained_cnn):
+    said = []
+    start = copy.deepcopy(trained_cnn)
+    cfg = TrainConfig(epochs=1, optimizer="adamw", lr=0.1)  # far too high for fine-tuning, as the user asked
+    out = train(copy.deepcopy(trained_cnn), "digits", cfg, progress=False, log=said.append)
+    m = out.lineage[-1].metrics
+    assert out.lineage[-1].config["lr"] == 0.1 and "fine-tuning at --lr 0.1 as given" in said[0]
+    assert m["kept_start"] is True and m["best_epoch"] == 0 and m["history"][0]["val_top1"] < m["val_top1"]
+    assert said[-1].startswith(f"no epoch beat the starting model on val ({m['start_val_top1']:.4f}; best epoch 1 "
+                               "reached 0.") and said[-1].endswith("kept the starting weights")
+    assert said[-1] in m["notes"]
+    assert m["test"]["top1"] == pytest.approx(start.lineage[-1].metrics["test"]["top1"])
+    ref = start.model.state_dict()
+    assert all(torch.equal(ref[k], v) for k, v in out.model.state_dict().items())
