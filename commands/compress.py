@@ -92,7 +92,7 @@ def prune_cmd(
     from compress.prune import prune
     from deepslim.models import save_model
     pruned = prune(bundle, cfg, dataset=dataset, progress=not quiet, log=lambda m: console.print(m, highlight=False))
-    save_model(pruned, out)
+    save_model(pruned, out, force=force)
     print_prune(pruned, out)
 
 
@@ -227,7 +227,7 @@ def distill_cmd(
                      log=lambda m: console.print(m, highlight=False))
     if not is_main_process():
         return
-    save_model(result, out)
+    save_model(result, out, force=force)
     ckpt.unlink(missing_ok=True)
     print_distill(result, out)
 

@@ -65,7 +65,7 @@ def export_cmd(
         source = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
                        trust_pickle=trust_pickle, dataset=dataset, severity=None)
     result = ex.export_model(source, target.value, out, precision=precision.value, onnx_config=onnx_config,
-                             ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config)
+                             ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config, force=force)
     typer.echo(f"wrote {result.artifact}" + "".join(f", {p}" for p in result.extra_files))
     if result.parity is None:
         typer.echo("warning: parity NOT checked (--no-verify); the artifact may differ from the model.", err=True)

@@ -60,7 +60,7 @@ def train(
                         progress=not quiet)
     if not is_main_process():
         return
-    save_model(trained, out)
+    save_model(trained, out, force=force)
     ckpt.unlink(missing_ok=True)
     record = trained.lineage[-1]
     print_metrics(f"{out}: test split of {data.label()} (best epoch {record.metrics['best_epoch']}, "

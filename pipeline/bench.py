@@ -102,7 +102,7 @@ def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, expo
     size = f"_{input_size}px" if input_size else ""
     out = export_dir / f"{stem}{size}{_SUFFIX[target]}"
     result = export_model(bundle, target, out, onnx_config=OnnxConfig(input_size=input_size),
-                          verify=VerifyConfig(dataset=dataset))
+                          verify=VerifyConfig(dataset=dataset), force=True)  # the report's own folder
     parity = result.parity
     note = (f"exported from {path.name} for this run; parity vs torch: max |diff| {parity.max_abs:.1e}, "
             f"top-1 agreement {parity.top1_agreement:.3f}")

@@ -123,7 +123,7 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
         cfg = TrainConfig(epochs=step.epochs, batch_size=step.batch_size, lr=step.lr,
                           label_smoothing=step.label_smoothing, augment=step.augment, seed=recipe.seed)
         out = train(load_model(current), recipe.dataset, cfg, progress=progress)
-        return [save_model(out, stage_dir / "model.safetensors")], _test(out)
+        return [save_model(out, stage_dir / "model.safetensors", force=True)], _test(out)
     if isinstance(step, PruneStage):
         from compress.prune import PruneConfig, prune
         cfg = PruneConfig(ratio=step.ratio, speedup=step.speedup, importance=step.importance,
@@ -133,7 +133,7 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
                           alpha=step.alpha, seed=recipe.seed)
         out = prune(load_model(current), cfg, dataset=recipe.dataset, progress=progress, log=say)
         m = out.lineage[-1].metrics
-        return [save_model(out, stage_dir / "model.safetensors")], {**_test(out), "mac_reduction": m["mac_reduction"]}
+        return [save_model(out, stage_dir / "model.safetensors", force=True)], {**_test(out), "mac_reduction": m["mac_reduction"]}
     if isinstance(step, DistillStage):
         from compress.distill import DistillConfig, distill, open_teacher
         from deepslim.config import TrainConfig
@@ -141,7 +141,7 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
         cfg = DistillConfig(temperature=step.temperature, alpha=step.alpha,
                             train=TrainConfig(epochs=step.epochs, lr=step.lr, seed=recipe.seed))
         out = distill(open_teacher(teacher), load_model(current), recipe.dataset, cfg, progress=progress, log=say)
-        return [save_model(out, stage_dir / "model.safetensors")], _test(out)
+        return [save_model(out, stage_dir / "model.safetensors", force=True)], _test(out)
     if isinstance(step, QuantizeStage):
         from compress.quantize import QuantizeConfig, quantize
         cfg = QuantizeConfig(method=step.method, target=step.target, calibration=step.calibration,
@@ -162,14 +162,14 @@ def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path
         source = resolve(spec.path, base)
         out = stage_dir / Path(spec.path).name
         if source.suffix.lower() == ".safetensors":
-            return [save_model(load_model(source), out)], {}
+            return [save_model(load_model(source), out, force=True)], {}
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)
         return [out], {}
     from deepslim.training import model_for_dataset
     bundle = model_for_dataset(resolve_arch(spec.arch, base), recipe.dataset, input_size=spec.input_size, arch_kwargs=spec.arch_kwargs,
                                seed=recipe.seed)
-    return [save_model(bundle, stage_dir / "model.safetensors")], {}
+    return [save_model(bundle, stage_dir / "model.safetensors", force=True)], {}
 
 
 def _export(step: ExportStage, current: Path, stage_dir: Path, recipe: Recipe, say: Say) -> list[Path]:
@@ -183,7 +183,7 @@ def _export(step: ExportStage, current: Path, stage_dir: Path, recipe: Recipe, s
             continue
         suffix = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}[target]
         result = export_model(bundle, target, stage_dir / f"model{suffix}", onnx_config=OnnxConfig(input_size=step.input_size),
-                              verify=VerifyConfig(recipe.dataset))
+                              verify=VerifyConfig(recipe.dataset), force=True)
         outputs += [result.artifact, *result.extra_files]
     return outputs
 

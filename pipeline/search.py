@@ -179,7 +179,7 @@ class _Objective:
             if cfg.finetune_epochs > cfg.screen_epochs:
                 pruned = self._finetune(pruned, bundle, recover, cfg.finetune_epochs - cfg.screen_epochs)
             bundle = pruned
-        path = save_model(bundle, tdir / "model.safetensors")
+        path = save_model(bundle, tdir / "model.safetensors", force=True)
         measured = self._measure(path, method, tdir)
         for key, value in measured.items():
             trial.set_user_attr(key, value)
@@ -231,7 +231,7 @@ class _Objective:
             return result.artifact, result.record.metrics["quantized"]["val"]["top1"], None
         target = "openvino" if suffix == ".xml" else "onnx"
         exported = export_model(load_model(path), target, tdir / f"model{suffix}",
-                                verify=VerifyConfig(dataset=self.dataset))
+                                verify=VerifyConfig(dataset=self.dataset), force=True)
         val_top1 = artifact_metrics(exported.artifact, _backend(cfg), self.dataset, "val")[0]["top1"]
         return exported.artifact, val_top1, exported.parity.to_json()
 
@@ -249,7 +249,7 @@ class _Objective:
                                                                               input_size=cfg.latency_size),
                             self.dataset, progress=False).artifact
         return export_model(bundle, "onnx", tdir / "timing.onnx", onnx_config=OnnxConfig(input_size=cfg.latency_size),
-                            verify=None).artifact  # timed only; the artifact that ships was checked
+                            verify=None, force=True).artifact  # timed only; the artifact that ships was checked
 
 
 def _backend(cfg: SearchConfig) -> str:
@@ -344,7 +344,7 @@ def _baseline_artifact(model: Path, cfg: SearchConfig, dataset: str, bdir: Path)
     target = "openvino" if _suffix(cfg) == ".xml" else "onnx"
     return export_model(load_model(model), target, bdir / f"model{_suffix(cfg)}",
                         onnx_config=OnnxConfig(input_size=cfg.latency_size) if resized else None,
-                        verify=None if resized else VerifyConfig(dataset=dataset)).artifact
+                        verify=None if resized else VerifyConfig(dataset=dataset), force=True).artifact
 
 
 def _ship_chosen(row: dict[str, Any], model: Path, cfg: SearchConfig, dataset: str, out: Path,

@@ -55,7 +55,7 @@ def _export_resnet18(tmp: Path) -> Path:
     from deepslim.models import load_model
     from export import OnnxConfig, export_model
     bundle = load_model(arch="resnet18", num_classes=10, input_size=224)
-    return export_model(bundle, "openvino", tmp / "resnet18_224.xml", onnx_config=OnnxConfig(), verify=None).artifact
+    return export_model(bundle, "openvino", tmp / "resnet18_224.xml", onnx_config=OnnxConfig(), verify=None, force=True).artifact
 
 
 if __name__ == "__main__":

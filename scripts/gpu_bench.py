@@ -30,7 +30,7 @@ def main() -> None:
         raise SystemExit("this script needs a CUDA GPU")
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = load_model(arch="resnet18", num_classes=10, input_size=224)
-    base = save_model(bundle, args.out / "resnet18.safetensors")
+    base = save_model(bundle, args.out / "resnet18.safetensors", force=True)
     onnx_path = to_onnx(bundle, args.out / "resnet18.onnx", OnnxConfig())
     latency = LatencyConfig(batches=(1, 32), rounds=4, duration=args.duration, warmup=20)
     targets = [BenchTarget(base, Backend.TORCH), BenchTarget(base, Backend.TORCH, compile=True, note="torch.compile")]

@@ -52,7 +52,7 @@ def main() -> None:
             bundle, seconds = _train(arch, size, epochs, "cuda", amp)
             test = bundle.lineage[-1].metrics["test"]["top1"]
             rows.append(f"train {arch:<10} {size}px {epochs} ep cuda amp={amp!s:<5} {seconds:6.1f} s  test top-1 {test:.4f}")
-    save_model(bundle, "/tmp/gpu_resnet18.safetensors")
+    save_model(bundle, "/tmp/gpu_resnet18.safetensors", force=True)
     reloaded = load_model("/tmp/gpu_resnet18.safetensors")
     cpu = evaluate(reloaded, "digits", device="cpu")
     gpu = evaluate(reloaded, "digits", device="cuda")

@@ -38,7 +38,7 @@ def old_eval_top1(bundle, root: Path) -> float:
     test.dataset.transform = v2.Compose([v2.ToImage(), v2.Resize(int(round(SIZE / 0.875)), antialias=True),
                                          v2.CenterCrop((SIZE, SIZE)), v2.ToDtype(torch.float32, scale=True)])
     logits, labels = predict(bundle.model, test)
-    return float((logits.argmax(1) == labels).float().mean())
+    return float((logits.argmax(1) == labels).mean())  # numpy arrays
 
 
 def main() -> None:

@@ -36,9 +36,9 @@ def main() -> None:
     m = pruned.lineage[-1].metrics
     targets = []
     for name, bundle in (("base", base), ("pruned", pruned)):
-        bundle.path = save_model(bundle, args.out / f"{name}.safetensors")
+        bundle.path = save_model(bundle, args.out / f"{name}.safetensors", force=True)
         ir = export_model(bundle, "openvino", args.out / f"{name}_224.xml", onnx_config=OnnxConfig(input_size=224),
-                          verify=VerifyConfig("digits"))
+                          verify=VerifyConfig("digits"), force=True)
         targets.append(BenchTarget(ir.artifact, Backend.OPENVINO))
     report = bench(targets, LatencyConfig(batches=(1,), rounds=5, duration=args.duration), dataset=None)
     write_report(report, args.out / "report")

@@ -46,6 +46,7 @@ def old_prune_module(rev: str):
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("prune_before", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["prune_before"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

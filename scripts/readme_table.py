@@ -33,12 +33,12 @@ def main() -> None:
     base = args.out / "resnet18.safetensors"
     bundle = train(model_for_dataset("resnet18", "digits", input_size=32, seed=0), "digits", TrainConfig(epochs=10),
                    progress=False)
-    save_model(bundle, base)
+    save_model(bundle, base, force=True)
     for size in (32, 224):
         targets = [BenchTarget(base, Backend.TORCH, input_size=size)]
         for target, backend, suffix in (("onnx", Backend.ONNXRUNTIME, ".onnx"), ("openvino", Backend.OPENVINO, ".xml")):
             result = export_model(bundle, target, args.out / f"resnet18_{size}{suffix}",
-                                  onnx_config=OnnxConfig(input_size=size), verify=VerifyConfig("digits"))
+                                  onnx_config=OnnxConfig(input_size=size), verify=VerifyConfig("digits"), force=True)
             print(result.parity.summary())
             targets.append(BenchTarget(result.artifact, backend))
         report = bench(targets, LatencyConfig(batches=(1,), rounds=args.rounds, duration=args.duration),
