@@ -57,11 +57,12 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, det
     example = torch.zeros(1, bundle.input_spec.shape[0], size, size)
     if cfg.target is QuantTarget.OPENVINO:
         return _qat_openvino(qmodel, example, tmp)
-    return _qat_onnx(qmodel, example, tmp, cfg)
+    return _qat_onnx(qmodel, example, tmp, cfg, details)
 
 
-def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig) -> Path:
-    """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter)."""
+def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
+    """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter), then
+    the graph is made deployable (int8 weight initializers, BatchNorm folded, constants folded; see qdq_onnx)."""
     import copy
     import contextlib
     import io
@@ -81,6 +82,7 @@ def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig) -> Path:
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     except Exception as exc:  # the exporter raises many types
         raise QuantizeError(f"The QAT model could not be exported to ONNX: {first_line(exc)}.") from exc
+    _finalize(out, cfg, details)
     if cfg.target is QuantTarget.TENSORRT:
         require_tensorrt_rules(out, "The QAT model", "use --method ptq --target tensorrt")
     return out
@@ -95,3 +97,21 @@ def _qat_openvino(qmodel, example, tmp: Path) -> Path:
     out = tmp / "int8-qat.xml"
     ov.save_model(model, str(out), compress_to_fp16=False)
     return out
+
+
+def _finalize(path: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> None:
+    """Rewrite the exported fake-quantized graph in place into the int8 form onnxruntime's PTQ writes."""
+    import onnx
+
+    from compress.qdq_onnx import finalize_qat_onnx
+    proto = onnx.load(str(path))
+    try:
+        report = finalize_qat_onnx(proto, quantize_bias=cfg.target is QuantTarget.ONNXRUNTIME)
+        onnx.checker.check_model(proto, full_check=True)
+    except (ValueError, onnx.checker.ValidationError) as exc:
+        raise QuantizeError(f"The QAT ONNX graph could not be turned into int8 weights: {first_line(exc)}.") from exc
+    onnx.save_model(proto, str(path))
+    details["qdq_graph"] = report.to_json()
+    if report.batchnorms_left:
+        details.setdefault("warnings", []).append(
+            f"{report.batchnorms_left} BatchNormalization node(s) do not follow a convolution and stay in fp32")

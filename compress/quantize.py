@@ -173,13 +173,15 @@ def score(path: Path, backend: str, data: QuantData, reference: dict[str, np.nda
 
 
 def compare_latency(fp32: Path, quantized: Path, backend: str) -> dict[str, float]:
-    """p50 at batch 1 of both artifacts, interleaved in one run (short: a sanity check, not the benchmark)."""
+    """p50 at batch 1 of both artifacts, interleaved in one run (short: a sanity check, not the benchmark).
+
+    ``speedup`` is fp32 time / quantized time, the meaning of "x" everywhere in deepslim (above 1: faster)."""
     from benchmarks.latency import LatencyConfig, measure
     from benchmarks.runners import RunnerOptions, open_runner
     runners = [open_runner(p, backend, RunnerOptions()) for p in (fp32, quantized)]
     stats = measure(runners, LatencyConfig(batches=(1,), rounds=3, duration=1.5, warmup=3))
     a, b = stats[0][1].p50_ms, stats[1][1].p50_ms
-    return {"fp32_p50_ms": round(a, 3), "quantized_p50_ms": round(b, 3), "ratio": round(b / a, 3),
+    return {"fp32_p50_ms": round(a, 3), "quantized_p50_ms": round(b, 3), "speedup": round(a / b, 3),
             "within_noise": bool(stats[1][1].within_noise)}
 
 
@@ -232,8 +234,8 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
                                                                     - q_metrics["test"]["top1"]), 3), **details}
         if cfg.latency and cfg.method is not Method.FP16:
             metrics["latency"] = compare_latency(fp32_artifact, quantized, backend)
-            if metrics["latency"]["ratio"] >= 1.0:
-                warnings.append(_slow_warning(cfg, metrics, details))
+            if metrics["latency"]["speedup"] <= 1.0:
+                warnings.append(_slow_warning(cfg, metrics, details, quantized))
         for w in warnings:
             say(f"warning: {w}")
         record = StageRecord("quantize", {**cfg.to_json(), "dataset": dataset, "environment": _environment()},
@@ -308,9 +310,12 @@ def _fp32_artifact(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig) -> Path:
 def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord, cfg: QuantizeConfig) -> tuple[Path, ...]:
     """Stamp the metadata (input spec, classes, lineage + this stage) and move the artifact into place atomically."""
     precision = "fp16" if cfg.method is Method.FP16 else "int8"
-    new_meta = ArtifactMeta(meta.input_spec, meta.classes, [*meta.lineage, record],
-                            {**meta.export, "target": cfg.target.value, "precision": precision,
-                             "quantization": cfg.method.value})
+    export = {**meta.export, "target": cfg.target.value, "precision": precision, "quantization": cfg.method.value}
+    if cfg.method is Method.QAT:  # exported again from the fake-quantized model: not the fp32 file's graph
+        export.update(simplified=False, exporter="legacy" if quantized.suffix == ".onnx" else "openvino")
+        if "qdq_graph" in record.metrics:
+            export["qdq_graph"] = record.metrics["qdq_graph"]
+    new_meta = ArtifactMeta(meta.input_spec, meta.classes, [*meta.lineage, record], export)
     files = (out, out.with_suffix(".bin")) if quantized.suffix == ".xml" else (out,)
     with atomic_files(*files) as tmp:
         _save_with_meta(quantized, tmp[0], new_meta, fp16=cfg.method is Method.FP16)
@@ -356,19 +361,28 @@ def _save_with_meta(source: Path, target: Path, meta: ArtifactMeta, *, fp16: boo
     onnx.save_model(proto, str(target))
 
 
-def _slow_warning(cfg: QuantizeConfig, metrics: dict[str, Any], details: dict[str, Any]) -> str:
+def _slow_warning(cfg: QuantizeConfig, metrics: dict[str, Any], details: dict[str, Any], quantized: Path) -> str:
+    from compress.qdq_onnx import ort_kernel_counts
     lat = metrics["latency"]
     causes = []
+    kernels = ort_kernel_counts(quantized) if BACKEND[cfg.target] == "onnxruntime" else None
     if details.get("activation_type") == "s8" and not _environment()["vnni"]:
         causes.append("signed int8 activations on a CPU without VNNI (use --activations u8)")
     if details.get("fp32_layers"):
         causes.append(f"{len(details['fp32_layers'])} layers left in fp32 by the accuracy guard")
     if cfg.target is QuantTarget.TENSORRT:
         causes.append("the TensorRT-style Q/DQ graph is built for GPUs; onnxruntime's CPU kernels fuse it less well")
+    if kernels is not None and kernels[1]:
+        causes.append(f"onnxruntime runs {kernels[1]} of {sum(kernels)} weighted layers in fp32 (their Q/DQ did "
+                      "not fuse into integer kernels)")
+    if not causes and kernels is not None and kernels[0]:
+        causes.append(f"all {kernels[0]} weighted layers run as int8 kernels, so the time goes to the quantize, "
+                      "dequantize and layout steps around them")
     if not causes:
-        causes.append("a model too small for int8 kernels to pay for their quantize/dequantize steps")
+        causes.append("none identified")
     return (f"the quantized model is not faster than fp32 on {BACKEND[cfg.target]} here ({lat['quantized_p50_ms']} "
             f"vs {lat['fp32_p50_ms']} ms at batch 1); likely cause: {'; '.join(causes)}.")
+
 
 
 def _environment() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from compress.options import Activations, Calibration, QuantTarget
+from compress.qdq_onnx import module_name
 from compress.quantize import QUANTIZED_OPS, QuantData, QuantizeConfig, QuantizeError, score
 from deepslim.errors import DeepSlimError, first_line
 
@@ -156,7 +157,8 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
         inp = _measured(node.input[0], sqnr, lambda t: [producers[t]] if t in producers else [], "input")
         out = _measured(node.output[0], sqnr, lambda t: consumers.get(t, []), "output")
         lost = inp - out if inp is not None and out is not None else None
-        rows.append({"layer": node.name, "op": node.op_type, "weight": node.input[1], "input_sqnr_db": _round(inp),
+        rows.append({"layer": module_name(node), "node": node.name, "op": node.op_type, "weight": node.input[1],
+                     "input_sqnr_db": _round(inp),
                      "output_sqnr_db": _round(out), "lost_db": _round(lost), "weight_sqnr_db": _round(weight)})
     return sorted(rows, key=lambda r: (-(r["lost_db"] if r["lost_db"] is not None else -1e9), r["weight_sqnr_db"]))
 
@@ -204,7 +206,7 @@ def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dic
     def drop_of(path: Path) -> float:
         return 100 * (fp32_top1 - score(path, "onnxruntime", data)[0]["val"]["top1"])
 
-    groups = _exclusion_groups(source, [row["layer"] for row in errors])  # most dB lost first
+    groups = _exclusion_groups(source, [row["node"] for row in errors])  # most dB lost first
 
     def excluded(k: int) -> list[str]:
         return list(dict.fromkeys(name for group in groups[:k] for name in group))
@@ -226,8 +228,11 @@ def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dic
             low, high = (low, mid) if mid_drop <= cfg.max_accuracy_drop + 1e-9 else (mid, high)
         count = high
         quantized = build(excluded(count))
-    details.update(fp32_layers=excluded(count), guard_steps=steps)
+    modules = {row["node"]: row["layer"] for row in errors}
+    details.update(fp32_layers=excluded(count), guard_steps=steps,
+                   fp32_modules=[modules[n] for n in excluded(count) if n in modules])
     return quantized
+
 
 
 def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:

@@ -53,7 +53,11 @@ def test_ptq_onnxruntime_and_tensorrt_write_checked_qdq_models(tmp_path, trained
     m = ort.record.metrics
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(ort.artifact)
     assert m["val_drop_points"] <= 2.0 and m["quantized"]["test"]["agreement"] >= 0.95
-    assert m["layer_errors"] and {"layer", "op", "input_sqnr_db", "output_sqnr_db", "lost_db"} <= set(m["layer_errors"][0])
+    assert m["layer_errors"] and {"layer", "node", "op", "input_sqnr_db", "output_sqnr_db", "lost_db"} <= set(m["layer_errors"][0])
+    modules = dict(trained_cnn.model.named_modules())  # the table names the PyTorch module, not node_Conv_82
+    assert all(isinstance(modules.get(r["layer"]), (torch.nn.Conv2d, torch.nn.Linear)) for r in m["layer_errors"]), \
+        m["layer_errors"]
+    assert {r["node"] for r in m["layer_errors"]} <= {n.name for n in onnx.load(str(ort.artifact)).graph.node}
     assert ort.record.config["environment"]["vnni"] in (True, False)
     trt = quantize(copy.deepcopy(trained_cnn), tmp_path / "t.onnx", QuantizeConfig(target="tensorrt", latency=False),
                    "digits", progress=False)
@@ -110,12 +114,13 @@ def test_accuracy_guard_keeps_the_fragile_layer_in_fp32(tmp_path, trained_cnn):
     assert plain["fp32"]["val"]["top1"] >= 0.8
     assert plain["val_drop_points"] > 10, "the outlier should break plain int8"
     worst = plain["layer_errors"][0]
-    assert worst["weight"].startswith("features.3"), plain["layer_errors"][:3]
-    assert worst["layer"] in fp32_and_int8_layers(tmp_path / "plain.onnx")[1]  # plain int8 quantizes it
+    assert worst["weight"].startswith("features.3") and worst["layer"] == "features.3", plain["layer_errors"][:3]
+    assert worst["node"] in fp32_and_int8_layers(tmp_path / "plain.onnx")[1]  # plain int8 quantizes it
     guarded = quantize(copy.deepcopy(fragile), tmp_path / "guarded.onnx",
                        QuantizeConfig(max_accuracy_drop=1.0, latency=False), "digits", progress=False).record.metrics
     fp32, _ = _assert_guard_held(tmp_path / "guarded.onnx", guarded, fragile, 1.0)
-    assert worst["layer"] in fp32 and len(guarded["fp32_layers"]) <= 3
+    assert worst["node"] in fp32 and len(guarded["fp32_layers"]) <= 3
+    assert "features.3" in guarded["fp32_modules"], guarded["fp32_modules"]
     assert guarded["guard_steps"][0]["val_drop_points"] > 10
 
 
@@ -127,6 +132,15 @@ def test_openvino_guard_uses_nncf_accuracy_control(tmp_path, trained_cnn):
     fp32, _ = _assert_guard_held(tmp_path / "g.xml", guarded.record.metrics, fragile, 1.0)
     assert "features.3.weight" in fp32.values(), fp32  # the conv that reads the outlier channel stays fp32
     assert (tmp_path / "g.bin").is_file()
+
+
+def test_openvino_guard_within_budget_from_the_start(tmp_path, trained_cnn):
+    """The demo's case: a model whose plain int8 already fits the budget keeps (nearly) every layer in int8."""
+    guarded = quantize(copy.deepcopy(trained_cnn), tmp_path / "g.xml",
+                       QuantizeConfig(target="openvino", max_accuracy_drop=1.0, latency=False), "digits",
+                       progress=False)
+    fp32, int8 = _assert_guard_held(tmp_path / "g.xml", guarded.record.metrics, trained_cnn, 1.0)
+    assert len(int8) >= 5 and len(fp32) <= 1, (fp32, int8)
 
 
 def test_no_configuration_fits_gives_the_best_drop(tmp_path, trained_cnn, monkeypatch):
