@@ -60,10 +60,11 @@ def _hostile(tmp_path: Path, kind: str) -> Path:
 
 def _commands(model: Path, tmp: Path) -> dict[str, list[str]]:
     recipe = tmp / "recipe.yaml"
-    recipe.write_text(f"name: hostile\nmodel: {{path: {model}}}\nstages: [{{stage: prune, ratio: 0.5}}]\n"
+    recipe.write_text(f"name: hostile\ndataset: digits\nmodel: {{path: {model}}}\nstages: [{{stage: prune, ratio: 0.5}}]\n"
                       "bench: null\n")
     m, o = str(model), str(tmp / "out")
-    return {
+    # -d digits: the hostile files record no dataset, and the test is what their code does, not which data
+    commands = {
         "eval": ["eval", m],
         "export": ["export", m, "--target", "onnx", "-o", o + ".onnx"],
         "bench": ["bench", m, "--backend", "torch", "--report", o + "-bench"],
@@ -77,6 +78,7 @@ def _commands(model: Path, tmp: Path) -> dict[str, list[str]]:
         "run": ["run", str(recipe), "--run-dir", str(tmp / "run")],
         "auto": ["auto", m, "--trials", "1", "-o", o + "-auto"],
     }
+    return {k: v if k in ("run", "info --layers") else [*v, "-d", "digits"] for k, v in commands.items()}
 
 
 PICKLE_FLAG = {"eval", "export", "prune", "distill (teacher)", "distill (student)", "train"}
@@ -115,7 +117,7 @@ def test_unhashed_file_needs_trust_code_even_when_named(tmp_path):
     result = invoke(["eval", str(model), "--arch", f"{tmp_path / 'evil.py'}:build"])
     assert result.exit_code == 2 and "records no sha256" in result.stderr
     assert not (tmp_path / "PWNED").exists()
-    ok(["eval", model, "--trust-code", "--limit", "20"])  # the user said so: it runs
+    ok(["eval", model, "--trust-code", "--limit", "20", "-d", "digits"])  # the user said so: it runs
     assert (tmp_path / "PWNED").read_text() == "called"
 
 
@@ -124,7 +126,7 @@ def user_bundle(tmp_path, monkeypatch):
     """A bundle trained from the user's own net.py (named on the command line, so allowed)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.py").write_text(NET_PY)
-    ok(["train", "--arch", "net.py:build", "--input-size", "8", "--channels", "1", "--epochs", "1", "-q",
+    ok(["train", "--arch", "net.py:build", "-d", "digits", "--input-size", "8", "--channels", "1", "--epochs", "1", "-q",
         "-o", "mine.safetensors"])
     return tmp_path / "mine.safetensors"
 
@@ -177,7 +179,7 @@ def test_recipe_arch_file_is_relative_to_the_recipe_and_counts_as_named(tmp_path
     project.mkdir()
     (project / "net.py").write_text(NET_PY.replace("Linear(64,", "Linear(3 * 64,"))  # recipes build 3 channels
     recipe = project / "r.yaml"
-    recipe.write_text("name: mine\nmodel: {arch: 'net.py:build', input_size: 8}\n"
+    recipe.write_text("name: mine\ndataset: digits\nmodel: {arch: 'net.py:build', input_size: 8}\n"
                       "stages: [{stage: train, epochs: 1}, {stage: prune, ratio: 0.25}]\nbench: null\n")
     monkeypatch.chdir(tmp_path)  # not the recipe's folder: net.py is found beside the recipe
     ok(["run", recipe, "--run-dir", "run", "--quiet"])
