@@ -56,7 +56,7 @@ def main() -> None:
             trained = train(bundle, str(root), TrainConfig(epochs=EPOCHS, augment=policy), progress=False)
             seconds = time.perf_counter() - start
             metrics = trained.lineage[-1].metrics
-            val = metrics.get("val", {}).get("top1", float("nan"))
+            val = metrics.get("val_top1", float("nan"))
             print(f"{policy:<9} {val:>9.4f} {metrics['test']['top1']:>10.4f} {old_eval_top1(trained, root):>13.4f} "
                   f"{seconds:>8.1f}", flush=True)
 
