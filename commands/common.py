@@ -150,7 +150,7 @@ def choose_data(given: str | None, lineage, *, severity: int | None, classes, wh
         say(choice.note())
     elif choice.why != "--dataset":
         say(f"dataset: {choice.label()} ({choice.why})")
-    if getattr(info, "split_policy", ""):
+    if getattr(info, "split_policy", "") and choice.spec not in ("digits", "digits-c"):  # built-ins: fixed, documented
         say(f"splits: {info.split_policy}")
     if choice.spec not in ("digits", "digits-c"):
         from dataclasses import replace

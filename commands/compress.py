@@ -209,7 +209,7 @@ def distill_cmd(
     if student_path is not None:
         student_bundle = load_bundle(student_path, arch=None, weights=None, arch_kwargs=arch_kwargs,
                                      input_size=input_size, channels=channels, trust_pickle=trust_pickle,
-                                     dataset=dataset, severity=severity_value)
+                                     dataset=dataset, severity=data.severity_option)
     else:
         from deepslim.models import torchvision_names
         chans, size = teacher_model.input_spec.shape[:2]
@@ -217,7 +217,7 @@ def distill_cmd(
             channels = chans
         student_bundle = load_bundle(None, arch=student, weights=None, arch_kwargs=arch_kwargs,
                                      input_size=input_size or size, channels=channels,
-                                     trust_pickle=False, dataset=dataset, severity=severity_value, seed=seed)
+                                     trust_pickle=False, dataset=dataset, severity=data.severity_option, seed=seed)
     check_saveable(student_bundle)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet or not is_main_process())

@@ -189,7 +189,12 @@ def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None
     models = []
     for path in artifacts:
         require_file(path, "artifact")
-        meta = read_header(path) if path.suffix.lower() == ".safetensors" else read_meta(path)
+        try:
+            meta = read_header(path) if path.suffix.lower() == ".safetensors" else read_meta(path)
+        except DeepSlimError:
+            if dataset is None:
+                raise
+            meta = None  # the runner that loads it says precisely what is wrong
         models.append((path.name, meta.lineage if meta else [], meta.classes if meta else None))
     try:
         choice = common_dataset(dataset, models, severity=severity)

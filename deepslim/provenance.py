@@ -47,6 +47,11 @@ class DataChoice:
             return f"note: --dataset {self.spec} differs from the dataset the model was made on ({self.recorded})."
         return None
 
+    @property
+    def severity_option(self) -> int | None:
+        """The severity as a --severity option would give it: only digits-c has one."""
+        return self.severity if self.spec == "digits-c" else None
+
     def label(self) -> str:
         return self.spec if self.spec != "digits-c" else f"digits-c (severity {self.severity})"
 

@@ -149,10 +149,23 @@ def kill_when(args: list[str], ready: Callable[[], bool], *, timeout: float = 12
     proc.wait()
 
 
+_TAKES_DATASET = {"train", "eval", "export", "bench", "compress", "auto"}
+
+
+def with_dataset(args: list[str]) -> list[str]:
+    """``args`` with ``-d digits`` added when the command takes --dataset and the case names none.
+
+    The cases' models are built from --arch or are bare bundles that record no dataset, which is an
+    error of its own (tests/integration/test_dataset_default.py); each case is about something else."""
+    given = any(a in ("-d", "--dataset") or a.startswith("--dataset=") for a in args)
+    return args if given or not args or args[0] not in _TAKES_DATASET else [*args, "-d", "digits"]
+
+
 def assert_bad_input(args: list[str], fragments: list[Fragment], root: Path, *, output: str | None = None) -> str:
-    """Snapshots ``root``, runs the CLI on ``args`` and asserts the clean failure; returns the message."""
+    """Snapshots ``root``, runs the CLI on ``args`` (with a dataset, see :func:`with_dataset`) and asserts the
+    clean failure; returns the message."""
     before = snapshot(root)
-    result = invoke(args)
+    result = invoke(with_dataset(args))
     return assert_clean_failure(result, fragments, before=before, root=root, output=output)
 
 
