@@ -18,14 +18,17 @@ from torch import nn
 from compress.options import Importance, Recover
 from compress.prune_plan import Structure, analyse, global_plan, refine, uniform_plan
 from compress.prune_plan import ratio_dict as ratio_dict_for
-from deepslim.config import TrainConfig
+from deepslim.config import Augment, TrainConfig
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
 from deepslim.models import ModelBundle, find_head
 from deepslim.profile import count_macs_params
+from deepslim.provenance import data_policies
 from deepslim.spec import StageRecord
 from deepslim.training import fit, versions
+
+FINETUNE_AUGMENT = Augment.LIGHT  # fine-tuning after pruning: mild shifts and scaling, never flips
 
 
 class PruneError(DeepSlimError):
@@ -307,8 +310,10 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
                 ft = TrainConfig(epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, warmup_epochs=0)
                 loss = kd_finetune_loss(teacher, cfg.temperature, cfg.alpha) if teacher is not None else None
                 result = fit(work.model, data["train_aug"], data["val"], ft, loss_fn=loss, progress=progress,
-                             keep_start=True)
+                             keep_start=True, bn_data=data["train"])
                 row.update(finetune_val_top1=result.best_val_top1, finetune_best_epoch=result.best_epoch)
+                if result.notes:
+                    row["notes"] = list(result.notes)
                 if result.best_epoch == 0:
                     row["kept_start"] = True
                     say(f"step {step + 1}: no fine-tuning epoch beat the pruned start (val top-1 "
@@ -324,7 +329,9 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
                                "uncut": the_structure.uncut()}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset).metrics)
-    record = StageRecord("prune", {**cfg.to_json(), "dataset": dataset}, round(time.perf_counter() - start, 2),
+    recorded = {"dataset": dataset, **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
+                                       if data is not None else {})}
+    record = StageRecord("prune", {**cfg.to_json(), **recorded}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())
     return work.with_record(record)
 
@@ -352,8 +359,8 @@ def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig) -> dict[st
     source = open_dataset(dataset)
     check_compatible(bundle, source.info.num_classes, dataset)
     spec = bundle.input_spec
-    return {"train": source.split("train", spec), "train_aug": source.split("train", spec, augment=True),
-            "val": source.split("val", spec)}
+    return {"train": source.split("train", spec), "train_aug": source.split("train", spec, augment=FINETUNE_AUGMENT),
+            "val": source.split("val", spec), "source": source}
 
 
 def _epochs_for_step(total: int, steps: int, step: int) -> int:

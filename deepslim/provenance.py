@@ -156,9 +156,19 @@ def _label(recorded: tuple[str, int]) -> str:
 
 def data_record(choice: DataChoice, info: Any = None, augment: Any = None) -> dict[str, Any]:
     """What a stage records about its data: the dataset to reopen it, its split and preprocessing policies."""
-    record: dict[str, Any] = {"dataset": canonical_dataset(choice.label())}
-    policies = {"split": getattr(info, "split_policy", ""), "preprocess": getattr(info, "preprocess", "")}
+    return {"dataset": canonical_dataset(choice.label()), "data": _policies(info, augment)}
+
+
+def data_policies(source: Any, spec: Any = None, augment: Any = None) -> dict[str, Any]:
+    """A stage record's ``data``: how the source split and prepared the images (for this input spec)
+    and the training augmentation, when there was one."""
+    describe = getattr(source, "describe_preprocess", None)
+    preprocess = describe(spec) if callable(describe) and spec is not None else None
+    return _policies(source.info, augment, preprocess)
+
+
+def _policies(info: Any, augment: Any, preprocess: str | None = None) -> dict[str, Any]:
+    policies = {"split": getattr(info, "split_policy", ""), "preprocess": preprocess or getattr(info, "preprocess", "")}
     if augment is not None:
         policies["augment"] = getattr(augment, "value", augment)
-    record["data"] = {k: v for k, v in policies.items() if v}
-    return record
+    return {k: v for k, v in policies.items() if v}
