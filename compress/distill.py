@@ -36,7 +36,7 @@ from deepslim.finetune import finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
 from deepslim.models import ModelBundle
-from deepslim.provenance import data_policies
+from deepslim.provenance import data_policies, recorded_name
 from deepslim.spec import StageRecord
 from deepslim.training import fit, measure_start, open_splits, sayer, versions
 
@@ -187,7 +187,7 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     if result.best_epoch == 0:
         notes.append(kept_start_note(begin.val_top1, result.history))
         say(notes[-1])
-    params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": source.info.name,
+    params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": recorded_name(dataset, severity),
               "data": data_policies(source, spec, cfg.train.augment)}
     metrics = {"teacher_test": teacher_test, "test_before": before, "test": test, "val_top1": result.best_val_top1,
                "best_epoch": result.best_epoch, "start_val_top1": begin.val_top1,

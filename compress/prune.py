@@ -24,7 +24,7 @@ from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
 from deepslim.models import ModelBundle, find_head
 from deepslim.profile import count_macs_params
-from deepslim.provenance import data_policies
+from deepslim.provenance import data_policies, recorded_name
 from deepslim.spec import StageRecord
 from deepslim.training import fit, versions
 
@@ -329,7 +329,7 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
                                "uncut": the_structure.uncut()}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset).metrics)
-    recorded = {"dataset": dataset, **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
+    recorded = {"dataset": recorded_name(dataset) if dataset else None, **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
                                        if data is not None else {})}
     record = StageRecord("prune", {**cfg.to_json(), **recorded}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())

@@ -27,6 +27,7 @@ import numpy as np
 from compress.options import Activations, Calibration, Method, QuantTarget, Recover
 from deepslim.artifact import ArtifactMeta, read_onnx_meta
 from deepslim.data import calibration_images, open_dataset
+from deepslim.provenance import data_policies, recorded_name
 from deepslim.errors import ConfigError, DatasetError, DeepSlimError, InputFileError
 from deepslim.fileio import atomic_files
 from deepslim.models import ModelBundle
@@ -123,6 +124,7 @@ class QuantData:
     calibration: np.ndarray   # (N, C, H, W) float32, normalised for the artifact
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
+    policies: dict[str, Any] = field(default_factory=dict)  # the source's split and preprocessing, recorded
 
 
 def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3, seed: int = 0,
@@ -133,7 +135,8 @@ def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3,
         raise DatasetError(f"The model predicts {num_classes} classes but dataset '{dataset}' has "
                            f"{source.info.num_classes}.")
     calibration = calibration_images(dataset, spec, samples, severity=severity, seed=seed)
-    return QuantData(calibration, _arrays(source.split("val", spec)), _arrays(source.split("test", spec)))
+    return QuantData(calibration, _arrays(source.split("val", spec)), _arrays(source.split("test", spec)),
+                     data_policies(source, spec))
 
 
 def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +241,9 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
                 warnings.append(_slow_warning(cfg, metrics, details, quantized))
         for w in warnings:
             say(f"warning: {w}")
-        record = StageRecord("quantize", {**cfg.to_json(), "dataset": dataset, "environment": _environment()},
+        record = StageRecord("quantize", {**cfg.to_json(), "dataset": recorded_name(dataset, severity),
+                                          "data": data.policies,
+                                          "environment": _environment()},
                              round(time.perf_counter() - start, 2), {**metrics, "warnings": warnings},
                              versions=_versions())
         files = _finish(quantized, out, meta, record, cfg)

@@ -66,6 +66,11 @@ def canonical_dataset(spec: str) -> str:
     return str(Path(spec).resolve())
 
 
+def recorded_name(spec: str, severity: int = 3) -> str:
+    """The ``dataset`` a stage records for ``spec``: what reopens it from any directory."""
+    return f"digits-c (severity {severity})" if spec == "digits-c" else canonical_dataset(spec)
+
+
 def recorded_dataset(lineage: Sequence[StageRecord]) -> tuple[str, int] | None:
     """The dataset (and digits-c severity) of the last lineage stage that records one."""
     for record in reversed(lineage):

@@ -28,7 +28,7 @@ from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
 from deepslim.metrics import classification_metrics
-from deepslim.provenance import data_policies
+from deepslim.provenance import data_policies, recorded_name
 from deepslim.models import BUILTIN, ModelBundle, find_head, load_model
 from deepslim.spec import StageRecord
 
@@ -84,7 +84,7 @@ def train(bundle: ModelBundle, dataset: str = "digits", config: TrainConfig | No
         say(notes[-1])
     logits, labels = predict_all(model, splits["test"], device=device)
     test = classification_metrics(logits, labels)
-    record = StageRecord("train", {**cfg.to_json(), "dataset": source.info.name,
+    record = StageRecord("train", {**cfg.to_json(), "dataset": recorded_name(dataset, severity),
                                    "data": data_policies(source, spec, cfg.augment)},
                          round(time.perf_counter() - start, 2),
                          {"val_top1": result.best_val_top1, "best_epoch": result.best_epoch,
