@@ -66,8 +66,8 @@ def auto(
 
 def _chosen_line(chosen: dict, baseline: dict) -> str:
     """The chosen model: its accuracy (val drop, test top-1) and its speed against the unpruned model, same run."""
-    from commands.demo import speed_words
+    from deepslim.units import format_speedup
     return (f"chosen: {chosen['copied_to']} (trial {chosen['number']}): val drop {chosen['val_drop_points']:.2f} pt, "
             f"test top-1 {baseline['test']['top1']:.4f} -> {chosen['test']['top1']:.4f}; {chosen['latency_ms']:.3f} ms "
-            f"at batch 1, {speed_words(chosen['speedup'])} than the unpruned model ({baseline['latency_ms']:.3f} ms) "
+            f"at batch 1, {format_speedup(chosen['speedup'])} than the unpruned model ({baseline['latency_ms']:.3f} ms) "
             f"timed in the same run{' (inside the noise)' if chosen['within_noise'] else ''}")

@@ -115,7 +115,7 @@ def test_pruned_random_init_model_passes_parity_on_its_own_data(tmp_path, monkey
     """mobilenet_v3_small, random init, BatchNorm recalibrated on digits by prune: on N(0,1) noise its torch
     fp32 logits are ill-conditioned and the old element-wise check failed; on its own data it agrees."""
     monkeypatch.chdir(tmp_path)
-    ok(["compress", "prune", "--arch", "mobilenet_v3_small", "--input-size", "32", "--ratio", "0.25", "--no-check",
+    ok(["compress", "prune", "--arch", "mobilenet_v3_small", "-d", "digits", "--input-size", "32", "--ratio", "0.25", "--no-check",
         "-q", "-o", "x.safetensors"])
     out = ok(["export", "x.safetensors", "--target", "onnx", "-o", "x.onnx"]).stdout
     assert "parity ok" in out and "digits test (the model's own dataset)" in out

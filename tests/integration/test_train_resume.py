@@ -6,7 +6,7 @@ import torch
 
 from cli_contract import invoke, ok
 
-SMALL = ["--arch", "small_cnn", "--arch-kwargs", '{"width": 8}', "--input-size", "8"]
+SMALL = ["--arch", "small_cnn", "--arch-kwargs", '{"width": 8}', "--input-size", "8", "-d", "digits"]
 
 
 def _start(seed: int):
@@ -37,9 +37,9 @@ def test_resume_from_a_checkpoint_of_another_bundle_is_refused(tmp_path):
     ckpt = tmp_path / "out.safetensors.ckpt"
     from deepslim.models import load_model
     _checkpoint(load_model(b), ckpt)
-    _refused(invoke(["train", str(a), "--epochs", "1", "--resume", "--quiet", "-o", str(out)]), ckpt)
+    _refused(invoke(["train", str(a), "-d", "digits", "--epochs", "1", "--resume", "--quiet", "-o", str(out)]), ckpt)
     assert not out.exists() and ckpt.is_file()
-    resumed = ok(["train", b, "--epochs", "1", "--resume", "--quiet", "-o", out])
+    resumed = ok(["train", b, "-d", "digits", "--epochs", "1", "--resume", "--quiet", "-o", out])
     assert "resuming from" in resumed.stderr and out.is_file()
 
 
