@@ -351,7 +351,8 @@ def print_quantize(result) -> None:
 
     from deepslim.units import format_speedup
     m, cfg = result.record.metrics, result.record.config
-    table = Table(title=f"{cfg['method']} for {cfg['target']}: {result.artifact} ({result.record.seconds:.1f} s)")
+    table = Table(title=f"{cfg['method']} for {cfg['target']}: {result.artifact} ({result.record.seconds:.1f} s); "
+                        f"{data_line(result.record).replace('test split', 'val and test splits')}")
     for col in ("", "fp32", "quantized", "change"):
         table.add_column(col, justify="right")
     for split in ("val", "test"):
