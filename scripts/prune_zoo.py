@@ -98,7 +98,7 @@ def sweep_one(arch: str, size: int, args: argparse.Namespace) -> dict:
     bundle, onnx = args.out / f"{arch}.safetensors", args.out / f"{arch}.onnx"
     for stale in (bundle, onnx, args.out / f"{arch}.noverify.onnx"):
         stale.unlink(missing_ok=True)
-    prune = ["compress", "prune", "--arch", arch, "--input-size", str(size), "--ratio", str(args.ratio),
+    prune = ["compress", "prune", "--arch", arch, "-d", "digits", "--input-size", str(size), "--ratio", str(args.ratio),
              "--no-check", "-q", "-o", str(bundle)]
     rc, output, killed = run_cli(prune, args.out / f"{arch}.prune.log", deadline, args.max_rss_gib)
     if rc != 0:
