@@ -70,7 +70,7 @@ def test_auto_times_the_chosen_with_the_baseline_in_one_run_and_scores_what_ship
     assert 0 <= chosen["test"]["agreement"] <= 1
     assert f"test top-1 {baseline['test']['top1']:.4f} -> {chosen['test']['top1']:.4f}" in result.stdout
     word = "faster" if chosen["speedup"] >= 1 else "slower"
-    assert f"x {word} than the unpruned model ({baseline['latency_ms']:.3f} ms) timed in the same run" in result.stdout
+    assert f"× {word} than the unpruned model ({baseline['latency_ms']:.3f} ms) timed in the same run" in result.stdout
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, trained_cnn):

@@ -47,9 +47,9 @@ def test_eval_arch_with_state_dict_and_pickled_module(tmp_path):
     torch.save(model.state_dict(), tmp_path / "w.pth")
     torch.save(model, tmp_path / "whole.pt")
     by_weights = json.loads(ok(["eval", "--arch", "small_cnn", "--arch-kwargs", '{"width": 8}', "--weights",
-                                 tmp_path / "w.pth", "--input-size", "8", "--json"]).stdout)["metrics"]
+                                 tmp_path / "w.pth", "--input-size", "8", "-d", "digits", "--json"]).stdout)["metrics"]
     by_pickle = json.loads(ok(["eval", tmp_path / "whole.pt", "--trust-pickle", "--input-size", "8",
-                                "--json"]).stdout)["metrics"]
+                                "-d", "digits", "--json"]).stdout)["metrics"]
     assert by_weights == by_pickle
 
 
@@ -79,7 +79,7 @@ def test_python_cli_py_and_console_script_work():
 def test_killed_training_resumes_from_checkpoint(tmp_path):
     out = tmp_path / "m.safetensors"
     ckpt = tmp_path / "m.safetensors.ckpt"
-    args = [sys.executable, str(ROOT / "cli.py"), "train", "--arch", "small_cnn", "--input-size", "16",
+    args = [sys.executable, str(ROOT / "cli.py"), "train", "--arch", "small_cnn", "-d", "digits", "--input-size", "16",
             "--epochs", "6", "--quiet", "-o", str(out)]
     kill_when(args, ckpt.exists)
     assert not out.exists() and not list(tmp_path.glob(".*tmp-*"))
@@ -196,7 +196,7 @@ def test_resnet18_on_digits_reaches_97_percent(tmp_path):
 def test_same_seed_on_the_command_line_gives_the_same_model(tmp_path):
     from deepslim.bundle import read_tensors
     for name in ("a", "b"):
-        ok(["train", "--arch", "small_cnn", "--input-size", "8", "--epochs", "1", "--seed", "7", "--quiet",
+        ok(["train", "--arch", "small_cnn", "-d", "digits", "--input-size", "8", "--epochs", "1", "--seed", "7", "--quiet",
              "-o", tmp_path / f"{name}.safetensors"])
     a, b = (read_tensors(tmp_path / f"{n}.safetensors") for n in ("a", "b"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
