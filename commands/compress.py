@@ -48,6 +48,7 @@ def prune_cmd(
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, Taylor importance, sensitivity and "
         "accuracy (default: the dataset recorded in the model's lineage).", show_default=False)] = None,
+    severity: Severity = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity (table + plot); "
                                               "without -o, only that.")] = False,
     allocation: Annotated[Allocation, typer.Option(help="Same ratio for every layer, or spread by sensitivity.")]
@@ -79,19 +80,19 @@ def prune_cmd(
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                                  channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=None,
+                                  channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
                                   seed=seed, quiet=quiet)
     dataset = data.spec
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     _prune_preflight(bundle, cfg, check, console)
     if wants_sensitivity:
-        cfg = _sensitivity(bundle, cfg, dataset, report or _default_report(out), allocation, console)
+        cfg = _sensitivity(bundle, cfg, data, report or _default_report(out), allocation, console)
     if out is None:
         return
     from compress.prune import prune
     from deepslim.models import save_model
-    pruned = prune(bundle, cfg, dataset=dataset, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    pruned = prune(bundle, cfg, dataset=dataset, severity=data.severity, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     save_model(pruned, out, force=force)
     print_prune(pruned, out)
 
@@ -116,11 +117,11 @@ def _prune_preflight(bundle, cfg, check: bool, console) -> None:
         console.print(f"left out: {layer} ({why})", highlight=False)
 
 
-def _sensitivity(bundle, cfg, dataset: str, report: Path, allocation, console):
+def _sensitivity(bundle, cfg, data, report: Path, allocation, console):
     from dataclasses import replace
     from compress.sensitivity import allocate, analyze, write_sensitivity
     with console.status("pruning sensitivity") as status:
-        base, rows = analyze(bundle, dataset, cfg, tick=lambda text: status.update(text))
+        base, rows = analyze(bundle, data.spec, cfg, severity=data.severity, tick=lambda text: status.update(text))
     paths = write_sensitivity(base, rows, report)
     console.print(f"sensitivity ({base.describe()}: {base:.4f}): {paths['md']} and {paths['png']}", highlight=False)
     if allocation is Allocation.SENSITIVITY and (cfg.ratio or cfg.speedup):

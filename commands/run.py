@@ -26,10 +26,12 @@ def run(
 
     Example: deepslim run recipes/digits-small.yaml --run-dir runs/small
     """
-    from pipeline.recipe import feasibility, load_recipe
+    from pipeline.recipe import feasibility, load_recipe, recipe_dataset
     spec = load_recipe(recipe)
     notes = feasibility(spec)
     if check:
+        if spec.model.path is None or (recipe.parent / spec.model.path).exists():  # a missing model is run's error
+            recipe_dataset(spec, recipe.parent)
         typer.echo(f"{recipe}: valid ({len(spec.stages)} stages{', bench' if spec.bench else ''})")
         for note in notes:
             typer.echo(f"note: {note}")

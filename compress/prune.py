@@ -262,7 +262,7 @@ def _scaled(layer_ratios: dict[str, float] | None, scale: float) -> dict[str, fl
 
 # --- the stage ----------------------------------------------------------------------------------
 
-def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digits",
+def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digits", severity: int = 3,
           progress: bool = True, log: Callable[[str], None] | None = None) -> ModelBundle:
     """Prune ``bundle`` structurally; recalibrate BatchNorm and fine-tune when a dataset is given.
 
@@ -273,13 +273,13 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     the_plan = plan(bundle, cfg)
-    data = _data(bundle, dataset, cfg)
+    data = _data(bundle, dataset, cfg, severity)
     if data is None and (cfg.finetune_epochs or cfg.sparsity_train_epochs or cfg.importance is Importance.TAYLOR):
         raise ConfigError("Fine-tuning, sparsity training and Taylor importance need --dataset.")
     work = copy.deepcopy(bundle)
     teacher = copy.deepcopy(bundle.model).eval() if cfg.recover is Recover.KD else None
     before_macs, before_params = count_macs_params(work.model, work.input_spec)
-    before = evaluate(work, dataset).metrics if dataset else None
+    before = evaluate(work, dataset, severity=severity).metrics if dataset else None
     if cfg.sparsity_train_epochs:
         say(f"network slimming: {cfg.sparsity_train_epochs} epochs with L1 {cfg.sparsity_lambda} on BatchNorm scales")
         sparsity_train(work.model, data["train"], data["val"], epochs=cfg.sparsity_train_epochs,
@@ -328,8 +328,9 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
                                "groups": _kept(work.model, the_structure, groups),
                                "uncut": the_structure.uncut()}
     if dataset:
-        metrics.update(test_before=before, test=evaluate(work, dataset).metrics)
-    recorded = {"dataset": recorded_name(dataset) if dataset else None, **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
+        metrics.update(test_before=before, test=evaluate(work, dataset, severity=severity).metrics)
+    recorded = {"dataset": recorded_name(dataset, severity) if dataset else None,
+                **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
                                        if data is not None else {})}
     record = StageRecord("prune", {**cfg.to_json(), **recorded}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())
@@ -353,10 +354,10 @@ def _kept(model: nn.Module, s: Structure, groups: dict[str, int]) -> dict[str, l
     return out
 
 
-def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig) -> dict[str, Any] | None:
+def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig, severity: int = 3) -> dict[str, Any] | None:
     if dataset is None:
         return None
-    source = open_dataset(dataset)
+    source = open_dataset(dataset, severity=severity)
     check_compatible(bundle, source.info.num_classes, dataset)
     spec = bundle.input_spec
     return {"train": source.split("train", spec), "train_aug": source.split("train", spec, augment=FINETUNE_AUGMENT),

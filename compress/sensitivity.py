@@ -64,12 +64,13 @@ def prunable_roots(bundle: ModelBundle, cfg: PruneConfig) -> list[str]:
     return [names[g[0].dep.target.module] for g in groups if g[0].dep.target.module in names]
 
 
-def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
+def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, severity: int = 3,
+            ratios: tuple[float, ...] = (0.25, 0.5, 0.75),
             limit: int = 300, tick=None) -> tuple[ValTop1, list[LayerSensitivity]]:
     """Base val top-1 and, per prunable layer, the drop when only that layer is pruned at each ratio.
 
     Both are measured on a seeded subset of at most ``limit`` val images; the base says how many."""
-    source = open_dataset(dataset)
+    source = open_dataset(dataset, severity=severity)
     check_compatible(bundle, source.info.num_classes, dataset)
     whole = source.split("val", bundle.input_spec)
     val = subset(whole, limit)

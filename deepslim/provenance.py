@@ -39,7 +39,7 @@ class DataChoice:
     @property
     def differs(self) -> bool:
         return self.recorded is not None and self.why == "--dataset" and \
-            canonical_dataset(self.recorded) != canonical_dataset(self.spec)
+            canonical_dataset(self.recorded) != canonical_dataset(self.label())
 
     def note(self) -> str | None:
         """One line for the output when the user's --dataset is not the model's own."""
@@ -92,6 +92,9 @@ def usable_recorded(name: str, classes: Sequence[str] | None) -> str | None:
     if is_code_spec(name):
         return (f"the model's dataset {name} is Python code, which a model file cannot make deepslim run; "
                 f"pass --dataset {name} to use it")
+    if not Path(name).is_absolute():
+        return (f"the model records its dataset as the relative path {name} (written before deepslim recorded "
+                "absolute paths), which may name another folder from here")
     if not Path(name).is_dir():
         return f"the model's dataset {name} is not here"
     if not folder_of(Path(name), classes):
@@ -107,7 +110,9 @@ def folder_of(root: Path, classes: Sequence[str] | None) -> bool:
     if is_cifar10_dir(root):
         return len(classes) == 10
     top = root / "train" if (root / "train").is_dir() else root
-    return sorted(p.name for p in top.iterdir() if p.is_dir()) == sorted(classes)
+    folders = sorted(p.name for p in top.iterdir() if p.is_dir())
+    default = list(classes) == [str(i) for i in range(len(classes))]  # a model that never learned the names
+    return folders == sorted(classes) or (default and len(folders) == len(classes))
 
 
 def resolve_dataset(given: str | None, lineage: Sequence[StageRecord] = (), *, severity: int | None = None,
@@ -117,8 +122,9 @@ def resolve_dataset(given: str | None, lineage: Sequence[StageRecord] = (), *, s
     if given is not None:
         if severity is not None and given != "digits-c":
             raise ConfigError(f"--severity applies to --dataset digits-c only, not '{given}'.")
-        return DataChoice(given, 3 if severity is None else severity, "--dataset",
-                          _label(recorded) if recorded else None)
+        if severity is None:  # digits-c without --severity: the model's own severity, else 3
+            severity = recorded[1] if recorded and recorded[0] == "digits-c" else 3
+        return DataChoice(given, severity, "--dataset", _label(recorded) if recorded else None)
     if recorded is None:
         raise ConfigError(f"{what} records no dataset; pass --dataset ({DATASET_HELP}).")
     name, recorded_severity = recorded

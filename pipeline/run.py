@@ -62,9 +62,10 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
     """Run (or resume) ``recipe`` in ``run_dir``; returns what each stage did and the report path."""
     say = log or (lambda _msg: None)
     run_dir = Path(run_dir)
+    dataset_spec = recipe_dataset(recipe, base)
     if recipe.dataset is None:
-        say(f"dataset: {recipe_dataset(recipe, base)} (the one the recipe's model records)")
-    recipe = recipe.model_copy(update={"dataset": recipe_dataset(recipe, base)})
+        say(f"dataset: {dataset_spec} (the one the recipe's model records)")
+    recipe = recipe.model_copy(update={"dataset": dataset_spec})
     notes = feasibility(recipe)
     for note in notes:
         say(f"note: {note}")

@@ -91,3 +91,15 @@ def test_class_names_are_checked_against_the_dataset(models, tmp_path):
     ok(["train", *SMALL, "-d", pets, "--epochs", "1", "-o", two])
     result = invoke(["eval", str(two), "-d", "digits"])
     assert result.exit_code == 2 and "2" in result.output and "10" in result.output
+
+
+def test_a_recipe_without_dataset_takes_its_models_and_check_says_when_there_is_none(models, tmp_path):
+    new = tmp_path / "new.yaml"
+    new.write_text("name: new\nmodel: {arch: small_cnn, input_size: 8}\nstages: []\nbench: null\n")
+    result = invoke(["run", str(new), "--check"])
+    assert result.exit_code == 2 and "needs a `dataset:`" in result.output
+    own = tmp_path / "own.yaml"
+    own.write_text(f"name: own\nmodel: {{path: {models['mnist']}}}\nstages: []\nbench: null\n")
+    assert "valid" in ok(["run", own, "--check"]).stdout
+    from pipeline.recipe import load_recipe, recipe_dataset
+    assert recipe_dataset(load_recipe(own), tmp_path) == str(models["mnist_dir"].resolve())

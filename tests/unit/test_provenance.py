@@ -43,7 +43,7 @@ def test_a_recorded_directory_is_used_only_when_it_is_here_with_the_models_class
     lineage = _lineage(str(root))
     assert resolve_dataset(None, lineage, classes=["cat", "dog"]).spec == str(root)
     with pytest.raises(DatasetError, match="no longer has the model's classes"):
-        resolve_dataset(None, lineage, classes=["0", "1"])
+        resolve_dataset(None, lineage, classes=["ant", "bee"])
     with pytest.raises(DatasetError, match="is not here; pass --dataset"):
         resolve_dataset(None, _lineage(str(tmp_path / "gone")), classes=["cat", "dog"])
 
@@ -85,3 +85,25 @@ def test_canonical_paths_are_absolute_and_recorded_with_the_policies(tmp_path, m
     assert record == {"dataset": str(tmp_path / "pets"),
                       "data": {"split": Info.split_policy, "preprocess": Info.preprocess, "augment": "light"}}
     assert recorded_dataset([StageRecord("train", record, 1.0, {})]) == (str(tmp_path / "pets"), 3)
+
+
+def test_digits_c_keeps_the_models_severity_and_is_not_said_to_differ():
+    lineage = _lineage("digits-c (severity 5)")
+    same = resolve_dataset("digits-c", lineage)
+    assert same.severity == 5 and same.note() is None
+    other = resolve_dataset("digits-c", lineage, severity=2)
+    assert other.severity == 2 and "differs" in other.note()
+
+
+def test_a_model_with_default_class_names_finds_its_folder(tmp_path):
+    root = _folder(tmp_path / "pets")
+    assert resolve_dataset(None, _lineage(str(root)), classes=["0", "1"]).spec == str(root)
+    with pytest.raises(DatasetError, match="no longer has the model's classes"):
+        resolve_dataset(None, _lineage(str(root)), classes=["0", "1", "2"])
+
+
+def test_a_relative_recorded_path_is_not_trusted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "pets")
+    with pytest.raises(DatasetError, match="relative path pets"):
+        resolve_dataset(None, _lineage("pets"), classes=["cat", "dog"])
