@@ -185,6 +185,7 @@ def test_demo_trains_prunes_quantizes_benchmarks_and_resumes(tmp_path):
             f"below the original, over the {drop - 0.5:g}-point budget.") in missed.stdout
 
 
+@pytest.mark.slow  # ~95 s; resnet18 training is in the demo test, and 0.97 on MNIST in the slow test_mnist_folder
 def test_resnet18_on_digits_reaches_97_percent(tmp_path):
     """The foundation's acceptance run (about 25 s of training on 2 cores)."""
     out = tmp_path / "base.safetensors"

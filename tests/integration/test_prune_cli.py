@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from cli_contract import ok
 
 
 
 
+@pytest.mark.slow  # ~110 s; the demo test asserts 2x with KD within its budget in the default run
 def test_resnet18_pruned_2x_keeps_accuracy_and_exports(tmp_path):
     base, pruned = tmp_path / "base.safetensors", tmp_path / "pruned.safetensors"
     ok(["train", "--arch", "resnet18", "--dataset", "digits", "--input-size", "32", "--quiet", "-o", base])

@@ -71,6 +71,7 @@ def test_run_then_rerun_keeps_everything_and_a_changed_stage_reruns_with_the_one
     assert _manifest(run_dir)["stages"]["2"]["config"]["finetune_epochs"] == 2
 
 
+@pytest.mark.slow  # ~66 s; kill-and-resume of train and distill stay in the default run
 def test_sigkill_in_the_middle_of_a_stage_then_rerun_finishes_with_the_same_metrics(tmp_path):
     recipe = tmp_path / "fast.yaml"
     recipe.write_text(_fast(epochs=8))
