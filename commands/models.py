@@ -91,7 +91,7 @@ def evaluate(
                       device=device)
     if as_json:
         typer.echo(json.dumps({"model": str(model or arch), "dataset": result.dataset, "split": split,
-                               "metrics": result.metrics}, indent=2))
+                               "recorded_dataset": data.recorded, "metrics": result.metrics}, indent=2))
     else:
         print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics)
 

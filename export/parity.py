@@ -23,7 +23,7 @@ from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.data import open_dataset, subset
 from deepslim.models import ModelBundle
 from deepslim.spec import InputSpec, StageRecord
-from deepslim.provenance import canonical_dataset, recorded_dataset, usable_recorded
+from deepslim.provenance import recorded_dataset, recorded_name, usable_recorded
 from export.errors import ParityError
 
 DEFAULT_BACKEND = {ArtifactKind.ONNX: Backend.ONNXRUNTIME, ArtifactKind.OPENVINO: Backend.OPENVINO,
@@ -100,8 +100,9 @@ def choose_inputs(dataset: str | None, lineage: list[StageRecord], severity: int
     """
     recorded = recorded_dataset(lineage)
     if dataset is not None:
-        differs = recorded is not None and canonical_dataset(recorded[0]) != canonical_dataset(dataset)
-        return ParityInputs(dataset, severity, f"--dataset{f'; the model was made on {recorded[0]}' if differs else ''}")
+        made_on = recorded_name(*recorded) if recorded else None
+        differs = made_on is not None and made_on != recorded_name(dataset, severity)
+        return ParityInputs(dataset, severity, f"--dataset{f'; the model was made on {made_on}' if differs else ''}")
     if recorded is None:
         return ParityInputs(None)
     name, recorded_severity = recorded

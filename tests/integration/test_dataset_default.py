@@ -42,6 +42,8 @@ def test_eval_without_dataset_uses_the_recorded_one(models):
 def test_a_dataset_other_than_the_recorded_one_is_allowed_and_said(models):
     result = ok(["eval", models["mnist"], "-d", "digits"])
     assert "differs from the dataset the model was made on" in result.output.replace("\n", " ")
+    as_json = json.loads(ok(["eval", models["mnist"], "-d", "digits", "--json"]).stdout)
+    assert as_json["recorded_dataset"] == str(models["mnist_dir"].resolve()) and as_json["dataset"] == "digits"
 
 
 def test_the_recorded_dataset_is_absolute_so_another_directory_finds_it(models, monkeypatch, tmp_path):

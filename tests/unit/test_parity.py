@@ -98,7 +98,7 @@ def test_inputs_come_from_the_dataset_recorded_in_the_lineage(monkeypatch):
     digits_c = parity.parity_inputs(SPEC, parity.ParityInputs("digits-c", 2), 32)[0]
     np.testing.assert_array_equal(seen[0], digits_c[:16])  # severity 2, as recorded
     assert _check(monkeypatch, bundle, fn, dataset="digits").inputs.startswith("digits test (--dataset; the model "
-                                                                              "was made on digits-c)")
+                                                                              "was made on digits-c (severity 2))")
     assert _check(monkeypatch, _bundle(model), fn).inputs.startswith("seeded random")
 
 

@@ -107,3 +107,10 @@ def test_a_relative_recorded_path_is_not_trusted(tmp_path, monkeypatch):
     _folder(tmp_path / "pets")
     with pytest.raises(DatasetError, match="relative path pets"):
         resolve_dataset(None, _lineage("pets"), classes=["cat", "dog"])
+
+
+def test_parity_says_when_the_given_digits_c_severity_is_not_the_models():
+    from export.parity import choose_inputs
+    lineage = _lineage("digits-c (severity 5)")
+    assert "made on digits-c (severity 5)" in choose_inputs("digits-c", lineage, severity=2).why
+    assert "made on" not in choose_inputs("digits-c", lineage, severity=5).why
