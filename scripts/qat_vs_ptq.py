@@ -1,6 +1,6 @@
 """QAT against PTQ on onnxruntime: resnet18 on digits at 32x32, fp32 vs PTQ vs QAT int8, timed together in one run.
 
-    .venv/bin/python -m benchmarks.qat_vs_ptq [--arch resnet18] [--epochs 5] [--qat-epochs 2] [--rounds 7]
+    .venv/bin/python -m scripts.qat_vs_ptq [--arch resnet18] [--epochs 5] [--qat-epochs 2] [--rounds 7]
                                               [--out runs/qat-vs-ptq] [--no-raw]
 
 Trains the model (seed 0) unless OUT/base.safetensors exists, exports the fp32 ONNX, writes
