@@ -161,11 +161,7 @@ def bench(
     user_metric = load_metric(metric) if metric else None
     from deepslim.data import check_split
     check_split(split)
-    if no_accuracy:
-        dataset, severity = None, None
-    else:
-        data = _bench_data(artifacts, dataset, severity)
-        dataset, severity = data.spec, data.severity
+    dataset, severity = (None, None) if no_accuracy else _bench_data(artifacts, dataset, severity)
     from pipeline.bench import plan_targets
     targets, notes = plan_targets(artifacts, backends, report / "artifacts", input_size=input_size,
                            dataset=dataset)
@@ -179,8 +175,9 @@ def bench(
     typer.echo(f"report: {paths['report.html']} (also report.md, report.json)")
 
 
-def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None):
-    """The dataset of the accuracy columns: --dataset, else the one every artifact's lineage records."""
+def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None) -> tuple[str, int]:
+    """The dataset (and severity) of the accuracy columns: --dataset, else the one every artifact's lineage
+    records."""
     from benchmarks.runners import read_meta
     from deepslim.bundle import read_header
     from deepslim.errors import DeepSlimError
@@ -206,7 +203,7 @@ def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None
     elif choice.why != "--dataset":
         why = choice.why.replace("model's", "models'")
         typer.echo(f"dataset: {choice.label()} ({why})", err=True)
-    return choice
+    return choice.spec, choice.severity
 
 
 def _backends(text: str):
