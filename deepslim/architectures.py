@@ -46,7 +46,15 @@ class SmallCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)))
 
 
-BUILTIN: dict[str, Any] = {"small_cnn": SmallCNN}
+def _mlp(**kwargs: Any) -> nn.Module:
+    from deepslim.mlp import MLP
+    if "in_features" not in kwargs:
+        raise ValueError("mlp needs in_features (the data gives it for feature inputs; else --arch-kwargs)")
+    return MLP(**kwargs)
+
+
+BUILTIN: dict[str, Any] = {"small_cnn": SmallCNN, "mlp": _mlp}
+_IMAGE_BUILTINS = {"small_cnn"}
 _DEFAULT_SIZE = {ArchSource.BUILTIN: 16, ArchSource.TORCHVISION: 224, ArchSource.FILE: 224}
 # Builder kwargs that make torchvision models trainable from scratch at any input size.
 _TV_FIXED_KWARGS = {"inception_v3": {"aux_logits": False, "init_weights": False},
@@ -65,7 +73,7 @@ def known_architectures() -> list[str]:
 
 # --- resolving and building -------------------------------------------------------------------
 
-def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
+def resolve_arch(name: str, *, num_classes: int, input_size: int | tuple[int, int] | None = None,
                  channels: int | None = None, kwargs: dict[str, Any] | None = None) -> tuple[ArchSpec, int, int]:
     """Turn a user's architecture name into an :class:`ArchSpec`; return it, input size and channels."""
     kwargs = dict(kwargs or {})
@@ -81,7 +89,8 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | None = None,
         _missing_function(name, require_file(file, "architecture file"))
     if name in BUILTIN:
         chans = channels or 1
-        spec = ArchSpec(ArchSource.BUILTIN, name, {"num_classes": num_classes, "in_channels": chans, **kwargs})
+        image = {"in_channels": chans} if name in _IMAGE_BUILTINS else {}
+        spec = ArchSpec(ArchSource.BUILTIN, name, {"num_classes": num_classes, **image, **kwargs})
         return spec, input_size or _DEFAULT_SIZE[ArchSource.BUILTIN], chans
     if name in torchvision_names():
         if channels not in (None, 3):
@@ -105,14 +114,19 @@ def _missing_function(text: str, file: Path) -> None:
     raise ConfigError(f"--arch {text} names a Python file but no function; {hint}.")
 
 
-def check_shape_options(input_size: int | None, channels: int | None) -> None:
-    if input_size is not None and input_size < 1:
-        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+def check_shape_options(input_size: int | tuple[int, int] | None, channels: int | None) -> None:
+    sizes = input_size if isinstance(input_size, tuple) else (input_size,) if input_size is not None else ()
+    if any(s < 1 for s in sizes):
+        raise ConfigError(f"--input-size must be a positive size N or HxW, got {input_size}.")
     if channels is not None and channels < 1:
         raise ConfigError(f"--channels must be a positive integer, got {channels}.")
 
 
-def _size_kwargs(name: str, size: int) -> dict[str, Any]:
+def _size_kwargs(name: str, size: int | tuple[int, int]) -> dict[str, Any]:
+    if isinstance(size, tuple):
+        if size[0] != size[1] and name.startswith(("vit_", "maxvit")):
+            raise ConfigError(f"{name} takes square inputs; give --input-size N.")
+        size = size[0]
     if name.startswith("vit_"):
         return {"image_size": size}
     if name.startswith("maxvit"):

@@ -13,8 +13,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from deepslim.errors import InputFileError
+from deepslim.errors import ConfigError, InputFileError
+from deepslim.signature import Signature
 from deepslim.spec import InputSpec, StageRecord
+from deepslim.tasks import Task
 
 META_KEY = "deepslim"
 META_VERSION = 1
@@ -42,25 +44,46 @@ def artifact_kind(path: str | Path) -> ArtifactKind:
 
 @dataclass(frozen=True)
 class ArtifactMeta:
-    """deepslim's metadata inside an exported artifact."""
+    """deepslim's metadata inside an exported artifact: the model's signature and task, its lineage, and how
+    it was exported. An :class:`InputSpec` and a class list are accepted in place of a signature and a
+    task (a one-image classifier, as artifacts before signatures described it)."""
 
-    input_spec: InputSpec
-    classes: list[str]
+    signature: Signature
+    task: Task
     lineage: list[StageRecord] = field(default_factory=list)
     export: dict[str, Any] = field(default_factory=dict)  # exporter, precision, sizes, MACs, params, notes
 
+    def __post_init__(self) -> None:
+        if isinstance(self.signature, InputSpec):
+            object.__setattr__(self, "signature", Signature.from_input_spec(self.signature))
+        if not isinstance(self.task, Task):
+            object.__setattr__(self, "task", Task.classification(list(self.task)))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.signature.to_input_spec()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.names)
+
     def to_json(self) -> str:
-        return json.dumps({"format_version": META_VERSION, "input": self.input_spec.to_json(),
-                           "classes": self.classes, "lineage": [r.to_json() for r in self.lineage],
-                           "export": self.export}, sort_keys=True)
+        data = {"format_version": META_VERSION, "signature": self.signature.to_json(), "task": self.task.to_json(),
+                "classes": self.classes, "lineage": [r.to_json() for r in self.lineage], "export": self.export}
+        if self.signature.single_image:
+            data["input"] = self.input_spec.to_json()
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str, source: str | Path = "artifact") -> ArtifactMeta:
         try:
             data = json.loads(text)
-            return cls(InputSpec.from_json(data["input"]), list(data["classes"]),
-                       [StageRecord.from_json(r) for r in data.get("lineage", [])], dict(data.get("export", {})))
-        except (ValueError, KeyError, TypeError) as exc:
+            signature = (Signature.from_json(data["signature"]) if "signature" in data
+                         else Signature.from_input_spec(InputSpec.from_json(data["input"])))
+            task = Task.from_json(data["task"]) if "task" in data else Task.classification(data["classes"])
+            return cls(signature, task, [StageRecord.from_json(r) for r in data.get("lineage", [])],
+                       dict(data.get("export", {})))
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
             raise InputFileError(f"{source} has corrupt deepslim metadata ({exc}).") from exc
 
 

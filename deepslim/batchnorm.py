@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from deepslim.modelio import call, to_device
+
 SLOW_MOMENTUM = 0.1          # below this (or None, a cumulative average) statistics are always recomputed
 RECALIBRATION_BATCHES = 20
 COLLAPSE_RATIO, COLLAPSE_GAP = 0.5, 0.2  # eval top-1 below half of train-mode top-1 and 20 points under it
@@ -52,7 +54,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, *, batches: int = REC
     try:
         with torch.random.fork_rng(devices=[]):  # augmentation here must not shift the training's random draws
             for x, _ in loader:
-                model(x.to(device))
+                call(model, to_device(x, device))
                 used += 1
                 if used >= batches:
                     break
@@ -73,7 +75,8 @@ def slowest_momentum(model: nn.Module) -> float | None:
 
 
 @torch.no_grad()
-def eval_vs_batch_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def eval_vs_batch_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
+                       read: Callable[[object], torch.Tensor] = lambda out: out) -> tuple[float, float]:
     """Top-1 on one training batch with running statistics (eval mode) and with the batch's own statistics.
 
     Only the BatchNorm layers switch to training mode for the second pass (no dropout), and their
@@ -83,10 +86,10 @@ def eval_vs_batch_top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tu
     buffers = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     try:
         model.eval()
-        running = _top1(model(x), y)
+        running = _top1(read(call(model, x)), y)
         for m in norms:
             m.train()
-        batch = _top1(model(x), y)
+        batch = _top1(read(call(model, x)), y)
     finally:
         for m, (mean, var, count) in zip(norms, buffers):
             m.running_mean.copy_(mean)
@@ -115,8 +118,11 @@ class BatchNormGuard:
     recompute every epoch. Each decision is said once, through ``say``.
     """
 
-    def __init__(self, model: nn.Module, data: Dataset | None, say: Callable[[str], None]) -> None:
-        self.model, self.data, self.say = model, data, say
+    def __init__(self, model: nn.Module, data: Dataset | None, say: Callable[[str], None], *,
+                 read: Callable[[object], torch.Tensor] | None = lambda out: out) -> None:
+        """``read`` picks the class logits from the model's output; None: the output is not class logits (a
+        regression or multilabel task), so only the momentum rule applies."""
+        self.model, self.data, self.say, self.read = model, data, say, read
         self.enabled = data is not None and bool(batchnorm_layers(model, trainable_only=True))
         self.momentum = slowest_momentum(model) if self.enabled else None
         self.always = self.momentum is not None
@@ -132,8 +138,8 @@ class BatchNormGuard:
             reason = (f"BatchNorm momentum {self.momentum:g} is too slow for the running statistics to follow "
                       f"the weights: they are recomputed on {RECALIBRATION_BATCHES} training batches before "
                       "each validation")
-        elif not self.always:
-            running, batch = eval_vs_batch_top1(self.model, *self._check_batch())
+        elif not self.always and self.read is not None:
+            running, batch = eval_vs_batch_top1(self.model, *self._check_batch(), read=self.read)
             if collapsed(running, batch):
                 row["bn_collapse"] = True
                 self.always = True
@@ -155,4 +161,4 @@ class BatchNormGuard:
                 x, y = next(iter(loader))
             self._batch = (x, y)
         device = next(self.model.parameters()).device
-        return self._batch[0].to(device), self._batch[1].to(device)
+        return to_device(self._batch[0], device), self._batch[1].to(device)

@@ -4,9 +4,11 @@ Header (``metadata["deepslim"]``)::
 
     {"format": "deepslim.bundle", "format_version": 1,
      "arch": {"source": "torchvision", "name": "resnet18", "kwargs": {...}},
-     "input": {"shape": [3, 32, 32], "dtype": "float32", "mean": [...], "std": [...],
-               "channel_order": "RGB"},
-     "classes": ["0", "1", ...],
+     "signature": {"inputs": [{"name": "x", "shape": ["batch", 3, 32, 32], "kind": "image",
+                               "dtype": "float32", "mean": [...], "std": [...], "channel_order": "RGB"}],
+                   "outputs": ["logits"], "task_output": "logits", "output_layout": "tensor"},
+     "task": {"kind": "classification", "names": ["0", "1", ...], "primary": "top1"},
+     "input": {...}, "classes": [...],   # one-image classifiers: what readers before signatures read
      "structure": {"modules": {"layer1.0.conv1": {"out_channels": 32}},
                    "tensors": {"layer1.0.conv1.weight": [32, 64, 3, 3]}},
      "lineage": [{"stage": "train", "config": {...}, "seconds": 12.3, "metrics": {...}}]}
@@ -29,9 +31,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from deepslim.errors import InputFileError, ModelError, first_line
+from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
 from deepslim.fileio import atomic_path, require_file
+from deepslim.signature import Signature
 from deepslim.spec import ArchSpec, InputSpec, StageRecord
+from deepslim.tasks import Task
 
 FORMAT = "deepslim.bundle"
 FORMAT_VERSION = 1
@@ -42,21 +46,44 @@ _ATTR_TYPES = (int, float, bool, str, type(None))
 
 @dataclass
 class Header:
+    """A bundle's header. An :class:`InputSpec` and a class list are accepted for ``signature`` and ``task``
+    (a one-image classifier, as headers before signatures described it; they still load)."""
+
     arch: ArchSpec
-    input_spec: InputSpec
-    classes: list[str]
+    signature: Signature
+    task: Task
     structure: dict[str, Any] = field(default_factory=lambda: {"modules": {}, "tensors": {}})
     lineage: list[StageRecord] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.signature, InputSpec):
+            self.signature = Signature.from_input_spec(self.signature)
+        if not isinstance(self.task, Task):
+            self.task = Task.classification(list(self.task))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.signature.to_input_spec()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.names)
+
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch.to_json(),
-                "input": self.input_spec.to_json(), "classes": list(self.classes),
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch.to_json(),
+                "signature": self.signature.to_json(), "task": self.task.to_json(), "classes": self.classes,
                 "structure": self.structure, "lineage": [r.to_json() for r in self.lineage]}
+        if self.signature.single_image:  # what deepslim before signatures reads
+            data["input"] = self.input_spec.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Header:
-        return cls(ArchSpec.from_json(data["arch"]), InputSpec.from_json(data["input"]),
-                   list(data["classes"]), data.get("structure") or {"modules": {}, "tensors": {}},
+        signature = (Signature.from_json(data["signature"]) if "signature" in data
+                     else Signature.from_input_spec(InputSpec.from_json(data["input"])))
+        task = Task.from_json(data["task"]) if "task" in data else Task.classification(list(data["classes"]))
+        return cls(ArchSpec.from_json(data["arch"]), signature, task,
+                   data.get("structure") or {"modules": {}, "tensors": {}},
                    [StageRecord.from_json(r) for r in data.get("lineage", [])])
 
 
@@ -83,7 +110,7 @@ def read_header(path: str | Path) -> Header | None:
             raise InputFileError(f"{path} is a bundle of format version {version}; this deepslim reads up to "
                                  f"{FORMAT_VERSION}, so upgrade deepslim.")
         return Header.from_json(data)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, ConfigError) as exc:
         raise InputFileError(f"{path} has a corrupt deepslim header ({exc}).") from exc
 
 

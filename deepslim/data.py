@@ -1,13 +1,18 @@
-"""Datasets: built-in ``digits`` / ``digits-c``, ImageFolder, CIFAR-10 (python format), ``file.py:fn``.
+"""Datasets: built-in ``digits`` / ``digits-c`` / ``mnist`` and scikit-learn tables (``breast-cancer``,
+``wine``, ``diabetes``), ImageFolder, CIFAR-10 (python format), CSV / Parquet tables, ``file.py:fn``.
 
-Every source yields ``(image, label)`` with the image resized to the model's input size,
-adapted to its channel count and normalised with its mean/std (the model's
-:class:`~deepslim.spec.InputSpec` decides; the dataset only proposes statistics for new models).
+Every source yields ``(inputs, target)`` prepared for the model: images resized to its input
+size, adapted to its channel count and normalised with its mean/std; features standardised with
+the statistics its signature records; targets checked by its task (the model's
+:class:`~deepslim.signature.Signature` and :class:`~deepslim.tasks.Task` decide; the dataset only
+proposes inputs, statistics and a task for new models).
+
+A dataset reference is one string that reopens from anywhere: a name, a path, or
+``path/file.py:fn``, with options after ``?`` (``data.csv?label=y&features=a,b&task=regression``).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +24,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from deepslim.config import Augment, augment_policy
-from deepslim.errors import ConfigError, DatasetError, first_line
+from deepslim.errors import ConfigError, DatasetError
+from deepslim.signature import Signature, TensorSpec
 from deepslim.spec import InputSpec
-from deepslim.usercode import user_attribute
+from deepslim.tasks import Task
 
 Split = Literal["train", "val", "test"]
 SPLITS = ("train", "val", "test")
@@ -38,38 +44,92 @@ class DatasetInfo:
     native_size: tuple[int, int] | None = None
     split_policy: str = ""  # one sentence: where train, val and test come from
     preprocess: str = ""  # one sentence: how an image becomes the model's input (before normalisation)
+    task: Task | None = None  # None: classification over ``classes``
+    inputs: tuple[TensorSpec, ...] = ()  # what a new model takes; (): one image (channels, mean, std, size)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def task_of(self) -> Task:
+        return self.task if self.task is not None else Task.classification(self.classes)
+
+    @property
+    def is_image(self) -> bool:
+        """The data gives one image per sample (the sources before signatures)."""
+        return not self.inputs
+
 
 class DataSource(Protocol):
     info: DatasetInfo
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset: ...
+    def split(self, name: Split, spec: Signature | InputSpec, *, augment: Augment | str | bool = Augment.NONE,
+              task: Task | None = None) -> Dataset: ...
+
+
+BUILTIN_DATASETS = ("digits", "digits-c", "mnist", "breast-cancer", "wine", "diabetes")
+QUERY_KEYS = ("label", "features", "task")
+
+
+def split_options(spec: str) -> tuple[str, dict[str, str]]:
+    """``data.csv?label=y&task=regression`` -> (``data.csv``, {label: y, task: regression})."""
+    if "?" not in spec:
+        return spec, {}
+    base, _, query = spec.partition("?")
+    options: dict[str, str] = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in QUERY_KEYS:
+            raise ConfigError(f"Dataset option '{part}' in '{spec}' is not one of {', '.join(QUERY_KEYS)} (key=value).")
+        options[key] = value
+    if options.get("task") not in (None, "classification", "multilabel", "regression"):
+        raise ConfigError(f"--task must be classification, multilabel or regression, got '{options['task']}'.")
+    return base, options
+
+
+def with_options(spec: str, **options: str | None) -> str:
+    """``spec`` with the options that are set added to its ``?`` part (sorted, so a reference is canonical)."""
+    base, have = split_options(spec)
+    have.update({k: v for k, v in options.items() if v})
+    return base + ("?" + "&".join(f"{k}={have[k]}" for k in sorted(have)) if have else "")
 
 
 def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
-    """Open a dataset by name (``digits``, ``digits-c``), directory, or ``path/file.py:fn``."""
-    if spec == "digits":
-        from deepslim.datasets.digits import DigitsSource
-        return DigitsSource()
-    if spec == "digits-c":
-        if not 1 <= severity <= 5:
+    """Open a dataset by name (:data:`BUILTIN_DATASETS`), directory, table file, or ``path/file.py:fn``."""
+    base, options = split_options(spec)
+    if base in ("digits", "digits-c"):
+        if base == "digits-c" and not 1 <= severity <= 5:
             raise ConfigError(f"--severity must be between 1 and 5, got {severity}.")
         from deepslim.datasets.digits import DigitsSource
-        return DigitsSource(severity=severity)
-    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
-        return FileSource(*spec.rsplit(":", 1))
-    path = Path(spec)
+        return DigitsSource(severity=severity) if base == "digits-c" else DigitsSource()
+    if base == "mnist":
+        from deepslim.datasets.mnist import MnistSource
+        return MnistSource()
+    if base in ("breast-cancer", "wine", "diabetes"):
+        from deepslim.datasets.sklearn_tables import open_sklearn
+        return open_sklearn(base, options)
+    if ":" in base and base.rsplit(":", 1)[0].endswith(".py"):
+        from deepslim.datasets.userfile import FileSource
+        return FileSource(*base.rsplit(":", 1), options=options)
+    path = Path(base)
     if not path.exists():
-        raise DatasetError(f"Unknown dataset '{spec}': it is neither a built-in name (digits, digits-c), an "
-                           "existing directory, nor path/file.py:fn.")
+        raise DatasetError(f"Unknown dataset '{base}': it is neither a built-in name ({', '.join(BUILTIN_DATASETS)}), "
+                           "an existing directory or table file (.csv, .parquet), nor path/file.py:fn.")
+    from deepslim.datasets.tabular import is_table_path, open_table
+    if is_table_path(path):
+        return open_table(base, options)
     if not path.is_dir():
-        raise DatasetError(f"Dataset {path} is a file; give an ImageFolder or CIFAR-10 directory.")
+        raise DatasetError(f"Dataset {path} is a file; give a .csv or .parquet table, or an ImageFolder or CIFAR-10 "
+                           "directory.")
+    if options:
+        raise ConfigError(f"Dataset options ({', '.join(options)}) apply to tables and file datasets, not {path}.")
     from deepslim.datasets.folders import Cifar10Source, ImageFolderSource, is_cifar10_dir
     return Cifar10Source(path) if is_cifar10_dir(path) else ImageFolderSource(path)
+
+
+def image_input_spec(spec: Signature | InputSpec) -> InputSpec:
+    """The image input of ``spec`` (image sources feed one image; anything else is a ConfigError)."""
+    return spec.to_input_spec() if isinstance(spec, Signature) else spec
 
 
 def check_split(split: str) -> str:
@@ -112,21 +172,30 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     return Subset(dataset, order[:count].tolist())
 
 
-def calibration_images(dataset: str, spec: InputSpec, count: int | None, *, severity: int = 3,
-                       seed: int = 0) -> np.ndarray:
-    """``count`` training images (a seeded subset, no augmentation) as one float32 array, normalised for ``spec``;
-    ``None``: 300, or the whole train split when it is smaller.
+def calibration_inputs(dataset: str, spec: Signature | InputSpec, count: int | None, *, severity: int = 3,
+                       seed: int = 0) -> tuple[np.ndarray, ...]:
+    """``count`` training samples (a seeded subset, no augmentation) prepared for ``spec``: one array per input,
+    in the signature's order; ``None``: 300, or the whole train split when it is smaller.
 
     The calibration set of post-training quantization; one function, so every quantizer compared
-    (deepslim's, NNCF's defaults in the benchmark) sees the same images."""
+    (deepslim's, NNCF's defaults in the benchmark) sees the same samples."""
     source = open_dataset(dataset, severity=severity)
     train = source.split("train", spec)
     count = min(300, len(train)) if count is None else count
     if len(train) < count:
-        raise DatasetError(f"--calibration-samples {count} asks for more than the {len(train)} images of "
+        raise DatasetError(f"--calibration-samples {count} asks for more than the {len(train)} samples of "
                            f"{source.info.name}'s train split; lower it.")
     picked = subset(train, count, seed=seed)
-    return np.stack([picked[i][0].numpy() for i in range(len(picked))]).astype(np.float32)
+    items = [picked[i][0] for i in range(len(picked))]
+    if isinstance(items[0], torch.Tensor):
+        return (np.stack([x.numpy() for x in items]),)
+    return tuple(np.stack([x[k].numpy() for x in items]) for k in range(len(items[0])))
+
+
+def calibration_images(dataset: str, spec: Signature | InputSpec, count: int | None, *, severity: int = 3,
+                       seed: int = 0) -> np.ndarray:
+    """:func:`calibration_inputs` of a one-image model, as one float32 array."""
+    return calibration_inputs(dataset, spec, count, severity=severity, seed=seed)[0].astype(np.float32)
 
 
 def stratified_split(labels: np.ndarray, fractions: tuple[float, float, float], *, name: str = "the dataset",
@@ -241,67 +310,4 @@ class TensorImages(Dataset):
         image = resize(adapt_channels(self.images[index], self.spec.channels), self.spec.size)
         if self.augment is not None:
             image = self.augment(image)
-        return normalize(image, self.spec), int(self.labels[index])
-
-
-# --- user-defined datasets --------------------------------------------------------------------
-
-class FileSource:
-    """``path/file.py:fn`` where ``fn(split)`` returns a Dataset of (image in [0,1] CxHxW, label)."""
-
-    def __init__(self, path: str, fn_name: str) -> None:
-        file = Path(path)
-        if not file.is_file():
-            raise DatasetError(f"The dataset file {file} does not exist.")
-        self.fn, self.label = user_attribute(file, fn_name, error=DatasetError), f"{file}:{fn_name}"
-        if not callable(self.fn) or "split" not in inspect.signature(self.fn).parameters:
-            raise DatasetError(f"{file} needs a function {fn_name}(split) returning a torch Dataset.")
-        self._train = self._call("train")
-        self.info = self._describe(f"{file}:{fn_name}")
-
-    def _call(self, split: str) -> Dataset:
-        try:
-            ds = self.fn(split=split)
-        except Exception as exc:  # user code: any failure becomes one sentence
-            raise DatasetError(f"Dataset {self.label} failed for split '{split}': {type(exc).__name__}: "
-                               f"{first_line(exc)}.") from exc
-        if not hasattr(ds, "__getitem__") or not hasattr(ds, "__len__") or len(ds) == 0:
-            raise DatasetError(f"The dataset function returned no samples for split '{split}'.")
-        return ds
-
-    def _describe(self, name: str) -> DatasetInfo:
-        probe = [self._train[i] for i in range(min(len(self._train), 256))]
-        if not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in probe):
-            raise DatasetError(f"{name} must return a Dataset of (image, label) pairs.")
-        images = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in probe])
-        classes = getattr(self._train, "classes", None)
-        if classes is None:
-            labels = [int(self._train[i][1]) for i in range(len(self._train))]
-            classes = [str(i) for i in range(max(labels) + 1)]
-        dims = tuple(range(images.dim()))
-        mean = images.mean(dim=(0, *dims[2:])).tolist()
-        std = images.std(dim=(0, *dims[2:])).clamp_min(1e-3).tolist()
-        h, w = images.shape[-2:]
-        return DatasetInfo(name, tuple(map(str, classes)), images.shape[1], tuple(mean), tuple(std), (h, w),
-                           split_policy=f"the train, val and test splits that {name} returns, as they are",
-                           preprocess=f"images at {h}x{w}: resized to the input size, no crop")
-
-    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
-        return _Prepared(self._train if name == "train" else self._call(name), input_spec,
-                         tensor_augment(name, augment))
-
-
-class _Prepared(Dataset):
-    def __init__(self, base: Dataset, spec: InputSpec, augment: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
-        self.base, self.spec, self.augment = base, spec, augment
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.base[index]
-        image = resize(adapt_channels(torch.as_tensor(image, dtype=torch.float32), self.spec.channels),
-                       self.spec.size)
-        if self.augment is not None:
-            image = self.augment(image)
-        return normalize(image, self.spec), int(label)
+        return normalize(image, self.spec), torch.as_tensor(self.labels[index], dtype=torch.long)

@@ -37,20 +37,26 @@ class Start:
         return bool(self.trained_because)
 
 
-def assess_start(val_top1: float, labels: np.ndarray, lineage: list[StageRecord], init: Init = Init.DEFAULT) -> Start:
+def assess_start(val_top1: float, labels: np.ndarray | None, lineage: list[StageRecord],
+                 init: Init = Init.DEFAULT) -> Start:
     """Whether the model starts trained: a stage of its lineage measured it, or val top-1 is well above chance.
 
     "Well above chance" is a quarter of the way from chance (the majority class's share of val)
-    to 1.0: 0.325 for ten balanced classes. A re-initialised model (``init``) starts from scratch."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64))
-    chance = float(counts.max() / max(counts.sum(), 1)) if counts.size else 0.0
+    to 1.0: 0.325 for ten balanced classes. A re-initialised model (``init``) starts from scratch.
+    Without ``labels`` (a task other than classification, whose ``val_top1`` is its val score) only
+    the lineage counts."""
+    if labels is None:
+        chance = float("inf")
+    else:
+        counts = np.bincount(np.asarray(labels, dtype=np.int64))
+        chance = float(counts.max() / max(counts.sum(), 1)) if counts.size else 0.0
     if init is not Init.DEFAULT:
         return Start(val_top1, chance)
     reasons = []
     stages = [r.stage for r in lineage if r.stage in _MEASURED_STAGES and _measured(r)]
     if stages:
         reasons.append(f"its lineage has a {stages[-1]} stage")
-    if val_top1 >= chance + 0.25 * (1 - chance):
+    if labels is not None and val_top1 >= chance + 0.25 * (1 - chance):
         reasons.append(f"val top-1 {val_top1:.4f} at the start, chance {chance:.2f}")
     return Start(val_top1, chance, "; ".join(reasons))
 
@@ -73,11 +79,12 @@ def finetune_config(cfg: TrainConfig, start: Start) -> tuple[TrainConfig, str]:
 
 def kept_start_note(start_val_top1: float, history: list[dict]) -> str:
     """The sentence for a run whose starting weights beat every epoch on val."""
-    best = max(history, key=lambda row: row["val_top1"], default=None)
-    than = f"; best epoch {best['epoch']} reached {best['val_top1']:.4f}" if best else ""
-    return f"no epoch beat the starting model on val ({start_val_top1:.4f}{than}); kept the starting weights"
+    key = lambda row: row.get("val_score", row.get("val_top1", float("-inf")))  # noqa: E731
+    best = max(history, key=key, default=None)
+    than = f"; best epoch {best['epoch']} reached {abs(key(best)):.4f}" if best else ""
+    return f"no epoch beat the starting model on val ({abs(start_val_top1):.4f}{than}); kept the starting weights"
 
 
 def _measured(record: StageRecord) -> bool:
     m = record.metrics or {}
-    return "val_top1" in m or isinstance(m.get("test"), dict) and "top1" in m["test"]
+    return "val_top1" in m or "val_score" in m or isinstance(m.get("test"), dict) and bool(m["test"])

@@ -55,11 +55,14 @@ def directory_fingerprint(root: str | os.PathLike) -> str:
 
 def dataset_fingerprint(spec: str) -> dict[str, str]:
     """What a dataset spec reads: a built-in name, a ``file.py:fn`` by content, a directory by its files."""
-    file = user_file(spec)
+    base = spec.partition("?")[0]  # options after "?" are part of the spec, not of the path
+    file = user_file(base)
     if file is not None:
         return {"spec": spec, "file_sha256": file_digest(file)}
-    if Path(spec).is_dir():
-        return {"spec": spec, "directory": directory_fingerprint(spec)}
+    if Path(base).is_file():  # a table
+        return {"spec": spec, "file_sha256": file_digest(base)}
+    if Path(base).is_dir():
+        return {"spec": spec, "directory": directory_fingerprint(base)}
     return {"spec": spec}
 
 

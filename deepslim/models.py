@@ -22,7 +22,10 @@ from deepslim.architectures import (BUILTIN, SmallCNN, build_model, check_shape_
 from deepslim.codespec import parse_code_spec
 from deepslim.errors import ConfigError, InputFileError, ModelError, StateDictMismatchError, UnsafePickleError, first_line
 from deepslim.fileio import check_new_outputs, require_file, sha256_file
+from deepslim.signature import InputKind, Signature, TensorSpec
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
+from deepslim.modelio import bind_inputs, forward_names, probe_outputs
+from deepslim.tasks import Task
 from deepslim.trust import allow_code, authorise, current_policy
 
 __all__ = ["BUILTIN", "EXPORTED_SUFFIXES", "IMAGENET_MEAN", "IMAGENET_STD", "PICKLE_SUFFIXES", "ModelBundle",
@@ -37,18 +40,37 @@ EXPORTED_SUFFIXES = {".onnx", ".xml", ".engine", ".plan"}
 
 @dataclass
 class ModelBundle:
-    """A model together with everything needed to rebuild, feed and trace it."""
+    """A model together with everything needed to rebuild, feed and trace it: its architecture, its
+    :class:`~deepslim.signature.Signature` (inputs, outputs) and :class:`~deepslim.tasks.Task`.
+
+    An :class:`InputSpec` and a class list are accepted for ``signature`` and ``task`` (a one-image
+    classifier); ``input_spec`` and ``classes`` read them back for image-only code."""
 
     model: nn.Module
     arch: ArchSpec
-    input_spec: InputSpec
-    classes: list[str]
+    signature: Signature
+    task: Task
     lineage: list[StageRecord] = field(default_factory=list)
     path: Path | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.signature, InputSpec):
+            self.signature = Signature.from_input_spec(self.signature)
+        if not isinstance(self.task, Task):
+            self.task = Task.classification(list(self.task))
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The image input (a ConfigError for a model that does not take exactly one image)."""
+        return self.signature.to_input_spec()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.names)
+
     @property
     def num_classes(self) -> int:
-        return len(self.classes)
+        return self.task.width
 
     def with_record(self, record: StageRecord, model: nn.Module | None = None) -> ModelBundle:
         """A copy with ``record`` appended to the lineage (and optionally a new module)."""
@@ -59,17 +81,24 @@ class ModelBundle:
 # --- loading and saving -----------------------------------------------------------------------
 
 def load_model(source: str | Path | None = None, *, arch: str | None = None, weights: str | Path | None = None,
-               num_classes: int | None = None, input_size: int | None = None, channels: int | None = None,
-               arch_kwargs: dict[str, Any] | None = None, pretrained: str | None = None,
+               num_classes: int | None = None, input_size: int | tuple[int, int] | None = None,
+               channels: int | None = None, arch_kwargs: dict[str, Any] | None = None, pretrained: str | None = None,
                classes: list[str] | None = None, mean: tuple[float, ...] | None = None,
                std: tuple[float, ...] | None = None, trust_pickle: bool = False,
-               trust_code: bool = False) -> ModelBundle:
+               trust_code: bool = False, task: Task | None = None, inputs: tuple[TensorSpec, ...] | None = None,
+               inputs_by_name: bool = False, output: str | None = None) -> ModelBundle:
     """Load a model from a bundle, an architecture (+ state_dict), or a pickled module.
 
     ``source`` is a deepslim bundle (``.safetensors``) or, with ``trust_pickle``, a whole
     pickled module. Without ``source``, ``arch`` names a built-in or torchvision
     architecture or ``path/file.py:build_fn``; ``weights`` is a state_dict file loaded with
     ``weights_only=True`` (or a plain safetensors file). Never unpickles unless asked.
+
+    A new model takes one image (``channels``, ``input_size`` ``N`` or ``(H, W)``, ``mean``/``std``)
+    unless ``inputs`` describes its inputs (from the data, :func:`deepslim.samples.propose_inputs`),
+    renamed after ``forward``'s parameters (checked by name with ``inputs_by_name``). ``task`` (default:
+    classification over ``classes``) sets the output width; ``output`` names the output the task
+    reads when the model returns several.
 
     A bundle whose architecture is the user's ``file.py:fn`` runs that file only with
     ``trust_code`` or inside :func:`deepslim.trust.allow_code` naming it, and only when its
@@ -83,20 +112,56 @@ def load_model(source: str | Path | None = None, *, arch: str | None = None, wei
         with allow_code(trust_code=trust_code):
             return _load_file(Path(source), trust_pickle=trust_pickle, input_size=input_size, channels=channels,
                               mean=mean, std=std)
-    if classes is not None:
-        num_classes = num_classes or len(classes)
-    spec, size, chans = resolve_arch(arch, num_classes=num_classes or 1000, input_size=input_size,
-                                     channels=channels, kwargs=arch_kwargs)
+    if task is None:
+        if classes is None:
+            classes = [str(i) for i in range(num_classes or 1000)]
+        task = Task.classification(classes)
+    elif num_classes is not None and num_classes != task.width:
+        raise ConfigError(f"--num-classes {num_classes} does not match the data's {task.width} outputs.")
+    kwargs = {**_data_kwargs(arch, inputs), **(arch_kwargs or {})}
+    spec, size, chans = resolve_arch(arch, num_classes=task.width, input_size=input_size, channels=channels,
+                                     kwargs=kwargs)
     model = build_model(spec, pretrained=pretrained)
     if weights is not None:
         load_weights(model, weights, label=spec.name)
-    if mean is None or std is None:
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-    n = spec.kwargs["num_classes"]
-    names = list(classes) if classes is not None else [str(i) for i in range(n)]
-    if len(names) != n:
-        raise ConfigError(f"{len(names)} class names were given for a model with {n} classes.")
-    return ModelBundle(model.eval(), spec, InputSpec.create(chans, size, mean, std), names)
+    if inputs is None:
+        image = InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+        names = forward_names(model)
+        inputs = (TensorSpec.from_input_spec(image, names[0] if names else "input"),)
+    else:
+        inputs = bind_inputs(model, _sized(inputs, size, chans, input_size is not None, channels is not None),
+                             by_name=inputs_by_name)
+    signature = probe_outputs(model, Signature(inputs, (_single_output(task),), _single_output(task)), task,
+                              choice=output)
+    return ModelBundle(model.eval(), spec, signature, task)
+
+
+def _single_output(task: Task) -> str:
+    return "prediction" if task.kind.value == "regression" else "logits"
+
+
+def _data_kwargs(arch: str, inputs: tuple[TensorSpec, ...] | None) -> dict[str, Any]:
+    """What a built-in architecture learns from the data's inputs (an MLP's ``in_features``)."""
+    if arch == "mlp" and inputs:
+        widths = [i.sample_shape[-1] for i in inputs if i.kind is InputKind.FEATURES]
+        return {"in_features": int(widths[0])} if len(widths) == 1 and isinstance(widths[0], int) else {}
+    return {}
+
+
+def _sized(inputs: tuple[TensorSpec, ...], size: Any, chans: int, size_given: bool,
+           chans_given: bool) -> tuple[TensorSpec, ...]:
+    """The data's image input resized to ``--input-size`` / given ``--channels`` when the user said so."""
+    out = []
+    for spec in inputs:
+        if spec.kind is InputKind.IMAGE and (size_given or chans_given):
+            h, w = (size, size) if isinstance(size, int) else size
+            c = chans if chans_given else spec.channels
+            mean = spec.mean if len(spec.mean) == c else (sum(spec.mean) / len(spec.mean),) * c
+            std = spec.std if len(spec.std) == c else (sum(spec.std) / len(spec.std),) * c
+            spec = replace(spec, shape=("batch", c, h, w), mean=tuple(mean), std=tuple(std),
+                           channel_order="GRAY" if c == 1 else "RGB")
+        out.append(spec)
+    return tuple(out)
 
 
 def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channels: int | None,
@@ -128,8 +193,11 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
     spec = ArchSpec(ArchSource.PICKLE, f"{type(obj).__module__}.{type(obj).__qualname__}")
     chans, size = channels or _guess_channels(obj), input_size
     n = _guess_num_classes(obj)
-    return ModelBundle(obj.eval(), spec, InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD),
-                       [str(i) for i in range(n)], path=path)
+    image = InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    names = forward_names(obj)
+    signature = Signature((TensorSpec.from_input_spec(image, names[0] if names else "input"),))
+    task = Task.classification([str(i) for i in range(n)])
+    return ModelBundle(obj.eval(), spec, probe_outputs(obj, signature, task), task, path=path)
 
 
 def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
@@ -137,7 +205,7 @@ def _load_bundle(path: Path, header: bundle_format.Header) -> ModelBundle:
     model = build_model(arch)
     bundle_format.apply_structure(model, header.structure)
     _load_state(model, bundle_format.read_tensors(path), label=header.arch.name, source=path)
-    return ModelBundle(model.eval(), arch, header.input_spec, header.classes, header.lineage, path)
+    return ModelBundle(model.eval(), arch, header.signature, header.task, header.lineage, path)
 
 
 def _authorised_arch(spec: ArchSpec, bundle_path: Path) -> ArchSpec:
@@ -261,7 +329,7 @@ def save_model(bundle: ModelBundle, path: str | Path, *, force: bool = False) ->
         raise ConfigError(f"Bundles are .safetensors files; name the output {Path(path).with_suffix('.safetensors')}.")
     check_new_outputs([path], force=force)
     reference = _reference_model(bundle.arch)
-    header = bundle_format.Header(bundle.arch, bundle.input_spec, list(bundle.classes),
+    header = bundle_format.Header(bundle.arch, bundle.signature, bundle.task,
                                   bundle_format.capture_structure(bundle.model, reference), list(bundle.lineage))
     return bundle_format.write(path, bundle.model.state_dict(), header)
 

@@ -17,8 +17,8 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 
 from deepslim.config import Augment
-from deepslim.data import (SPLIT_SEED, DatasetInfo, Split, TensorImages, random_affine, resize, stratified_split,
-                           tensor_augment)
+from deepslim.data import (SPLIT_SEED, DatasetInfo, Split, TensorImages, image_input_spec, random_affine, resize,
+                           stratified_split, tensor_augment)
 from deepslim.spec import InputSpec
 
 MEAN, STD = (0.3053,), (0.3760,)  # of load_digits().data / 16
@@ -95,8 +95,10 @@ class DigitsSource:
     def images(self) -> torch.Tensor:
         return _load()[0] if self.severity is None else _corrupted(self.severity)[0]
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE,
+              task=None) -> Dataset:
         """``augment="standard"`` is the same as ``light`` here: a mirrored digit is not the same digit."""
+        input_spec = image_input_spec(input_spec)
         idx = torch.as_tensor(_split_indices()[name])
         images, labels = self.images()[idx], _load()[1][idx]
         return TensorImages(images, labels, input_spec, tensor_augment(name, augment, standard=random_affine))

@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from deepslim.config import Augment
-from deepslim.data import (SPLIT_SEED, SPLITS, DatasetInfo, Split, TensorImages, adapt_channels, normalize,
-                           random_affine, split_augment, stratified_split, tensor_augment)
+from deepslim.data import (SPLIT_SEED, SPLITS, DatasetInfo, Split, TensorImages, adapt_channels, image_input_spec,
+                           normalize, random_affine, split_augment, stratified_split, tensor_augment)
 from deepslim.errors import DatasetError
 from deepslim.spec import InputSpec
 
@@ -109,7 +109,9 @@ class ImageFolderSource:
             return f"images at {h}x{w}: resized to the input size {ih}x{iw}, no crop"
         return f"images at {h}x{w}: shorter side resized to {short} then centre-cropped to {ih}x{iw}"
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE,
+              task=None) -> Dataset:
+        input_spec = image_input_spec(input_spec)
         folder_name, idx = self.plan[name]
         folder = self.folders[folder_name]
         transform = _folder_transform(input_spec, self.eval_resize(input_spec), split_augment(name, augment))
@@ -230,7 +232,9 @@ class Cifar10Source:
         images = torch.from_numpy(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
         return images, torch.from_numpy(labels)
 
-    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE) -> Dataset:
+    def split(self, name: Split, input_spec: InputSpec, *, augment: Augment | str | bool = Augment.NONE,
+              task=None) -> Dataset:
+        input_spec = image_input_spec(input_spec)
         if name == "test":
             images, labels = self._arrays(["test_batch"])
         else:

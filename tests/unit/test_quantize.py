@@ -75,7 +75,7 @@ def test_tensorrt_rules_are_enforced_before_anything_is_written(tmp_path, traine
 
 
 def test_more_calibration_samples_than_the_train_split_is_one_error(tmp_path, trained_cnn):
-    with pytest.raises(DatasetError, match="--calibration-samples 5000 asks for more than the 1078 images"):
+    with pytest.raises(DatasetError, match="--calibration-samples 5000 asks for more than the 1078 samples"):
         quantize(copy.deepcopy(trained_cnn), tmp_path / "q.onnx", QuantizeConfig(calibration_samples=5000),
                  "digits", progress=False)
 

@@ -1,0 +1,169 @@
+"""Calling a model the way its signature says: inputs in, the task's output out.
+
+A batch ``x`` is a tensor (one input) or a tuple/list of tensors in ``forward``'s order (what
+:class:`deepslim.samples.Prepared` yields and the DataLoader collates). A model returns a tensor,
+a tuple/list of tensors, or a dict (a Hugging Face ``ModelOutput`` is a dict); :func:`task_output`
+picks the one the task reads.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim.errors import ConfigError, ModelError, first_line
+from deepslim.signature import InputKind, Signature, TensorSpec
+from deepslim.tasks import Task, TaskKind
+
+
+def as_args(x: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def call(model: nn.Module, x: Any) -> Any:
+    """``model(x)`` for one input, ``model(*x)`` for several."""
+    return model(*as_args(x))
+
+
+def to_device(x: Any, device: torch.device | str, *, non_blocking: bool = False) -> Any:
+    if isinstance(x, (tuple, list)):
+        return tuple(t.to(device, non_blocking=non_blocking) for t in x)
+    return x.to(device, non_blocking=non_blocking)
+
+
+def batch_len(x: Any) -> int:
+    return len(as_args(x)[0])
+
+
+def shapes(x: Any) -> str:
+    """The batch's shapes in words, for error messages."""
+    args = as_args(x)
+    return str(tuple(args[0].shape)) if len(args) == 1 else ", ".join(str(tuple(t.shape)) for t in args)
+
+
+def output_layout(out: Any) -> tuple[str, tuple[str, ...]]:
+    """(tensor|tuple|dict, output names) of what a model returned."""
+    if isinstance(out, torch.Tensor):
+        return "tensor", ("output",)
+    if isinstance(out, Mapping):
+        names = tuple(k for k, v in out.items() if isinstance(v, torch.Tensor))
+        if not names:
+            raise ModelError("The model returns a dict without tensors.")
+        return "dict", names
+    if isinstance(out, (tuple, list)) and out and all(isinstance(v, torch.Tensor) for v in out):
+        return "tuple", tuple(f"output_{i}" for i in range(len(out)))
+    raise ModelError(f"The model returns {type(out).__name__}; deepslim reads tensors, tuples of tensors or "
+                     "dicts of tensors.")
+
+
+def all_outputs(out: Any, signature: Signature) -> dict[str, torch.Tensor]:
+    """Every output of ``out`` by name, in the signature's order."""
+    if signature.output_layout == "dict":
+        return {name: out[name] for name in signature.outputs}
+    if signature.output_layout == "tuple":
+        return dict(zip(signature.outputs, out))
+    return {signature.outputs[0]: out}
+
+
+def task_output(out: Any, signature: Signature) -> torch.Tensor:
+    """The output the task reads (``signature.task_output``)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        try:
+            return out[signature.task_output]
+        except KeyError:
+            raise ModelError(f"The model's output has no '{signature.task_output}'; it has {sorted(out)}.") from None
+    return out[signature.task_index]
+
+
+def forward_names(model: nn.Module) -> tuple[str, ...] | None:
+    """The names of ``forward``'s positional parameters (None when it takes ``*args``)."""
+    params = list(inspect.signature(model.forward).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                  inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
+    return tuple(required or [p.name for p in positional[:1]])
+
+
+def bind_inputs(model: nn.Module, proposed: tuple[TensorSpec, ...], *, by_name: bool) -> tuple[TensorSpec, ...]:
+    """``proposed`` renamed after ``forward``'s parameters (by position, or checked by name for dict data)."""
+    names = forward_names(model)
+    if names is None:
+        return proposed
+    if by_name:
+        wanted = set(names)
+        given = {p.name for p in proposed}
+        if wanted != given:
+            raise ConfigError(f"The dataset's inputs {sorted(given)} do not match the model's forward parameters "
+                              f"{list(names)}.")
+        order = {p.name: p for p in proposed}
+        return tuple(order[n] for n in names)
+    if len(names) != len(proposed):
+        raise ConfigError(f"The model's forward takes {len(names)} inputs ({', '.join(names)}) but the dataset "
+                          f"gives {len(proposed)} per sample.")
+    from dataclasses import replace
+    return tuple(replace(p, name=n) for p, n in zip(proposed, names))
+
+
+def example_inputs(signature: Signature, batch: int = 1, *, sizes: dict[str, int] | None = None,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Seeded random inputs of every input (named dims default to 16), in order."""
+    gen = torch.Generator().manual_seed(seed)
+    sizes = {**{d: 16 for i in signature.inputs for d in i.shape[1:] if isinstance(d, str)}, **(sizes or {})}
+    out = []
+    for spec in signature.inputs:
+        shape = spec.concrete_shape(batch, sizes)
+        if spec.kind is InputKind.MASK:
+            out.append(torch.ones(shape, dtype=getattr(torch, spec.dtype)))
+        elif spec.is_integer:
+            out.append(torch.randint(0, 2, shape, generator=gen, dtype=getattr(torch, spec.dtype)))
+        else:
+            out.append(torch.randn(shape, generator=gen))
+    return tuple(out)
+
+
+def probe_outputs(model: nn.Module, signature: Signature, task: Task, *, choice: str | None = None) -> Signature:
+    """``signature`` with the outputs ``model`` really returns and the one the task reads: ``choice``
+    (``--output``), else the only output whose width fits the task (``logits`` when several do)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = call(model, example_inputs(signature, 2))
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ModelError(f"The model fails on example inputs ({signature.describe()}): {first_line(exc)}.") from exc
+    finally:
+        model.train(was)
+    layout, names = output_layout(out)
+    if layout == "tensor":  # one tensor keeps the name the caller gave it (logits, prediction)
+        names = signature.outputs[:1]
+    tensors = {n: out[n] for n in names} if isinstance(out, Mapping) else dict(zip(names, as_args(out)))
+    fits = [n for n, t in tensors.items() if fits_task(t, task)]
+    if choice is not None:
+        if choice not in names:
+            raise ConfigError(f"--output {choice} is not an output of the model; its outputs are {list(names)}.")
+        if choice not in fits:
+            raise ModelError(f"Output '{choice}' has shape {tuple(tensors[choice].shape)}, which does not fit a "
+                             f"{task.kind.value} task with {task.width} outputs per sample.")
+        return signature.with_outputs(names, layout, choice)
+    if len(fits) == 1 or "logits" in fits:
+        return signature.with_outputs(names, layout, fits[0] if len(fits) == 1 else "logits")
+    shown = ", ".join(f"{n} {tuple(t.shape)}" for n, t in tensors.items())
+    if not fits:
+        raise ModelError(f"No output of the model fits a {task.kind.value} task with {task.width} values per "
+                         f"sample (outputs: {shown}); check the architecture's output width or --task.")
+    raise ConfigError(f"Several outputs fit the task ({', '.join(fits)}); pick one with --output NAME.")
+
+
+def fits_task(output: torch.Tensor, task: Task) -> bool:
+    """Whether a batch of 2's output has one row of the task's width per sample."""
+    if output.dim() == 2 and output.shape[0] == 2 and output.shape[1] == task.width:
+        return output.is_floating_point()
+    return task.kind is TaskKind.REGRESSION and task.width == 1 and output.dim() == 1 and output.shape[0] == 2
