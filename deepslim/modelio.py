@@ -167,3 +167,36 @@ def fits_task(output: torch.Tensor, task: Task) -> bool:
     if output.dim() == 2 and output.shape[0] == 2 and output.shape[1] == task.width:
         return output.is_floating_point()
     return task.kind is TaskKind.REGRESSION and task.width == 1 and output.dim() == 1 and output.shape[0] == 2
+
+
+# --- numpy feeds for exported artifacts ---------------------------------------------------------
+
+def numpy_inputs(x: Any) -> tuple[Any, ...]:
+    """A batch (tensor, or tuple of tensors) as numpy arrays, in the signature's order."""
+    import numpy as np
+    return tuple(np.ascontiguousarray(t.detach().cpu().numpy()) if isinstance(t, torch.Tensor) else np.asarray(t)
+                 for t in as_args(x))
+
+
+def feed(signature: Signature, arrays: Any, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``{input name: array}`` for a runtime; ``arrays`` in the signature's order (a bare array for one input),
+    each cast to its input's dtype. ``names`` are the artifact's own input names when they differ."""
+    import numpy as np
+    values = arrays if isinstance(arrays, (tuple, list)) else (arrays,)
+    if len(values) != len(signature.inputs):
+        raise ConfigError(f"{len(values)} arrays were given for the {len(signature.inputs)} inputs "
+                          f"{list(signature.input_names)}.")
+    keys = names or signature.input_names
+    return {k: np.ascontiguousarray(np.asarray(v).astype(s.dtype, copy=False))
+            for k, v, s in zip(keys, values, signature.inputs)}
+
+
+def select_output(outputs: list[Any], names: list[str], signature: Signature) -> Any:
+    """The task output among a runtime's ``outputs`` (named ``names``): by name, else by the signature's index."""
+    if signature.task_output in names:
+        return outputs[names.index(signature.task_output)]
+    if len(outputs) == len(signature.outputs):
+        return outputs[signature.task_index]
+    if len(outputs) == 1:
+        return outputs[0]
+    raise ModelError(f"The artifact's outputs {names} do not include the task output '{signature.task_output}'.")

@@ -16,6 +16,21 @@ def trained_cnn():
     return train(bundle, "digits", TrainConfig(epochs=3, seed=0), progress=False)
 
 
+@pytest.fixture(scope="session")
+def any_kind(tmp_path_factory):
+    """``any_kind(name)``: the path of a tiny trained bundle of kind ``name`` (``tests/any_kinds.KINDS``: tabular,
+    regression, multilabel, two_input, wide, signal), trained once per session."""
+    from any_kinds import train_kind
+    directory = tmp_path_factory.mktemp("any_kinds")
+    cache: dict = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = train_kind(name, directory)
+        return cache[name]
+    return get
+
+
 @pytest.fixture()
 def cnn_bundle():
     from deepslim.models import load_model
