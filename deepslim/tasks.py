@@ -91,8 +91,6 @@ class Task:
             object.__setattr__(self, "loss", "mse" if self.kind is TaskKind.REGRESSION else "")
         if self.kind is TaskKind.REGRESSION and self.loss not in REGRESSION_LOSSES:
             raise ConfigError(f"--loss for regression must be mse or huber, got '{self.loss}'.")
-        if self.kind is TaskKind.CLASSIFICATION and len(self.names) < 2:
-            raise ConfigError("A classification task needs at least 2 classes.")
 
     @property
     def width(self) -> int:

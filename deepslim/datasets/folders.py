@@ -96,6 +96,7 @@ class ImageFolderSource:
     def eval_resize(self, input_spec: InputSpec) -> int | None:
         """The shorter side evaluation images are resized to before a centre crop to the input size, or None
         for a straight resize to the input size (images at or below the model's input, so nothing is lost)."""
+        input_spec = image_input_spec(input_spec)
         image_short, input_short = min(self.image_size), min(input_spec.size)
         if image_short <= input_short:
             return None
@@ -103,6 +104,7 @@ class ImageFolderSource:
 
     def describe_preprocess(self, input_spec: InputSpec) -> str:
         """The evaluation preprocessing for this model's input, in one phrase."""
+        input_spec = image_input_spec(input_spec)
         (h, w), (ih, iw) = self.image_size, input_spec.size
         short = self.eval_resize(input_spec)
         if short is None:
