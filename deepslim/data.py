@@ -311,3 +311,18 @@ class TensorImages(Dataset):
         if self.augment is not None:
             image = self.augment(image)
         return normalize(image, self.spec), torch.as_tensor(self.labels[index], dtype=torch.long)
+
+
+def aspect_note(info: DatasetInfo, spec: Signature | InputSpec) -> str | None:
+    """A sentence when the data's images would be stretched to the model's input (another aspect ratio),
+    None when the shapes agree or the data is not one image per sample."""
+    if info.native_size is None:
+        return None
+    image = spec.image if isinstance(spec, Signature) else spec
+    if image is None:
+        return None
+    (h, w), (ih, iw) = info.native_size, image.size
+    if abs(h / w - ih / iw) <= 0.02 * (ih / iw):
+        return None
+    return (f"the data's {h}x{w} images are stretched to the model's {ih}x{iw} input (another aspect ratio); "
+            f"give --input-size {h}x{w} (or a multiple) to keep their shape")
