@@ -23,7 +23,8 @@ class TargetCheck:
     failing_ops: list[str] = field(default_factory=list)
 
 
-def check_exportable(bundle: ModelBundle, *, input_size: int | None = None) -> list[TargetCheck]:
+def check_exportable(bundle: ModelBundle, *,
+                     input_size: int | tuple[int, int] | str | None = None) -> list[TargetCheck]:
     """Try each export quickly (no parity, no benchmark) and report per target."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,7 +43,7 @@ def check_exportable(bundle: ModelBundle, *, input_size: int | None = None) -> l
     return results
 
 
-def _try_legacy(bundle: ModelBundle, path: Path, input_size: int | None) -> bool:
+def _try_legacy(bundle: ModelBundle, path: Path, input_size: int | tuple[int, int] | str | None) -> bool:
     try:
         to_onnx(bundle, path, OnnxConfig(exporter="legacy", input_size=input_size, simplify=False))
         return True

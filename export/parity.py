@@ -1,12 +1,19 @@
 """Does the exported artifact compute what the source model computes? Checked after every export.
 
-Inputs are real samples where possible: the dataset the user names, else the one recorded in the
-model's lineage, and only then seeded N(0, 1) noise (which sends a network whose BatchNorm
-statistics came from real images far out of distribution). Values are judged per sample against
-the row's magnitude, ``|diff| <= atol + rtol * max|ref_row|``, and classifiers by top-1 agreement
-where the reference's margin exceeds that tolerance. When the torch source disagrees with its own
-fp64 run by more than the tolerance, the inputs are ill-conditioned for the model and the report
-says so instead of blaming the export.
+Inputs are real samples of every input where possible: the dataset the user names, else the one
+recorded in the model's lineage, and only then seeded noise of each input's shape and dtype (which
+sends a network whose BatchNorm statistics came from real data far out of distribution). The
+output the task reads is compared:
+
+- values per sample against the output's magnitude, ``|diff| <= atol + rtol * scale``: the row's
+  largest logit (classification, multilabel), or the largest ``|prediction|`` of that output over
+  the samples (regression, where one prediction may sit near zero);
+- decisions: top-1 agreement (classification) and per-label agreement of ``logit > 0``
+  (multilabel), flips where the reference's margin is inside the tolerance excused; regression
+  counts the samples within the tolerance (int8: within a tenth of the predictions' spread).
+
+When the torch source disagrees with its own fp64 run by more than the tolerance, the inputs are
+ill-conditioned for the model and the report says so instead of blaming the export.
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ import torch
 from benchmarks.runners import Backend, RunnerOptions, open_runner
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.data import open_dataset, subset
+from deepslim.modelio import call, example_inputs, task_output
 from deepslim.models import ModelBundle
+from deepslim.signature import Signature
 from deepslim.spec import InputSpec, StageRecord
 from deepslim.provenance import recorded_dataset, recorded_name, usable_recorded
+from deepslim.tasks import Task, TaskKind
 from export.errors import ParityError
+
+# A batch: one array (a model with one input) or a tuple of arrays in the signature's input order.
+Batch = np.ndarray | tuple[np.ndarray, ...]
 
 DEFAULT_BACKEND = {ArtifactKind.ONNX: Backend.ONNXRUNTIME, ArtifactKind.OPENVINO: Backend.OPENVINO,
                    ArtifactKind.TENSORRT: Backend.TENSORRT, ArtifactKind.BUNDLE: Backend.TORCH}
@@ -42,6 +55,9 @@ class Tolerance:
 # quantized model on noise says nothing; accuracy is the quantizer's job)
 TOLERANCES = {"fp32": Tolerance(1e-4, 1e-3, 0.99), "fp16": Tolerance(1e-2, 2e-2, 0.98),
               "int8": Tolerance(None, 0.0, 0.95, needs_real_inputs=True)}
+INT8_REGRESSION_SPREAD = 0.1  # int8 regression: a sample agrees within this fraction of the predictions' std
+AGREEMENT = {TaskKind.CLASSIFICATION: "top-1 agreement", TaskKind.MULTILABEL: "label agreement",
+             TaskKind.REGRESSION: "samples within tolerance"}
 
 
 @dataclass(frozen=True)
@@ -72,15 +88,20 @@ class ParityReport:
     passed: bool
     source_fp64_rel: float | None = None   # the torch source vs its own fp64 run, when measured
     ill_conditioned: bool = False
+    task: str = "classification"           # what top1_agreement counts: see AGREEMENT
+    output: str = ""                       # the output compared (the one the task reads)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        text = (f"parity {verdict}: {self.artifact} on {self.backend} vs {self.reference}, {self.samples} "
-                f"{self.inputs} inputs: max |diff| {self.max_abs:.2e}, max rel {self.max_rel:.2e} (of the row's "
-                f"largest output), top-1 agreement {self.top1_agreement:.4f}")
+        regression = self.task == TaskKind.REGRESSION.value
+        scale = "the output's largest |value|" if regression else "the row's largest output"
+        compared = f" ({self.output})" if self.output else ""
+        text = (f"parity {verdict}: {self.artifact}{compared} on {self.backend} vs {self.reference}, {self.samples} "
+                f"{self.inputs} inputs: max |diff| {self.max_abs:.2e}, max rel {self.max_rel:.2e} (of {scale}), "
+                f"{AGREEMENT[TaskKind(self.task)]} {self.top1_agreement:.4f}")
         if self.ill_conditioned:
             advice = "compare on real inputs (--dataset)" if self.inputs.startswith("seeded random") else \
                 "the model's outputs are not stable enough for an fp32 comparison on them"
@@ -110,102 +131,159 @@ def choose_inputs(dataset: str | None, lineage: list[StageRecord], severity: int
     return ParityInputs(None, why=why) if why else ParityInputs(name, recorded_severity, "the model's own dataset")
 
 
-def parity_inputs(spec: InputSpec, source: ParityInputs | str | None, samples: int,
-                  severity: int = 3) -> tuple[np.ndarray, str]:
-    """``samples`` real test-split inputs (or seeded random ones) shaped by ``spec``, and their label."""
+def parity_inputs(spec: InputSpec | Signature, source: ParityInputs | str | None, samples: int,
+                  severity: int = 3, *, task: Task | None = None) -> tuple[Batch, str]:
+    """``samples`` real test-split inputs (or seeded random ones) for ``spec``, and their label.
+
+    For a signature the batch is one array per input (a bare array for one input); for an
+    :class:`InputSpec` (a one-image model, as before signatures) one array."""
+    signature = Signature.from_input_spec(spec) if isinstance(spec, InputSpec) else spec
     if not isinstance(source, ParityInputs):
         source = ParityInputs(source, severity, "--dataset" if source else "no dataset given or recorded")
     if source.dataset is None:
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn(samples, *spec.shape, generator=gen).numpy(), f"seeded random ({source.why})"
-    ds = subset(open_dataset(source.dataset, severity=source.severity).split("test", spec), samples, seed=0)
-    return torch.stack([ds[i][0] for i in range(len(ds))]).numpy(), f"{source.dataset} test ({source.why})"
+        arrays = tuple(t.numpy() for t in example_inputs(signature, samples, seed=0))
+        return _batch(arrays), f"seeded random ({source.why})"
+    split = open_dataset(source.dataset, severity=source.severity).split("test", signature, task=task)
+    ds = subset(split, samples, seed=0)
+    rows = [_as_tuple(ds[i][0]) for i in range(len(ds))]
+    arrays = tuple(torch.stack([r[k] for r in rows]).numpy() for k in range(len(signature.inputs)))
+    return _batch(arrays), f"{source.dataset} test ({source.why})"
 
 
 def check_parity(source: ModelBundle | str | Path, artifact: str | Path, *, precision: str = "fp32",
                  dataset: str | None = None, samples: int = 64, backend: Backend | None = None, batch: int = 16,
                  severity: int = 3, raise_on_failure: bool = True) -> ParityReport:
-    """Compare ``artifact``'s outputs with the source's (a bundle in torch, or an ONNX file in onnxruntime)
-    on the same inputs; raise ParityError past the precision's tolerance."""
+    """Compare the output the task reads of ``artifact`` with the source's (a bundle in torch, or an ONNX file in
+    onnxruntime) on the same inputs (every input of the model); raise ParityError past the precision's tolerance."""
     artifact = Path(artifact)
     tol = TOLERANCES[precision]
     backend = Backend(backend) if backend else DEFAULT_BACKEND[artifact_kind(artifact)]
     runner = open_runner(artifact, backend, RunnerOptions())
+    signature, task = runner.meta.signature, runner.meta.task
     lineage = source.lineage if isinstance(source, ModelBundle) else runner.meta.lineage
-    chosen = choose_inputs(dataset, lineage, severity, list(runner.meta.classes))
+    chosen = choose_inputs(dataset, lineage, severity, list(task.names))
     if tol.needs_real_inputs and not chosen.real:
-        raise ParityError(f"{precision} parity of {artifact.name} needs real inputs (top-1 agreement of a quantized "
+        raise ParityError(f"{precision} parity of {artifact.name} needs real inputs (agreement of a quantized "
                           f"model on noise says nothing), and {chosen.why}; pass --dataset.")
-    x, label = parity_inputs(runner.meta.input_spec, chosen, samples)
+    x, label = parity_inputs(signature, chosen, samples, task=task)
     got = _run(runner, x, batch)
     if isinstance(source, ModelBundle):
-        ref, against = _torch_outputs(source.model, x), "torch"
+        ref, against = _torch_outputs(source.model, x, source.signature), "torch"
     else:
         reference = open_runner(source, DEFAULT_BACKEND[artifact_kind(source)], RunnerOptions())
         ref, against = _run(reference, x, batch), reference.label
-    report = compare(ref, got, precision, artifact.name, backend.value, label, against)
+    report = compare(ref, got, precision, artifact.name, backend.value, label, against, task=task,
+                     output=signature.task_output)
     if not report.passed and isinstance(source, ModelBundle) and tol.atol is not None:
-        report = _with_conditioning(report, source.model, x, ref, tol)
+        report = _with_conditioning(report, source, x, ref, tol, task)
     if raise_on_failure and not report.passed:
-        raise ParityError(f"{report.summary()}; the {precision} tolerance is {describe(tol)}.")
+        raise ParityError(f"{report.summary()}; the {precision} tolerance is {describe(tol, task)}.")
     return report
 
 
-def _torch_outputs(model: torch.nn.Module, x: np.ndarray, dtype: torch.dtype = torch.float32) -> np.ndarray:
+def _as_tuple(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _batch(arrays: tuple[np.ndarray, ...]) -> Batch:
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _rows(x: Batch, start: int, stop: int) -> Batch:
+    return _batch(tuple(a[start:stop] for a in _as_tuple(x)))
+
+
+def _torch_outputs(model: torch.nn.Module, x: Batch, signature: Signature | None = None,
+                   dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """The task output of ``model`` on ``x`` (float inputs in ``dtype``, integer inputs as they are)."""
     model = model.eval().cpu()  # moved outside inference mode (see deepslim.evaluation.predict)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in _as_tuple(x))
+    args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
     with torch.inference_mode():
-        return model(torch.from_numpy(x).to(dtype)).double().numpy()
+        out = call(model, args)
+        out = task_output(out, signature) if signature is not None else out
+        return out.double().numpy()
 
 
-def _with_conditioning(report: ParityReport, model: torch.nn.Module, x: np.ndarray, ref: np.ndarray,
-                       tol: Tolerance) -> ParityReport:
+def _with_conditioning(report: ParityReport, bundle: ModelBundle, x: Batch, ref: np.ndarray, tol: Tolerance,
+                       task: Task | None = None) -> ParityReport:
     """Run the source in fp64 too: if fp32 torch already misses the tolerance, blame the inputs, not the export."""
-    exact = _torch_outputs(copy.deepcopy(model).double(), x.astype(np.float64), torch.float64)
-    rel = float(np.max(_row_rel(np.abs(ref - exact), exact)))
-    ill = not _values_ok(np.abs(ref - exact), exact, tol)
+    exact = _torch_outputs(copy.deepcopy(bundle.model).double(), x, bundle.signature, torch.float64)
+    rel = float(np.max(_row_rel(np.abs(ref - exact), exact, task)))
+    ill = not _values_ok(np.abs(ref - exact), exact, tol, task)
     return ParityReport(**{**report.to_json(), "source_fp64_rel": rel, "ill_conditioned": ill})
 
 
-def _run(runner, x: np.ndarray, batch: int) -> np.ndarray:
+def _run(runner, x: Batch, batch: int) -> np.ndarray:
+    n = len(_as_tuple(x)[0])
     with runner:
-        return np.concatenate([runner.run(x[i:i + batch]) for i in range(0, len(x), batch)])
+        return np.concatenate([runner.run(_rows(x, i, i + batch)) for i in range(0, n, batch)])
 
 
-def _row_scale(ref: np.ndarray) -> np.ndarray:
+def _is_regression(task: Task | None) -> bool:
+    return task is not None and task.kind is TaskKind.REGRESSION
+
+
+def _row_scale(ref: np.ndarray, task: Task | None = None) -> np.ndarray:
+    """Per sample, the magnitude its tolerance scales with: the row's largest |output| (logits), or for a
+    regression the largest |prediction| of each output over all samples (one prediction can sit near 0)."""
     flat = np.abs(ref.reshape(len(ref), -1))
+    if _is_regression(task):
+        return np.broadcast_to(flat.max(axis=0, keepdims=True), flat.shape).reshape(ref.shape)
     return flat.max(axis=1).reshape((len(ref),) + (1,) * (ref.ndim - 1))
 
 
-def _row_rel(diff: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    return diff / np.maximum(_row_scale(ref), 1e-12)
+def _row_rel(diff: np.ndarray, ref: np.ndarray, task: Task | None = None) -> np.ndarray:
+    return diff / np.maximum(_row_scale(ref, task), 1e-12)
 
 
-def _values_ok(diff: np.ndarray, ref: np.ndarray, tol: Tolerance) -> bool:
-    return tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * _row_scale(ref)))
+def _values_ok(diff: np.ndarray, ref: np.ndarray, tol: Tolerance, task: Task | None = None) -> bool:
+    return tol.atol is None or bool(np.all(diff <= tol.atol + tol.rtol * _row_scale(ref, task)))
 
 
-def _agreement(ref: np.ndarray, got: np.ndarray, tol: Tolerance) -> tuple[float, float]:
-    """Raw top-1 agreement, and the one that excuses flips between classes the reference ties within tolerance."""
+def _agreement(ref: np.ndarray, got: np.ndarray, tol: Tolerance, task: Task | None = None) -> tuple[float, float]:
+    """Raw agreement of the task's decisions, and the one that excuses flips the reference ties within tolerance."""
+    kind = task.kind if task is not None else TaskKind.CLASSIFICATION
+    slack = (tol.atol or 0.0) + tol.rtol * _row_scale(ref, task)
+    if kind is TaskKind.REGRESSION:
+        flat_ref, flat_got = ref.reshape(len(ref), -1), got.reshape(len(got), -1)
+        slack = slack.reshape(flat_ref.shape) if tol.atol is not None else \
+            INT8_REGRESSION_SPREAD * flat_ref.std(axis=0, keepdims=True)  # int8: a tenth of the predictions' spread
+        within = float(np.mean(np.all(np.abs(flat_ref - flat_got) <= slack, axis=1)))
+        return within, within
+    if kind is TaskKind.MULTILABEL:
+        same = (ref > 0) == (got > 0)
+        return float(np.mean(same)), float(np.mean(same | (np.abs(ref) <= slack)))
     if ref.ndim != 2 or ref.shape[1] < 2:
         return 1.0, 1.0
     a, b = ref.argmax(1), got.argmax(1)
     rows = np.arange(len(ref))
     margin = ref[rows, a] - ref[rows, b]
-    slack = (tol.atol or 0.0) + tol.rtol * _row_scale(ref).ravel()
-    return float(np.mean(a == b)), float(np.mean((a == b) | (margin <= slack)))
+    return float(np.mean(a == b)), float(np.mean((a == b) | (margin <= slack.reshape(len(ref), -1)[:, 0])))
 
 
 def compare(ref: np.ndarray, got: np.ndarray, precision: str, name: str, backend: str, label: str,
-            against: str) -> ParityReport:
+            against: str, *, task: Task | None = None, output: str = "") -> ParityReport:
+    """Judge ``got`` against ``ref`` (one task output, samples first) at ``precision``'s tolerance for ``task``
+    (None: a classifier's logits)."""
     tol = TOLERANCES[precision]
     ref, got = ref.astype(np.float64), got.astype(np.float64)
+    if ref.shape != got.shape:
+        raise ParityError(f"{name} returns shape {got.shape[1:]} per sample where the source returns {ref.shape[1:]}"
+                          f"; the artifact does not compute the same output ({output or 'the task output'}).")
     diff = np.abs(ref - got)
-    raw, excused = _agreement(ref, got, tol)
-    passed = _values_ok(diff, ref, tol) and excused >= tol.min_agreement and bool(np.isfinite(got).all())
+    raw, excused = _agreement(ref, got, tol, task)
+    passed = _values_ok(diff, ref, tol, task) and excused >= tol.min_agreement and bool(np.isfinite(got).all())
+    kind = (task.kind if task is not None else TaskKind.CLASSIFICATION).value
     return ParityReport(name, backend, against, precision, len(ref), label, float(diff.max()),
-                        float(_row_rel(diff, ref).max()), float(diff.mean()), raw, passed)
+                        float(_row_rel(diff, ref, task).max()), float(diff.mean()), raw, passed, task=kind,
+                        output=output)
 
 
-def describe(tol: Tolerance) -> str:
-    values = f"|diff| <= {tol.atol:g} + {tol.rtol:g}*max|ref row| and " if tol.atol is not None else ""
-    return f"{values}top-1 agreement >= {tol.min_agreement:g}"
+def describe(tol: Tolerance, task: Task | None = None) -> str:
+    kind = task.kind if task is not None else TaskKind.CLASSIFICATION
+    scale = "max|ref output|" if kind is TaskKind.REGRESSION else "max|ref row|"
+    values = f"|diff| <= {tol.atol:g} + {tol.rtol:g}*{scale} and " if tol.atol is not None else ""
+    if kind is TaskKind.REGRESSION and tol.atol is None:
+        values = f"|diff| <= {INT8_REGRESSION_SPREAD:g}*std of the predictions for "
+    return f"{values}{AGREEMENT[kind]} >= {tol.min_agreement:g}"

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,12 @@ from benchmarks.runners.tensorrt_runner import import_tensorrt
 from deepslim.artifact import ArtifactMeta, read_onnx_meta
 from deepslim.errors import ConfigError, InputFileError, first_line
 from deepslim.fileio import atomic_files, require_file
+from deepslim.signature import BATCH, Signature
 from export.errors import ExportError
 from export.options import Precision
+
+
+DEFAULT_DIM_RANGE = (1, 16, 256)  # min, opt, max of a named dim (sequence, length...) no range was given for
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class TensorRTConfig:
     opt_batch: int | None = None          # default: the largest requested batch
     workspace_mib: int = 1024
     timing_cache: Path | None = None
+    dim_ranges: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)  # named dim -> (min, opt, max)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", Precision(self.precision))
@@ -45,43 +51,101 @@ class TensorRTConfig:
         if self.opt_batch is not None and not min(self.batches) <= self.opt_batch <= max(self.batches):
             raise ConfigError(f"The optimal batch {self.opt_batch} is outside the profile {min(self.batches)}.."
                               f"{max(self.batches)}.")
+        for name, span in self.dim_ranges.items():
+            if name == BATCH:
+                raise ConfigError("The batch range of a TensorRT profile comes from --batch, not a dim range.")
+            if len(span) != 3 or not 1 <= span[0] <= span[1] <= span[2]:
+                raise ConfigError(f"The range of dim '{name}' must be min <= opt <= max, all positive; got "
+                                  f"{list(span)}.")
+
+
+@dataclass(frozen=True)
+class InputProfile:
+    """One input's shape range in the optimization profile (``IOptimizationProfile.set_shape``)."""
+
+    name: str
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class BuildPlan:
     """What :func:`build_engine` will ask TensorRT for; computed without TensorRT."""
 
-    input_name: str
-    min_shape: tuple[int, ...]
-    opt_shape: tuple[int, ...]
-    max_shape: tuple[int, ...]
+    inputs: tuple[InputProfile, ...]        # every input of the network, in the signature's order
     network_flags: tuple[str, ...]
     builder_flags: tuple[str, ...]          # set on the builder config
     cleared_builder_flags: tuple[str, ...]  # cleared: TF32 is on by default, and fp32 must mean fp32
     convert_to_fp16: bool
     requires_qdq: bool
     workspace_bytes: int
+    dim_ranges: tuple[tuple[str, tuple[int, int, int]], ...] = ()  # the (min, opt, max) used per named dim
+
+    # the first input's (what one-input plans were described by)
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def min_shape(self) -> tuple[int, ...]:
+        return self.inputs[0].min_shape
+
+    @property
+    def opt_shape(self) -> tuple[int, ...]:
+        return self.inputs[0].opt_shape
+
+    @property
+    def max_shape(self) -> tuple[int, ...]:
+        return self.inputs[0].max_shape
 
 
-def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_name: str = "input") -> BuildPlan:
-    sample = tuple(meta.input_spec.shape)
-    opt = config.opt_batch or max(config.batches)
-    return BuildPlan(input_name, (min(config.batches), *sample), (opt, *sample), (max(config.batches), *sample),
-                     network_flags=("STRONGLY_TYPED",), builder_flags=(),
+def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_names: Sequence[str] | None = None,
+               input_name: str | None = None) -> BuildPlan:
+    """The build plan of an ONNX file described by ``meta``: one shape range per input (``input_names``: the
+    graph's names in the signature's order; default: those the export recorded)."""
+    signature = meta.signature
+    names = tuple(input_names or ((input_name,) if input_name else engine_input_names(meta)))
+    if len(names) != len(signature.inputs):
+        raise ConfigError(f"The ONNX graph has the inputs {list(names)} but its metadata describes "
+                          f"{signature.describe()}.")
+    ranges = _dim_ranges(signature, config)
+    spans = {BATCH: (min(config.batches), config.opt_batch or max(config.batches), max(config.batches)), **ranges}
+    profiles = tuple(InputProfile(name, *(tuple(spans[d][k] if isinstance(d, str) else d for d in spec.shape)
+                                          for k in range(3)))
+                     for name, spec in zip(names, signature.inputs))
+    return BuildPlan(profiles, network_flags=("STRONGLY_TYPED",), builder_flags=(),
                      cleared_builder_flags=("TF32",) if config.precision is Precision.FP32 else (),
                      convert_to_fp16=config.precision is Precision.FP16,
                      requires_qdq=config.precision is Precision.INT8,
-                     workspace_bytes=config.workspace_mib * 1024 * 1024)
+                     workspace_bytes=config.workspace_mib * 1024 * 1024, dim_ranges=tuple(ranges.items()))
+
+
+def engine_input_names(meta: ArtifactMeta) -> tuple[str, ...]:
+    """The ONNX input names an export recorded; files exported before signatures named their one input ``input``."""
+    recorded = meta.export.get("input_names")
+    if recorded:
+        return tuple(recorded)
+    return ("input",) if meta.signature.single_image else meta.signature.input_names
+
+
+def _dim_ranges(signature: Signature, config: TensorRTConfig) -> dict[str, tuple[int, int, int]]:
+    named = list(dict.fromkeys(d for spec in signature.inputs for d in spec.shape[1:] if isinstance(d, str)))
+    unknown = sorted(set(config.dim_ranges) - set(named))
+    if unknown:
+        raise ConfigError(f"The dims {unknown} are not named dims of the model's inputs ({signature.describe()}).")
+    return {d: tuple(config.dim_ranges.get(d, DEFAULT_DIM_RANGE)) for d in named}
 
 
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, plan: BuildPlan,
                     timing_cache: str | Path | None = None) -> str:
     """The ``trtexec`` line that builds the same engine (for users who prefer NVIDIA's tool)."""
-    dims = {k: "x".join(map(str, s)) for k, s in
-            (("min", plan.min_shape), ("opt", plan.opt_shape), ("max", plan.max_shape))}
+    def shapes(which: str) -> str:
+        return ",".join(f"{p.name}:{'x'.join(map(str, getattr(p, which)))}" for p in plan.inputs)
+
     args = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
-            f"--minShapes={plan.input_name}:{dims['min']}", f"--optShapes={plan.input_name}:{dims['opt']}",
-            f"--maxShapes={plan.input_name}:{dims['max']}",
+            f"--minShapes={shapes('min_shape')}", f"--optShapes={shapes('opt_shape')}",
+            f"--maxShapes={shapes('max_shape')}",
             f"--memPoolSize=workspace:{plan.workspace_bytes // (1024 * 1024)}M", "--stronglyTyped"]
     if "TF32" in plan.cleared_builder_flags:
         args.append("--noTF32")
@@ -160,8 +224,8 @@ def to_tensorrt(onnx_path: str | Path, output: str | Path, config: TensorRTConfi
     meta = read_onnx_meta(onnx_path)
     if meta is None:
         raise InputFileError(f"{onnx_path} has no deepslim metadata; export it with `deepslim export --target onnx`.")
-    plan = plan_build(meta, config)
     model = onnx.load(str(onnx_path))
+    plan = plan_build(meta, config, input_names=_graph_inputs(model))
     if plan.requires_qdq and (problems := check_qdq_for_tensorrt(model)):
         raise ExportError(f"{onnx_path} is not a TensorRT-ready int8 model: {problems[0]}.")
     trt = require_tensorrt()
@@ -192,9 +256,7 @@ def _build(trt, onnx_bytes: bytes, plan: BuildPlan, config: TensorRTConfig) -> t
     builder_config = builder.create_builder_config()
     builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     apply_builder_flags(trt, builder_config, plan)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(network.get_input(0).name, plan.min_shape, plan.opt_shape, plan.max_shape)
-    builder_config.add_optimization_profile(profile)
+    builder_config.add_optimization_profile(optimization_profile(builder, network, plan))
     cache_bytes = config.timing_cache.read_bytes() if config.timing_cache and config.timing_cache.is_file() else b""
     builder_config.set_timing_cache(builder_config.create_timing_cache(cache_bytes), False)
     serialized = builder.build_serialized_network(network, builder_config)
@@ -202,6 +264,24 @@ def _build(trt, onnx_bytes: bytes, plan: BuildPlan, config: TensorRTConfig) -> t
         raise ExportError("TensorRT could not build the engine; rerun with --debug for its log.")
     cache = builder_config.get_timing_cache()
     return bytes(serialized), (bytes(cache.serialize()) if cache is not None else None)
+
+
+def _graph_inputs(model) -> tuple[str, ...]:
+    constants = {i.name for i in model.graph.initializer}
+    return tuple(i.name for i in model.graph.input if i.name not in constants)
+
+
+def optimization_profile(builder, network, plan: BuildPlan):
+    """One optimization profile with the plan's min/opt/max shape for EVERY network input (TensorRT needs a
+    range for each input with a dynamic dim, and checks the rest against their static shape)."""
+    present = [network.get_input(i).name for i in range(network.num_inputs)]
+    if sorted(present) != sorted(p.name for p in plan.inputs):
+        raise ExportError(f"TensorRT's network has the inputs {present}, not the plan's "
+                          f"{[p.name for p in plan.inputs]}.")
+    profile = builder.create_optimization_profile()
+    for p in plan.inputs:
+        profile.set_shape(p.name, p.min_shape, p.opt_shape, p.max_shape)
+    return profile
 
 
 def apply_builder_flags(trt, builder_config, plan: BuildPlan) -> None:
