@@ -1,4 +1,4 @@
-"""Knowledge distillation: a student learns from a teacher's softened logits (and, optionally, its features).
+"""Knowledge distillation: a student learns from a teacher's outputs (and, optionally, its features).
 
     from compress.distill import DistillConfig, distill, open_teacher
     student = distill(open_teacher("base.safetensors"), load_model(arch="small_cnn", ...), "digits")
@@ -6,7 +6,13 @@
 The teacher is a bundle (any PyTorch model deepslim loads) or an exported artifact run through
 the benchmark runners (ONNX Runtime, OpenVINO, TensorRT), so the student can learn from the
 model that is really deployed; that costs one runner call per training batch and gives
-logits only (no feature distillation); the teachers live in :mod:`compress.teachers`.
+the task output only (no feature distillation); the teachers live in :mod:`compress.teachers`.
+
+Any model kind distills (:mod:`deepslim.tasks`): temperature KL on the logits for classification,
+BCE against the teacher's sigmoid for multilabel, MSE against the teacher's prediction for
+regression, each mixed by ``alpha`` with the task's own loss on the true targets. Both models are
+called with every input and read through their signatures' task outputs; they must solve the same
+task (kind and width) on the same inputs.
 Training goes through the shared loop (:func:`deepslim.training.fit`): schedules,
 augmentation, mixed precision, gradient accumulation, checkpoints and resume, DDP under
 torchrun, BatchNorm recalibration, and a fine-tuning start for a student that is trained.
@@ -24,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.losses import distillation_loss, feature_loss, make_adapter
-from compress.teachers import (DistillError, RunnerTeacher, Teacher, TorchTeacher, capture, layer_named,
-                               open_teacher, shape_text)
+from compress.losses import feature_loss, make_adapter, task_distillation_loss
+from compress.teachers import (DistillError, RunnerTeacher, Teacher, TorchTeacher, capture, inputs_text,
+                               layer_named, open_teacher, shape_text)
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset
 from deepslim.distributed import local_device, setup
@@ -34,11 +40,15 @@ from deepslim.errors import ConfigError, ModelError, first_line
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
-from deepslim.metrics import classification_metrics
+from deepslim.metrics import task_metrics
+from deepslim.modelio import as_args, call, example_inputs, output_layout, task_output
 from deepslim.models import ModelBundle
 from deepslim.provenance import data_policies, recorded_name
+from deepslim.signature import InputKind, Signature
 from deepslim.spec import StageRecord
-from deepslim.training import fit, measure_start, open_splits, sayer, versions
+from deepslim.tasks import Task
+from deepslim.training import (fit, fit_target_scale, input_identity, measure_start, open_splits, sayer,
+                               start_at_target_mean, val_metric, versions)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ class DistillConfig:
     """How the student learns: the loss mix and the shared training loop's settings."""
 
     temperature: float = 4.0
-    alpha: float = 0.5                 # weight of the KD term; 1 - alpha goes to cross-entropy with the labels
+    alpha: float = 0.5                 # weight of the KD term; 1 - alpha goes to the task's loss on the targets
     feature_pairs: tuple[tuple[str, str], ...] = ()   # (teacher layer, student layer)
     feature_weight: float = 1.0        # weight of the mean feature MSE
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -57,8 +67,8 @@ class DistillConfig:
             raise ConfigError(f"--temperature must be a positive number (the logits are divided by it), "
                               f"got {self.temperature}.")
         if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
-            raise ConfigError(f"--alpha weighs the distillation loss against cross-entropy and must be between "
-                              f"0 and 1, got {self.alpha}.")
+            raise ConfigError(f"--alpha weighs the distillation loss against the loss on the true targets and "
+                              f"must be between 0 and 1, got {self.alpha}.")
         if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
             raise ConfigError(f"--feature-weight must be >= 0, got {self.feature_weight}.")
         object.__setattr__(self, "feature_pairs", tuple((str(t), str(s)) for t, s in self.feature_pairs))
@@ -98,8 +108,9 @@ def parse_feature_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
 class StudentWithAdapters(nn.Module):
     """What the train loop optimises: the student plus the 1x1 adapters of the feature pairs.
 
-    Forward returns the student's logits; in training mode it also leaves the adapted features
-    of the watched layers in ``adapted`` (computed inside forward, so DDP sees every parameter used).
+    Forward takes every input and returns what the student returns; in training mode it also leaves
+    the adapted features of the watched layers in ``adapted`` (computed inside forward, so DDP sees
+    every parameter used).
     """
 
     def __init__(self, student: nn.Module, layers: list[str], adapters: list[nn.Module]) -> None:
@@ -111,8 +122,8 @@ class StudentWithAdapters(nn.Module):
         targets = [layer_named(modules, n, "student") for n in layers]  # every name checked before any hook
         self._hooks = [m.register_forward_hook(capture(self.captured, n)) for m, n in zip(targets, layers)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.student(x)
+    def forward(self, *x: torch.Tensor) -> Any:
+        out = self.student(*x)
         if self.training and self.layers:
             self.adapted = [a(self.captured[n]) for a, n in zip(self.adapters, self.layers)]
         return out
@@ -134,10 +145,12 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     """Train ``student`` to match ``teacher`` on ``dataset``; return it as a bundle with the stage in its lineage.
 
     The student is trained in place (pass a copy to keep the original). Checks that can fail
-    (class counts, input shapes, layer names, a forward pass of each) run before any training.
+    (task kind and width, inputs, layer names, a forward pass of each) run before any training.
     A student that starts trained is fine-tuned at a tenth of the default learning rate unless
     ``cfg.train.lr`` is set, and the result is the better on val of its start and the best epoch
     (:mod:`deepslim.finetune`); each such decision is said through ``log`` and kept in ``notes``.
+    The record carries ``val_<primary>`` (``val_top1`` for a classifier) and the task's test metrics
+    (:func:`deepslim.metrics.task_metrics`) of the teacher and of the student before and after.
     """
     cfg = cfg or DistillConfig()
     say = sayer(progress, log)
@@ -146,39 +159,48 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     wrapper = None
     try:
         source = open_dataset(dataset, severity=severity)
-        _check_pairing(teacher, student, source.info.channels, say)
-        check_compatible(student, source.info.num_classes, dataset)
+        _check_pairing(teacher, student, _data_channels(source.info), say)
+        check_compatible(student, source.info, dataset)
         start_weights = state_fingerprint(student.model)
         wrapper = _prepare(teacher, student, cfg)
-        spec = student.input_spec
-        splits = open_splits(source, spec, cfg.train.augment, student.model)
+        spec, task = student.signature, student.task
+        splits = open_splits(source, spec, cfg.train.augment, student.model, task=task)
+        student = fit_target_scale(student, splits["train"])
+        task = student.task
         device = resolve_device(local_device(setup(cfg.train.device), cfg.train.device))
         if isinstance(teacher, TorchTeacher):
             teacher.to(device)
         if isinstance(teacher, RunnerTeacher):
             where = "the GPU" if teacher.backend == "tensorrt" else "the CPU"
             say(f"teacher {teacher.name} runs through {teacher.backend}: one inference of the exported model per "
-                f"training batch, on {where}, logits only")
-        teacher_test = classification_metrics(*teacher.predict(splits["test"]))
-        before = classification_metrics(*predict_all(student.model, splits["test"], device=str(device)))
-        begin = measure_start(student.model, splits["val"], student.lineage, cfg.train, str(device))
+                f"training batch, on {where}, its task output only")
+        teacher_out, targets = teacher.predict(splits["test"])
+        teacher_test = task_metrics(task, teacher_out, targets)
+        before = _test_metrics(student.model, splits["test"], task, spec, device, teacher_out)
+        begin = measure_start(student.model, splits["val"], student.lineage, cfg.train, str(device), task=task,
+                              signature=spec)
+        if not begin.trained:
+            start_at_target_mean(student.model, task)
         tuned, lr_note = finetune_config(cfg.train, begin)
         cfg = replace(cfg, train=tuned)
         if lr_note:
             say(lr_note)
         teacher_identity = teacher.identity()
         identity = {"student_arch": student.arch.to_json(), "student_weights": start_weights,
-                    "input": spec.to_json(), "dataset": source.info.name,
+                    "input": input_identity(spec), "dataset": source.info.name,
                     "teacher": teacher_identity, "distill": {k: v for k, v in cfg.to_json().items()
                                                                if k != "train"}}
+        if not task.is_classification:
+            identity["task"] = task.to_json()
         teacher.seconds = 0.0
-        result = fit(wrapper, splits["train"], splits["val"], cfg.train, loss_fn=_loss_fn(teacher, wrapper, cfg),
+        loss_fn = _loss_fn(teacher, wrapper, cfg, task, spec)
+        result = fit(wrapper, splits["train"], splits["val"], cfg.train, loss_fn=loss_fn,
                      checkpoint=Path(checkpoint) if checkpoint else None, resume=resume, progress=progress,
                      identity=identity, keep_start=begin.trained, start_val_top1=begin.val_top1,
-                     bn_data=splits.get("bn"))
+                     bn_data=splits.get("bn"), task=task, signature=spec)
         teacher_seconds = teacher.seconds
         model = wrapper.close()
-        test = classification_metrics(*predict_all(model, splits["test"], device=str(device)))
+        test = _test_metrics(model, splits["test"], task, spec, device, teacher_out)
     finally:
         if wrapper is not None:
             wrapper.close()
@@ -188,22 +210,44 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
         notes.append(kept_start_note(begin.val_top1, result.history))
         say(notes[-1])
     params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": recorded_name(dataset, severity),
-              "data": data_policies(source, spec, cfg.train.augment)}
-    metrics = {"teacher_test": teacher_test, "test_before": before, "test": test, "val_top1": result.best_val_top1,
-               "best_epoch": result.best_epoch, "start_val_top1": begin.val_top1,
-               "kept_start": result.best_epoch == 0, "history": result.history,
+              "task": task.to_json(), "data": data_policies(source, spec, cfg.train.augment)}
+    metrics = {"teacher_test": teacher_test, "test_before": before, "test": test,
+               **val_metric(task, result.best_val), "best_epoch": result.best_epoch,
+               "start_val_top1": begin.val_top1, "kept_start": result.best_epoch == 0, "history": result.history,
                "teacher_seconds": round(teacher_seconds, 2), "notes": notes}
     record = StageRecord("distill", params, round(time.perf_counter() - start, 2), metrics, versions=versions())
     return student.with_record(record, model=model.cpu().eval())
 
 
-def _check_pairing(teacher: Teacher, student: ModelBundle, data_channels: int, say: Callable[[str], None]) -> None:
-    if len(teacher.classes) != student.num_classes:
-        raise DistillError(f"The teacher predicts {len(teacher.classes)} classes but the student "
-                           f"{student.num_classes}; distillation needs the same classes in the same order.")
-    if list(teacher.classes) != list(student.classes):
-        say("warning: teacher and student name their classes differently; they are matched by position")
-    teacher.pair(student.input_spec, data_channels)
+def _test_metrics(model: nn.Module, test_ds, task: Task, signature: Signature, device,
+                  teacher_out) -> dict[str, float]:
+    """The task's test metrics of ``model``, with its ``agreement`` with the teacher where the task has one."""
+    outputs, targets = predict_all(model, test_ds, device=str(device), signature=signature)
+    return task_metrics(task, outputs, targets, reference=teacher_out)
+
+
+def _data_channels(info) -> int | dict[str, int]:
+    """The data's image channels (per image input name for data with several inputs): greyscale data lets a
+    1-channel and a 3-channel model pair."""
+    if info.is_image:
+        return info.channels
+    return {i.name: i.channels for i in info.inputs if i.kind is InputKind.IMAGE}
+
+
+def _check_pairing(teacher: Teacher, student: ModelBundle, data_channels: int | dict[str, int],
+                   say: Callable[[str], None]) -> None:
+    t_task, s_task = teacher.task, student.task
+    if t_task.kind is not s_task.kind:
+        raise DistillError(f"The teacher solves a {t_task.kind.value} task but the student a {s_task.kind.value} "
+                           "task; distillation needs the same task.")
+    if t_task.width != s_task.width:
+        what = {"classification": "classes", "multilabel": "labels"}.get(s_task.kind.value, "targets")
+        raise DistillError(f"The teacher predicts {t_task.width} {what} but the student {s_task.width}; "
+                           f"distillation needs the same {what} in the same order.")
+    if list(t_task.names) != list(s_task.names):
+        what = {"classification": "classes", "multilabel": "labels"}.get(s_task.kind.value, "targets")
+        say(f"warning: teacher and student name their {what} differently; they are matched by position")
+    teacher.pair(student.signature, data_channels)
 
 
 def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> StudentWithAdapters:
@@ -213,14 +257,11 @@ def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> Stud
         teacher.watch([t for t, _ in pairs])
     wrapper = StudentWithAdapters(student.model, [s for _, s in pairs], [])
     try:
-        x = torch.zeros(2, *student.input_spec.shape)
-        out = _trial_forward(student)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != student.num_classes:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ModelError(f"The student returns {got} for a batch of 2, not (2, {student.num_classes}) logits.")
+        x = example_inputs(student.signature, 2)
+        _check_output(student, _trial_forward(student, x))
         if not pairs:
             return wrapper
-        teacher.logits(x)
+        teacher.outputs(x if len(x) > 1 else x[0])
         torch.manual_seed(cfg.train.seed)
         adapters = [_adapter(wrapper.captured, teacher.features, t, s) for t, s in pairs]
         wrapper.adapters = nn.ModuleList(adapters)
@@ -230,17 +271,34 @@ def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> Stud
         raise
 
 
-def _trial_forward(student: ModelBundle) -> Any:
+def _trial_forward(student: ModelBundle, x: tuple[torch.Tensor, ...]) -> Any:
     model = student.model
     was_training = model.training
     try:
         with torch.no_grad():
-            return model.eval()(torch.zeros(2, *student.input_spec.shape))
+            return model.eval()(*x)
     except Exception as exc:  # a user's model may raise anything
-        raise ModelError(f"The student does not accept {shape_text(student.input_spec)} inputs: "
-                         f"{first_line(exc)}.") from exc
+        spec = student.signature
+        shown = shape_text(spec.to_input_spec()) if spec.single_image else inputs_text(spec)
+        raise ModelError(f"The student does not accept {shown} inputs: {first_line(exc)}.") from exc
     finally:
         model.train(was_training)
+
+
+def _check_output(student: ModelBundle, out: Any) -> None:
+    """A ModelError unless the student returns what its signature says, with a task output of the task's width."""
+    width, signature = student.num_classes, student.signature
+    what = "logits" if student.task.kind.value != "regression" else "predictions"
+    try:
+        layout = output_layout(out)[0]
+        value = task_output(out, signature) if layout == signature.output_layout else None
+    except (ModelError, IndexError, KeyError, TypeError):
+        value = None
+    shape_ok = isinstance(value, torch.Tensor) and len(value) == 2 and (
+        value.dim() == 2 and value.shape[1] == width or value.dim() == 1 and width == 1 and what == "predictions")
+    if not shape_ok:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(out).__name__
+        raise ModelError(f"The student returns {got} for a batch of 2, not (2, {width}) {what}.")
 
 
 def _adapter(student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor], t: str,
@@ -264,14 +322,15 @@ def _active_pairs(cfg: DistillConfig) -> tuple[tuple[str, str], ...]:
     return cfg.feature_pairs if cfg.feature_weight > 0 else ()
 
 
-def _loss_fn(teacher: Teacher, wrapper: StudentWithAdapters, cfg: DistillConfig):
-    smoothing, pairs = cfg.train.label_smoothing, _active_pairs(cfg)
+def _loss_fn(teacher: Teacher, wrapper: StudentWithAdapters, cfg: DistillConfig, task: Task, signature: Signature):
+    pairs = _active_pairs(cfg)
+    mixed = task_distillation_loss(task, temperature=cfg.temperature, alpha=cfg.alpha,
+                                   label_smoothing=cfg.train.label_smoothing)
 
-    def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        target = teacher.logits(x)
-        logits = net(x)
-        loss = distillation_loss(logits, target, y, temperature=cfg.temperature, alpha=cfg.alpha,
-                                 label_smoothing=smoothing)
+    def loss_fn(net: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+        target = teacher.outputs(x)
+        out = task_output(call(net, x), signature)
+        loss = mixed(out, target, y)
         if pairs:
             feats = sum(feature_loss(s, teacher.features[t]) for s, (t, _) in zip(wrapper.adapted, pairs))
             loss = loss + cfg.feature_weight * feats / len(pairs)
@@ -280,18 +339,27 @@ def _loss_fn(teacher: Teacher, wrapper: StudentWithAdapters, cfg: DistillConfig)
     return loss_fn
 
 
-def kd_finetune_loss(teacher_model: nn.Module, temperature: float, alpha: float):
-    """A loss for :func:`deepslim.training.fit` that distills from ``teacher_model`` (logits only).
+def kd_finetune_loss(teacher_model: nn.Module, temperature: float, alpha: float, *, task: Task | None = None,
+                     signature: Signature | None = None):
+    """A loss for :func:`deepslim.training.fit` that distills from ``teacher_model`` (its task output only).
 
-    Used by pruning's ``--recover kd``: the teacher is the model before it was pruned."""
+    Used by pruning's ``--recover kd`` (the teacher is the model before it was pruned) and QAT's.
+    ``task`` picks the distillation loss (default: classification, temperature KL and cross-entropy);
+    ``signature`` says which output both models' task reads (default: they return one tensor). The
+    batch ``x`` may hold several inputs (a tuple in ``forward``'s order)."""
     teacher_model.eval()
+    mixed = task_distillation_loss(task, temperature=temperature, alpha=alpha)
 
-    def loss_fn(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if next(teacher_model.parameters()).device != x.device:
-            teacher_model.to(x.device)
+    def read(out: Any) -> torch.Tensor:
+        return out if signature is None else task_output(out, signature)
+
+    def loss_fn(net: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+        device = as_args(x)[0].device
+        if next(teacher_model.parameters()).device != device:
+            teacher_model.to(device)
         with torch.no_grad():
-            target = teacher_model(x)
-        return distillation_loss(net(x), target, y, temperature=temperature, alpha=alpha)
+            target = read(call(teacher_model, x))
+        return mixed(read(call(net, x)), target, y)
 
     return loss_fn
 

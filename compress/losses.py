@@ -1,10 +1,22 @@
-"""Distillation losses: pure functions of tensors (no models, no hooks), tested against hand-computed values."""
+"""Distillation losses: pure functions of tensors (no models, no hooks), tested against hand-computed values.
+
+:func:`task_distillation_loss` is the one a stage uses: the task's soft-target loss
+(:func:`deepslim.losses.soft_target_loss`: temperature KL, BCE against the teacher's sigmoid, or MSE)
+mixed by ``alpha`` with the task's own loss on the true targets (:func:`deepslim.losses.task_criterion`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deepslim.losses import soft_target_loss, task_criterion
+from deepslim.tasks import Task, TaskKind
+
+MixedLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -28,6 +40,26 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * kd_loss(student_logits, teacher_logits, temperature) + (1 - alpha) * hard
 
 
+def task_distillation_loss(task: Task | None, *, temperature: float, alpha: float,
+                           label_smoothing: float = 0.0) -> MixedLoss:
+    """``loss(student_out, teacher_out, target)``: ``alpha`` · the task's soft-target loss + (1 − ``alpha``) ·
+    the task's loss on the true targets. ``task`` None (or a classification) is :func:`distillation_loss`.
+
+    The temperature softens classification logits only; a multilabel student matches the teacher's
+    sigmoid (BCE), a regression student its prediction (MSE in the task's standard units)."""
+    if task is None or task.kind is TaskKind.CLASSIFICATION:
+        return lambda s, t, y: distillation_loss(s, t, y, temperature=temperature, alpha=alpha,
+                                                 label_smoothing=label_smoothing)
+    hard = task_criterion(task, label_smoothing=label_smoothing)
+
+    def mixed(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        truth = hard(student, target)
+        if alpha == 0:
+            return truth
+        return alpha * soft_target_loss(task, student, teacher, temperature) + (1 - alpha) * truth
+    return mixed
+
+
 def feature_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """Mean squared error between an (adapted) student feature map and the teacher's (FitNets).
 
@@ -45,8 +77,8 @@ def feature_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -
 def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Module:
     """A learned projection from the student's channels to the teacher's (identity when they agree).
 
-    4-D maps (N, C, H, W) get a 1×1 convolution; tokens (N, L, C) and vectors (N, C) a linear
-    layer on the last axis.
+    4-D maps (N, C, H, W) get a 1×1 convolution; 3-D features that differ in their second axis only
+    (a Conv1d's (N, C, L)) a 1×1 Conv1d; tokens (N, L, C) and vectors (N, C) a linear layer on the last axis.
     """
     if len(student_shape) != len(teacher_shape):
         raise ValueError(f"a {len(student_shape)}-D student feature cannot be matched to a "
@@ -54,5 +86,7 @@ def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Mod
     if len(student_shape) == 4:
         cs, ct = student_shape[1], teacher_shape[1]
         return nn.Identity() if cs == ct else nn.Conv2d(cs, ct, kernel_size=1, bias=False)
+    if len(student_shape) == 3 and student_shape[1] != teacher_shape[1] and student_shape[2] == teacher_shape[2]:
+        return nn.Conv1d(student_shape[1], teacher_shape[1], kernel_size=1, bias=False)
     cs, ct = student_shape[-1], teacher_shape[-1]
     return nn.Identity() if cs == ct else nn.Linear(cs, ct, bias=False)

@@ -1,7 +1,9 @@
 """Distillation teachers: a bundle run in PyTorch, or an exported artifact run through its runtime.
 
-A :class:`Teacher` gives logits for a student's batch (renormalised to the teacher's own
-input statistics) and, for PyTorch teachers, the features of named layers.
+A :class:`Teacher` gives its task output (logits, or predictions) for a student's batch — every
+input, renormalised to the teacher's own image and feature statistics — and, for PyTorch teachers,
+the features of named layers. Teacher and student must take the same inputs (names and kinds, in
+``forward``'s order); an image may differ only in channels, and only for greyscale data.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from deepslim.distributed import context, gather_shards, shard
 from deepslim.errors import ConfigError, DeepSlimError, ModelError, first_line
 from deepslim.fileio import sha256_file
 from deepslim.fingerprint import state_fingerprint
+from deepslim.modelio import as_args, call, numpy_inputs, select_output, shapes, task_output, to_device
 from deepslim.models import ModelBundle
+from deepslim.signature import InputKind, Signature, TensorSpec
 from deepslim.spec import InputSpec
+from deepslim.tasks import Task
 
 RUNNER_BACKEND = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
 
@@ -31,61 +36,73 @@ class DistillError(DeepSlimError):
 
 
 class Teacher:
-    """What distillation asks of a teacher: logits for a student's batch, features of named layers."""
+    """What distillation asks of a teacher: its task output for a student's batch, features of named layers."""
 
     name: str
     kind: str
-    input_spec: InputSpec
-    classes: list[str]
+    signature: Signature
+    task: Task
     seconds: float = 0.0   # time spent in the teacher's forward passes
     features: dict[str, torch.Tensor]
     device: torch.device = torch.device("cpu")
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch normalised with ``student_spec`` (set by :meth:`pair`)."""
+    @property
+    def input_spec(self) -> InputSpec:
+        """The image input (a ConfigError for a teacher that does not take exactly one image)."""
+        return self.signature.to_input_spec()
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.names)
+
+    def outputs(self, x: Any) -> torch.Tensor:
+        """The task output for a batch (a tensor, or a tuple of every input) prepared for the student
+        (:meth:`pair` says how to convert it)."""
         start = time.perf_counter()
         with torch.no_grad():
             out = self._forward(self._renormalize(x))
         self.seconds += time.perf_counter() - start
         return out
 
-    def pair(self, student_spec: InputSpec, data_channels: int = 0) -> None:
+    logits = outputs  # the name of a classifier's task output
+
+    def pair(self, student: Signature | InputSpec, data_channels: int | dict[str, int] = 0) -> None:
         """Feed the teacher batches prepared for the student, converted to the teacher's normalisation.
 
-        The spatial size must match. Channel counts may differ (1 vs 3) only for greyscale data
-        (``data_channels == 1``), whose 3-channel form repeats one channel: the conversion is then exact.
-        """
-        (sc, *s_size), (tc, *t_size) = student_spec.shape, self.input_spec.shape
-        grey = data_channels == 1 and {sc, tc} <= {1, 3}
-        if s_size != t_size or (sc != tc and not grey):
-            raise DistillError(f"The student takes {shape_text(student_spec)} inputs but the teacher "
-                               f"{shape_text(self.input_spec)}; distillation feeds both the same batch, so build "
-                               "the student at the teacher's input size and channels.")
-        s_mean, s_std = _stats(student_spec)
-        t_mean, t_std = _stats(self.input_spec)
-        same = sc == tc and torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std)
-        self._convert = None if same else (s_mean, s_std, t_mean, t_std)
+        Inputs pair by position and must agree in name (beyond one image), kind and fixed dims. An
+        image's spatial size must match; channel counts may differ (1 vs 3) only for greyscale data
+        (``data_channels`` 1, per image input name for several inputs), whose 3-channel form repeats one
+        channel: the conversion is then exact."""
+        student = Signature.from_input_spec(student) if isinstance(student, InputSpec) else student
+        teacher = self.signature
+        if student.single_image and teacher.single_image:
+            channels = data_channels if isinstance(data_channels, int) else next(iter(data_channels.values()), 0)
+            if not _images_pair(student.inputs[0], teacher.inputs[0], channels):
+                s_text, t_text = shape_text(student.to_input_spec()), shape_text(teacher.to_input_spec())
+                raise DistillError(f"The student takes {s_text} inputs but the teacher {t_text}; distillation feeds "
+                                   "both the same batch, so build the student at the teacher's input size and "
+                                   "channels.")
+        else:
+            _check_inputs(student, teacher, data_channels)
+        self._convert = tuple(_conversion(s, t) for s, t in zip(student.inputs, teacher.inputs))
 
-    def _renormalize(self, x: torch.Tensor) -> torch.Tensor:
+    def _renormalize(self, x: Any) -> Any:
         convert = getattr(self, "_convert", None)
         if convert is None:
             return x
-        s_mean, s_std, t_mean, t_std = (a.to(x.device, x.dtype) for a in convert)
-        raw = x * s_std + s_mean
-        if raw.shape[1] != t_mean.shape[0]:  # greyscale: 3 equal channels <-> 1
-            raw = raw.mean(1, keepdim=True) if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
-        return (raw - t_mean) / t_std
+        out = tuple(_apply(t, c) for t, c in zip(as_args(x), convert))
+        return out[0] if len(out) == 1 else out
 
     def watch(self, layers: list[str]) -> None:
         raise DistillError(f"The teacher {self.name} is an exported {self.kind} artifact whose inner layers "
                            "cannot be read; use --feature-pairs with a bundle teacher, or logits only.")
 
     def predict(self, dataset: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels over the whole dataset (sharded over ranks under torchrun)."""
+        """Task outputs and targets over the whole dataset (sharded over ranks under torchrun)."""
         ctx = context()
         logits, labels = [], []
         for x, y in DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False):
-            logits.append(self.logits(x.to(self.device)).float().cpu())
+            logits.append(self.outputs(to_device(x, self.device)).float().cpu())
             labels.append(y)
         total = len(dataset)
         return (gather_shards(torch.cat(logits).numpy(), total, ctx),
@@ -97,7 +114,7 @@ class Teacher:
     def close(self) -> None:
         """Drop hooks and runners."""
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: Any) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -107,7 +124,7 @@ class TorchTeacher(Teacher):
     def __init__(self, bundle: ModelBundle) -> None:
         self.bundle, self.model = bundle, bundle.model.eval()
         self.name = bundle.path.name if bundle.path else bundle.arch.name
-        self.kind, self.input_spec, self.classes = "bundle", bundle.input_spec, list(bundle.classes)
+        self.kind, self.signature, self.task = "bundle", bundle.signature, bundle.task
         self.features, self._hooks = {}, []
         self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
@@ -122,13 +139,15 @@ class TorchTeacher(Teacher):
         for module, name in zip(targets, layers):
             self._hooks.append(module.register_forward_hook(capture(self.features, name)))
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device != self.device:
-            self.to(x.device)
+    def _forward(self, x: Any) -> torch.Tensor:
+        first = as_args(x)[0]
+        if first.device != self.device:
+            self.to(first.device)
         try:
-            return self.model(x)
+            out = call(self.model, x)
         except Exception as exc:  # a user's model may raise anything
-            raise ModelError(f"The teacher fails on inputs of shape {tuple(x.shape)}: {first_line(exc)}.") from exc
+            raise ModelError(f"The teacher fails on inputs of shape {shapes(x)}: {first_line(exc)}.") from exc
+        return task_output(out, self.signature)
 
     def identity(self) -> dict[str, Any]:
         digest = sha256_file(self.bundle.path) if self.bundle.path else state_fingerprint(self.model)
@@ -153,19 +172,32 @@ class RunnerTeacher(Teacher):
         self.runner = open_runner(self.path, backend, RunnerOptions(device=device))
         meta = self.runner.meta
         self.name, self.kind, self.backend = self.path.name, self.path.suffix.lower().lstrip("."), backend
-        self.input_spec, self.classes, self.features = meta.input_spec, list(meta.classes), {}
+        self.signature, self.task, self.features = meta.signature, meta.task, {}
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Runs the batch in chunks the artifact accepts (a TensorRT profile or a fixed ONNX batch)."""
-        batch = x.detach().float().cpu().numpy()
-        step = self.runner.max_batch or len(batch)
-        try:
-            outs = [np.asarray(self.runner.run(batch[i:i + step]), dtype=np.float32)
-                    for i in range(0, len(batch), step)]
-        except Exception as exc:  # runtimes raise their own exception types
-            raise ModelError(f"The teacher {self.name} fails on a batch of shape {tuple(batch[:step].shape)} "
-                             f"through {self.backend}: {first_line(exc)}.") from exc
-        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+    def _forward(self, x: Any) -> torch.Tensor:
+        """Runs the batch (every input) in chunks the artifact accepts (a TensorRT profile or a fixed ONNX
+        batch); the runner feeds the inputs by name and the task output is read by name."""
+        arrays = numpy_inputs(x)
+        total = len(arrays[0])
+        step = self.runner.max_batch or total
+        outs = []
+        for i in range(0, total, step):
+            chunk = tuple(a[i:i + step] for a in arrays)
+            try:
+                outs.append(self._run(chunk))
+            except Exception as exc:  # runtimes raise their own exception types
+                shown = ", ".join(str(tuple(a.shape)) for a in chunk)
+                raise ModelError(f"The teacher {self.name} fails on a batch of shape {shown} through "
+                                 f"{self.backend}: {first_line(exc)}.") from exc
+        return torch.from_numpy(np.concatenate(outs)).to(as_args(x)[0].device)
+
+    def _run(self, chunk: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The task output of one chunk: a bare array for one input, the tuple in the signature's order else."""
+        result = self.runner.run(chunk[0] if len(chunk) == 1 else chunk)
+        if isinstance(result, (list, tuple)):  # every output: pick the task's by name
+            names = list(getattr(self.runner, "output_names", None) or [])
+            result = select_output(list(result), names, self.signature)
+        return np.asarray(result, dtype=np.float32)
 
     def identity(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "backend": self.backend, "sha256": sha256_file(self.path)}
@@ -202,10 +234,70 @@ def layer_named(modules: dict[str, nn.Module], name: str, role: str) -> nn.Modul
     return modules[name]
 
 
-def _stats(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    c = spec.shape[0]
-    return (torch.tensor(spec.mean, dtype=torch.float32).view(c, 1, 1),
-            torch.tensor(spec.std, dtype=torch.float32).view(c, 1, 1))
+# --- pairing a student's inputs with the teacher's ------------------------------------------------
+
+def _images_pair(student: TensorSpec, teacher: TensorSpec, data_channels: int) -> bool:
+    """Same spatial size; channels equal, or 1 vs 3 on greyscale data."""
+    grey = data_channels == 1 and {student.channels, teacher.channels} <= {1, 3}
+    return student.size == teacher.size and (student.channels == teacher.channels or grey)
+
+
+def _check_inputs(student: Signature, teacher: Signature, data_channels: int | dict[str, int]) -> None:
+    """A DistillError unless the student's inputs are the teacher's (names, kinds, fixed dims)."""
+    problem = None
+    if student.input_names != teacher.input_names:
+        problem = "different inputs"
+    else:
+        for s, t in zip(student.inputs, teacher.inputs):
+            channels = data_channels.get(s.name, 0) if isinstance(data_channels, dict) else data_channels
+            if s.kind is not t.kind:
+                problem = f"input '{s.name}' is {s.kind.value} for one and {t.kind.value} for the other"
+            elif s.kind is InputKind.IMAGE and not _images_pair(s, t, channels):
+                problem = f"image '{s.name}' differs in size or channels"
+            elif not _dims_agree(s.sample_shape, t.sample_shape):
+                problem = f"input '{s.name}' differs in shape"
+            if problem:
+                break
+    if problem:
+        raise DistillError(f"The student takes {inputs_text(student)} but the teacher {inputs_text(teacher)} "
+                           f"({problem}); distillation feeds both the same batch, so build the student with the "
+                           "teacher's inputs.")
+
+
+def _dims_agree(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(isinstance(x, str) or isinstance(y, str) or x == y for x, y in zip(a, b))
+
+
+def _conversion(student: TensorSpec, teacher: TensorSpec) -> tuple | None:
+    """How a student's input becomes the teacher's: (student mean, std, teacher mean, std, is image), or None
+    when they are prepared alike. Images and standardised features are converted; other kinds pass as they are."""
+    if student.kind not in (InputKind.IMAGE, InputKind.FEATURES) or not (student.mean or teacher.mean):
+        return None
+    image = student.kind is InputKind.IMAGE
+    width = len(student.mean or teacher.mean)
+    s_mean, s_std = _stats(student, width, image)
+    t_mean, t_std = _stats(teacher, width, image)
+    if s_mean.shape == t_mean.shape and torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std):
+        return None
+    return s_mean, s_std, t_mean, t_std, image
+
+
+def _apply(x: torch.Tensor, convert: tuple | None) -> torch.Tensor:
+    if convert is None:
+        return x
+    s_mean, s_std, t_mean, t_std = (a.to(x.device, x.dtype) for a in convert[:4])
+    raw = x * s_std + s_mean
+    if convert[4] and raw.shape[1] != t_mean.shape[0]:  # greyscale: 3 equal channels <-> 1
+        raw = raw.mean(1, keepdim=True) if raw.shape[1] == 3 else raw.expand(-1, 3, -1, -1)
+    return (raw - t_mean) / t_std
+
+
+def _stats(spec: TensorSpec, width: int, image: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std shaped to broadcast over a batch: (C, 1, 1) for an image, (F,) for features (0 and 1 when
+    the features are not standardised)."""
+    mean = torch.tensor(spec.mean or (0.0,) * width, dtype=torch.float32)
+    std = torch.tensor(spec.std or (1.0,) * width, dtype=torch.float32)
+    return (mean.view(-1, 1, 1), std.view(-1, 1, 1)) if image else (mean, std)
 
 
 def shape_text(spec: InputSpec) -> str:
@@ -213,5 +305,10 @@ def shape_text(spec: InputSpec) -> str:
     return f"{c}x{h}x{w}"
 
 
-__all__ = ["DistillError", "RunnerTeacher", "Teacher", "TorchTeacher", "capture", "layer_named", "open_teacher",
-           "shape_text"]
+def inputs_text(signature: Signature) -> str:
+    """``image (image 1x8x8), meta (features 4)``: a signature's inputs in words."""
+    return ", ".join(f"{i.name} ({i.kind.value} {'x'.join(map(str, i.sample_shape))})" for i in signature.inputs)
+
+
+__all__ = ["DistillError", "RunnerTeacher", "Teacher", "TorchTeacher", "capture", "inputs_text", "layer_named",
+           "open_teacher", "shape_text"]
