@@ -19,6 +19,7 @@ _LAZY = {"PruneConfig": "compress.prune", "Importance": "compress.prune",
          "allocate": "compress.sensitivity", "write_sensitivity": "compress.sensitivity",
          "DistillConfig": "compress.distill", "open_teacher": "compress.distill",
          "DistillError": "compress.distill", "kd_loss": "compress.losses", "distillation_loss": "compress.losses",
+         "task_distillation_loss": "compress.losses",
          "feature_loss": "compress.losses", "QuantizeConfig": "compress.quantize",
          "QuantizeError": "compress.quantize"}
 
