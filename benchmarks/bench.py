@@ -11,12 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.accuracy import Metric, predict, score
 from benchmarks.env import environment
-from benchmarks.latency import LatencyConfig, LatencyStats, measure
+from benchmarks.latency import NAMED_DIM, LatencyConfig, LatencyStats, measure, named_dims
 from benchmarks.runners import Backend, Runner, RunnerOptions, open_runner
 from deepslim.artifact import ArtifactKind, artifact_kind
+from deepslim.tasks import metric_info
 
 if TYPE_CHECKING:
     from deepslim.models import ModelBundle
+    from deepslim.signature import Signature
 
 SCHEMA_VERSION = 1
 
@@ -27,7 +29,7 @@ class BenchTarget:
 
     path: Path
     backend: Backend
-    input_size: int | None = None   # torch and OpenVINO runners: run at another resolution
+    input_size: int | tuple[int, int] | None = None  # torch and OpenVINO runners: a one-image model at another size
     compile: bool | None = None     # torch runner only: override RunnerOptions.compile for this target
     note: str = ""
     source: ModelBundle | None = None  # the bundle it was exported from: MACs are recounted at the shape run
@@ -51,6 +53,11 @@ class Entry:
     accuracy: dict[str, float] = field(default_factory=dict)
     latency: dict[int, LatencyStats] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per input: sample shape (named dims by
+    #                                     name), dtype and kind; input_shape is the first input's, concrete
+    task: str = "classification"
+    primary: str = "top1"               # the task's primary metric (registry name)
+    drop: float | None = None           # task.drop of the primary metric vs the first entry (points or %)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -89,9 +96,10 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
         if dataset is not None:
             if tick:
                 tick(f"accuracy: {runner.label}")
-            logits, labels = predict(runner, dataset, split=split, limit=limit, severity=severity)
-            entry.accuracy = score(logits, labels, reference=reference, metric=metric)
-            reference = logits if reference is None else reference
+            outputs, targets = predict(runner, dataset, split=split, limit=limit, severity=severity)
+            entry.accuracy = score(outputs, targets, task=runner.meta.task, reference=reference, metric=metric)
+            reference = outputs if reference is None else reference
+            entry.drop = _drop(runner, entries[0] if entries else entry, entry)
         peak = _status_mib("VmHWM")
         entry.peak_rss_mib = round(peak - before, 1) if peak is not None and before is not None else None
         runners.append(runner)
@@ -101,7 +109,8 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
     add_backend_speedups(entries)
     config = {"batches": list(latency.batches), "rounds": latency.rounds, "duration_s": latency.duration,
               "iterations": latency.iterations, "warmup": latency.warmup, "dataset": dataset, "split": split,
-              "limit": limit, "threads": options.threads, "device": options.device}
+              "limit": limit, "threads": options.threads, "device": options.device, **_task_config(runners),
+              "named_dims": {k: v for r in runners for k, v in named_dims(r.signature).items()}}
     return BenchReport(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        environment(options.threads), config, entries, [*_notes(entries, latency), *notes])
 
@@ -113,13 +122,34 @@ def _options(options: RunnerOptions, target: BenchTarget) -> RunnerOptions:
     return replace(options, compile=target.compile)
 
 
+def _drop(runner: Runner, first: Entry, entry: Entry) -> float | None:
+    """How much worse ``entry`` is than the first entry on the primary metric (:meth:`Task.drop`)."""
+    task = runner.meta.task
+    if first is entry or task.primary not in entry.accuracy or task.primary not in first.accuracy:
+        return None
+    return round(task.drop(first.accuracy, entry.accuracy), 6)
+
+
+def _task_config(runners: list[Runner]) -> dict[str, Any]:
+    """What the accuracy columns show: the first artifact's task and primary metric, with its label, its
+    direction and the unit of a drop; ``images``: every artifact takes one image (titles count images)."""
+    if not runners:
+        return {}
+    task = runners[0].meta.task
+    info = metric_info(task.primary)
+    return {"task": task.kind.value, "primary_metric": task.primary, "primary_label": info.label,
+            "higher_is_better": info.higher_is_better, "drop_unit": task.drop_unit(),
+            "images": all(r.signature.single_image for r in runners)}
+
+
 def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     meta = runner.meta
     export = meta.export
     macs, params = _macs_params(target, runner)
-    trained = export.get("trained_input_size")
     notes = [target.note] if target.note else []
-    if macs is None and export.get("macs") is not None:
+    image = meta.signature.single_image
+    trained = export.get("trained_input_size") if image else None
+    if macs is None and export.get("macs") is not None and image:
         counted = export.get("input_size")
         at = f" (it records them at {counted[0]}x{counted[1]} only)" if counted else ""
         notes.append(f"MACs unknown at {meta.input_spec.size[0]}x{meta.input_spec.size[1]}{at}; bench the "
@@ -127,9 +157,17 @@ def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     if trained and list(meta.input_spec.size) != list(trained):
         notes.append(f"runs at {meta.input_spec.size[0]}x{meta.input_spec.size[1]}, trained at "
                      f"{trained[0]}x{trained[1]}")
+    if named_dims(meta.signature):
+        notes.append(f"latency inputs give every named dim ({', '.join(named_dims(meta.signature))}) size "
+                     f"{NAMED_DIM}")
+    first = meta.signature.inputs[0]
+    inputs = {i.name: {"shape": list(i.sample_shape), "dtype": i.dtype, "kind": i.kind.value}
+              for i in meta.signature.inputs}
     return Entry(runner.label, str(target.path), target.backend.value, artifact_kind(target.path).value,
                  export.get("precision", "fp32"), artifact_size(target.path), params, macs,
-                 list(meta.input_spec.shape), trained, dict(runner.details), round(seconds, 3), None, notes=notes)
+                 list(first.concrete_shape(1, named_dims(meta.signature))[1:]), trained, dict(runner.details),
+                 round(seconds, 3), None, notes=notes, inputs=inputs, task=meta.task.kind.value,
+                 primary=meta.task.primary)
 
 
 def _macs_params(target: BenchTarget, runner: Runner) -> tuple[int | None, int | None]:
@@ -138,16 +176,37 @@ def _macs_params(target: BenchTarget, runner: Runner) -> tuple[int | None, int |
     An artifact records the MACs of the shape it was exported at; run at another size
     (``--input-size``) they are recounted from the source bundle when the target names
     it, else unknown (None) rather than the exported shape's count."""
-    from deepslim.profile import count_macs_params
-    spec, export = runner.meta.input_spec, runner.meta.export
+    signature, export = runner.meta.signature, runner.meta.export
     if target.backend is Backend.TORCH:
-        return count_macs_params(runner.eager, spec)
+        return count_macs(runner.eager, signature)
     counted_at = export.get("input_size")
-    if target.input_size is None or (counted_at is not None and list(counted_at) == list(spec.size)):
+    resized = signature.single_image and target.input_size is not None
+    if not resized or (counted_at is not None and list(counted_at) == list(signature.inputs[0].size)):
         return export.get("macs"), export.get("params")
     if target.source is not None:
-        return count_macs_params(target.source.model, spec)
+        return count_macs(target.source.model, signature)
     return None, export.get("params")
+
+
+def count_macs(model: Any, signature: Signature) -> tuple[int, int]:
+    """MACs of one sample (every input; named dims at the latency size) and the parameter count, by
+    torch-pruning's counter; a one-image model as :func:`deepslim.profile.count_macs_params` counts it."""
+    if signature.single_image:
+        from deepslim.profile import count_macs_params
+        return count_macs_params(model, signature.to_input_spec())
+    import torch
+    import torch_pruning as tp
+
+    from deepslim.modelio import example_inputs
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = tuple(t.to(device) for t in example_inputs(signature, 1, sizes=named_dims(signature)))
+    was_training = model.training
+    try:
+        model.eval()
+        macs, params = tp.utils.count_ops_and_params(model, x)
+    finally:
+        model.train(was_training)
+    return int(macs), int(params)
 
 
 def add_backend_speedups(entries: list[Entry]) -> None:

@@ -16,7 +16,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from benchmarks.runners import Runner
+from benchmarks.runners.base import Batch
 from deepslim.errors import ConfigError
+from deepslim.signature import Signature
+
+NAMED_DIM = 16  # the size of every named dim (sequence, length...) of the random latency inputs
 
 
 @dataclass(frozen=True)
@@ -91,12 +95,24 @@ def measure(runners: Sequence[Runner], config: LatencyConfig,
     return add_speedups(stats)
 
 
-def _input(runner: Runner, batch: int) -> np.ndarray:
-    rng = np.random.default_rng(batch)
-    return rng.standard_normal((batch, *runner.meta.input_spec.shape), dtype=np.float32)
+def _input(runner: Runner, batch: int) -> Batch:
+    return latency_inputs(runner.meta.signature, batch)
 
 
-def _time(runner: Runner, x: np.ndarray, seconds: float, config: LatencyConfig) -> list[float]:
+def latency_inputs(signature: Signature, batch: int) -> Batch:
+    """Seeded random inputs of every input at ``batch`` (named dims at :data:`NAMED_DIM`), each of its dtype:
+    one array for a one-input model, else a tuple in the signature's order."""
+    from deepslim.modelio import example_inputs, numpy_inputs
+    arrays = numpy_inputs(example_inputs(signature, batch, sizes=named_dims(signature), seed=batch))
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def named_dims(signature: Signature) -> dict[str, int]:
+    """The size latency gives each named dim of ``signature`` (recorded in the report)."""
+    return {d: NAMED_DIM for spec in signature.inputs for d in spec.sample_shape if isinstance(d, str)}
+
+
+def _time(runner: Runner, x: Batch, seconds: float, config: LatencyConfig) -> list[float]:
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while True:

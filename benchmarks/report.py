@@ -12,6 +12,7 @@ from typing import Any
 
 from benchmarks.bench import BenchReport, Entry
 from deepslim.fileio import atomic_path
+from deepslim.tasks import metric_info
 from deepslim.units import format_count, format_size, format_speedup
 
 PLOTS = ("accuracy_vs_latency.png", "latency_per_batch.png", "size.png")
@@ -51,13 +52,35 @@ def title_line(report: BenchReport | Mapping[str, Any]) -> str:
         return "latency only; accuracy not measured"
     counts = {e["accuracy"].get("samples") for e in entries if e["accuracy"].get("samples") is not None}
     count, limit = (counts.pop() if len(counts) == 1 else None), config.get("limit")
+    word = "images" if config.get("images", True) else "samples"
     if limit is None:
-        images = f"all {count} images" if count is not None else "all images"
+        images = f"all {count} {word}" if count is not None else f"all {word}"
     elif count is not None and count < limit:  # the split is smaller than the limit: all of it was scored
-        images = f"all {count} images"
+        images = f"all {count} {word}"
     else:
-        images = f"a seeded subset of {count if count is not None else f'at most {limit}'} images"
+        images = f"a seeded subset of {count if count is not None else f'at most {limit}'} {word}"
     return f"accuracy on {dataset}, {config.get('split', 'test')} split ({images})"
+
+
+def primary_metric(report: BenchReport | Mapping[str, Any]) -> tuple[str, str, bool, str]:
+    """(registry name, column label, higher is better, unit of a drop) of the metric the report's tables and
+    plots show: the first artifact's task's primary metric ("r2", "R²", True, "points"); top-1 for reports
+    written before tasks. Takes the report or its ``report.json``."""
+    config, _ = _config_entries(report)
+    name = config.get("primary_metric", "top1")
+    info = metric_info(name)
+    return name, config.get("primary_label", info.label), config.get("higher_is_better", info.higher_is_better), \
+        config.get("drop_unit", "points" if info.bounded else "% of the baseline")
+
+
+def metric_line(report: BenchReport | Mapping[str, Any]) -> str:
+    """The metric the tables lead with, in words: "a regression task, judged by R² (higher is better; a drop is
+    in points against the first artifact)"."""
+    config, _ = _config_entries(report)
+    _, label, higher, unit = primary_metric(report)
+    task = config.get("task", "classification")
+    return (f"a {task} task, judged by {label} ({'higher' if higher else 'lower'} is better; a drop is in {unit} "
+            "against the first artifact)")
 
 
 def _config_entries(report: BenchReport | Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Mapping[str, Any]]]:
@@ -112,16 +135,32 @@ def summary_rows(report: BenchReport, *, compact: bool = False) -> tuple[list[st
     batches = report.config["batches"]
     p50_head = "b{} p50 ms" if compact else "b{} p50 ms (spread)"
     speed_head = "b{} speed vs the first" if compact else "b{} speed vs the first / vs the first on that backend"
-    head = ["artifact", "backend", "prec.", "input", "top-1", "agree", "size", "MACs",
+    metric, label, _, unit = primary_metric(report)
+    drop = [] if compact else [f"{label} drop ({unit})"]
+    head = ["artifact", "backend", "prec.", "input", label, *drop, "agree", "size", "MACs",
             *[h.format(b) for b in batches for h in (p50_head, speed_head)]]
     rows = []
     firsts = _firsts_on_backend(report.entries)
     for i, e in enumerate(report.entries):
         macs = format_count(e.macs) if e.macs else "-"
-        rows.append([short_path(e.artifact), _backend(e), e.precision, "x".join(map(str, e.input_shape[1:])),
-                     _fmt(e.accuracy.get("top1"), 3), _fmt(e.accuracy.get("agreement"), 3), format_size(e.size_bytes),
-                     macs, *[c for b in batches for c in _latency_cells(e, b, compact, i == 0, i in firsts)]])
+        drops = [] if compact else [_fmt(e.drop, 2)]
+        rows.append([short_path(e.artifact), _backend(e), e.precision, input_words(e),
+                     _fmt(e.accuracy.get(metric), 3), *drops, _fmt(e.accuracy.get("agreement"), 3),
+                     format_size(e.size_bytes), macs,
+                     *[c for b in batches for c in _latency_cells(e, b, compact, i == 0, i in firsts)]])
     return head, rows
+
+
+def input_words(entry: Entry | Mapping[str, Any]) -> str:
+    """What an entry's model takes: ``8x8`` for one image (its size, as before signatures), ``13`` for one other
+    input (its sample shape), ``image 1x8x8, meta 4`` for several (named dims by name)."""
+    inputs = (entry.get("inputs") if isinstance(entry, Mapping) else entry.inputs) or {}
+    shape = entry["input_shape"] if isinstance(entry, Mapping) else entry.input_shape
+    if not inputs or (len(inputs) == 1 and next(iter(inputs.values())).get("kind") == "image"):
+        return "x".join(map(str, shape[1:]))
+    if len(inputs) == 1:
+        return "x".join(map(str, next(iter(inputs.values()))["shape"]))
+    return ", ".join(f"{name} {'x'.join(map(str, spec['shape']))}" for name, spec in inputs.items())
 
 
 def _env_lines(report: BenchReport) -> list[str]:
@@ -136,7 +175,7 @@ def _env_lines(report: BenchReport) -> list[str]:
 def to_markdown(report: BenchReport) -> str:
     head, rows = summary_rows(report)
     lines = ["# deepslim bench report", "", f"**{_capital(title_line(report))}.**", "",
-             f"Created {report.created}.", ""]
+             f"Created {report.created}.", "", f"{_capital(metric_line(report))}.", ""]
     lines += [f"- {line}" for line in _env_lines(report)] + [""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -230,15 +269,17 @@ def _accuracy_figure(report: BenchReport, styles):
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     first = report.config["batches"][0]
-    points = [(e.latency[first].p50_ms, e.accuracy.get("top1")) for e in report.entries]
-    for (lat, acc), label, (colour, marker) in zip(points, plot_labels(report.entries), styles):
+    metric, label, higher, _ = primary_metric(report)
+    points = [(e.latency[first].p50_ms, e.accuracy.get(metric)) for e in report.entries]
+    for (lat, acc), name, (colour, marker) in zip(points, plot_labels(report.entries), styles):
         if acc is not None:
-            ax.scatter(lat, acc, label=label, color=colour, marker=marker)
-    front = sorted(points[i] for i in pareto_front(points))
+            ax.scatter(lat, acc, label=name, color=colour, marker=marker)
+    front = sorted(points[i] for i in pareto_front(points, higher_is_better=higher))
     if front:
         ax.plot(*zip(*front), "o--", color="black", markerfacecolor="none", markersize=12, linewidth=1,
                 label="Pareto front")
-    ax.set(xlabel=f"p50 latency at batch {first} (ms; lower is faster)", ylabel="top-1")
+    ax.set(xlabel=f"p50 latency at batch {first} (ms; lower is faster)",
+           ylabel=label + ("" if higher else " (lower is better)"))
     ax.set_title(f"accuracy vs latency\n{title_line(report)}", fontsize=10)
     if any(acc is not None for _, acc in points):
         ax.legend(fontsize=7)
@@ -280,9 +321,11 @@ def _plots(report: BenchReport) -> dict[str, bytes]:
     return {name: _png(fig) for name, fig in figures(report).items()}
 
 
-def pareto_front(points: list[tuple[float, float | None]]) -> list[int]:
-    """Indices of points no other point beats on both latency (lower) and accuracy (higher)."""
-    valid = [(i, lat, acc) for i, (lat, acc) in enumerate(points) if acc is not None]
+def pareto_front(points: list[tuple[float, float | None]], *, higher_is_better: bool = True) -> list[int]:
+    """Indices of points no other point beats on both latency (lower) and the metric (higher, or lower for a
+    metric such as MAE where lower is better)."""
+    sign = 1.0 if higher_is_better else -1.0
+    valid = [(i, lat, sign * acc) for i, (lat, acc) in enumerate(points) if acc is not None]
     return [i for i, lat, acc in valid
             if not any(l2 <= lat and a2 >= acc and (l2, a2) != (lat, acc) for _, l2, a2 in valid)]
 

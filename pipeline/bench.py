@@ -18,6 +18,7 @@ from deepslim.data import open_dataset
 from deepslim.evaluation import check_compatible
 from deepslim.fileio import require_file
 from deepslim.models import ModelBundle, load_model
+from deepslim.signature import Signature, parse_size
 from export import OnnxConfig, Target, VerifyConfig, export_model
 
 _EXPORT_FOR = {Backend.ONNXRUNTIME: Target.ONNX, Backend.OPENVINO: Target.OPENVINO, Backend.TENSORRT: Target.TENSORRT}
@@ -25,22 +26,25 @@ _SUFFIX = {Target.ONNX: ".onnx", Target.OPENVINO: ".xml", Target.TENSORRT: ".eng
 
 
 def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_dir: Path, *,
-                 input_size: int | None = None, dataset: str | None = "digits",
+                 input_size: int | tuple[int, int] | str | None = None, dataset: str | None = "digits",
                  sources: Mapping[Path, Path] | None = None) -> tuple[list[BenchTarget], list[str]]:
     """Every (artifact, backend) pair that can run, exporting bundles for ONNX/IR backends; plus notes.
 
+    ``input_size`` (N, (H, W) or "HxW") runs one-image models at another size; any other model is refused.
     ``sources`` maps an OpenVINO IR to the bundle it was made from, so that its MACs can be
     recounted when it runs at another ``input_size``."""
     if not artifacts:
         raise ConfigError("Give at least one artifact to benchmark.")
-    if input_size is not None and input_size < 1:
-        raise ConfigError(f"--input-size must be a positive integer, got {input_size}.")
+    input_size = parse_size(input_size)
     kinds = _validate(artifacts, backends, input_size)  # every cheap check before the first export
     bundles = {p: load_model(p) for p, kind in zip(artifacts, kinds) if kind is ArtifactKind.BUNDLE}
-    if dataset is not None:
-        classes = open_dataset(dataset).info.num_classes
+    if input_size is not None:
         for path, bundle in bundles.items():
-            check_compatible(bundle, classes, dataset)
+            _check_resizable(bundle.signature, Path(path))
+    if dataset is not None:
+        info = open_dataset(dataset).info
+        for path, bundle in bundles.items():
+            check_compatible(bundle, info, dataset)
     targets, notes = [], []
     stems = _unique_stems(artifacts)
     for path, kind in zip(artifacts, kinds):
@@ -67,7 +71,8 @@ def _source(path: Path, sources: Mapping[Path, Path] | None, loaded: dict) -> Mo
     return loaded[bundle_path]
 
 
-def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size: int | None) -> list[ArtifactKind]:
+def _validate(artifacts: Sequence[Path], backends: Sequence[Backend],
+              input_size: tuple[int, int] | None) -> list[ArtifactKind]:
     kinds = [artifact_kind(require_file(path, "artifact")) for path in artifacts]
     for path, kind in zip(artifacts, kinds):
         if input_size is not None and kind not in (ArtifactKind.BUNDLE, ArtifactKind.OPENVINO):
@@ -75,7 +80,16 @@ def _validate(artifacts: Sequence[Path], backends: Sequence[Backend], input_size
                               "input size.")
         if kind is not ArtifactKind.BUNDLE and not any(can_run(b, path) for b in backends):
             raise ConfigError(f"None of the backends {', '.join(b.value for b in backends)} can run {path}.")
+        if input_size is not None and kind is ArtifactKind.OPENVINO:
+            from benchmarks.runners import read_meta
+            _check_resizable(read_meta(path).signature, Path(path))
     return kinds
+
+
+def _check_resizable(signature: Signature, path: Path) -> None:
+    if not signature.single_image:
+        raise ConfigError(f"--input-size applies to models with one image input; {path.name} takes "
+                          f"{signature.describe()}.")
 
 
 def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
@@ -97,13 +111,21 @@ def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
 
 
 def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, export_dir: Path,
-              input_size: int | None, dataset: str | None) -> BenchTarget:
+              input_size: tuple[int, int] | None, dataset: str | None) -> BenchTarget:
     target = _EXPORT_FOR[backend]
-    size = f"_{input_size}px" if input_size else ""
+    size = "" if input_size is None else f"_{input_size[0]}px" if input_size[0] == input_size[1] else \
+        f"_{input_size[0]}x{input_size[1]}px"
     out = export_dir / f"{stem}{size}{_SUFFIX[target]}"
     result = export_model(bundle, target, out, onnx_config=OnnxConfig(input_size=input_size),
                           verify=VerifyConfig(dataset=dataset), force=True)  # the report's own folder
-    parity = result.parity
-    note = (f"exported from {path.name} for this run; parity vs torch: max |diff| {parity.max_abs:.1e}, "
-            f"top-1 agreement {parity.top1_agreement:.3f}")
+    note = f"exported from {path.name} for this run; {_parity_words(result)}"
     return BenchTarget(result.artifact, backend, note=note)
+
+
+def _parity_words(result) -> str:
+    parity = result.parity
+    if parity is None:
+        return "parity not checked"
+    words = f"parity vs torch: max |diff| {parity.max_abs:.1e}"
+    agreement = getattr(parity, "agreement", getattr(parity, "top1_agreement", None))
+    return words + (f", agreement {agreement:.3f}" if agreement is not None else "")

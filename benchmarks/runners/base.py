@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,12 @@ from typing import Any
 import numpy as np
 
 from deepslim.artifact import ArtifactMeta
-from deepslim.errors import BackendMissingError, ConfigError
+from deepslim.errors import BackendMissingError, ConfigError, ModelError
+from deepslim.signature import Signature
+from deepslim.tasks import Task
+
+# A batch is one array (a model with one input) or a tuple of arrays in the signature's input order.
+Batch = np.ndarray | tuple[np.ndarray, ...]
 
 
 class Backend(str, Enum):
@@ -38,7 +43,8 @@ class RunnerOptions:
 
 @dataclass
 class Runner(ABC):
-    """Loads one artifact; ``run`` takes a float32 NCHW batch and returns logits as numpy."""
+    """Loads one artifact; ``run`` takes a batch (:data:`Batch`: one array, or a tuple of arrays in the signature's
+    input order) and returns the task output as numpy; ``run_all`` returns every output by name."""
 
     artifact: Path
     meta: ArtifactMeta
@@ -50,8 +56,20 @@ class Runner(ABC):
     def prepare(self, batch: int) -> None:
         """Get ready for batches of this size (e.g. compile a static shape). Default: nothing."""
 
+    @property
+    def signature(self) -> Signature:
+        return self.meta.signature
+
+    @property
+    def task(self) -> Task:
+        return self.meta.task
+
     @abstractmethod
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: Batch) -> np.ndarray: ...
+
+    def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
+        """Every output of one batch by name (default: the task output only)."""
+        return {self.signature.task_output: self.run(batch)}
 
     @property
     def max_batch(self) -> int | None:
@@ -82,3 +100,49 @@ def require(module: str, package: str, purpose: str):
 
 def as_batch(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resized(meta: ArtifactMeta, input_size: int | tuple[int, int] | None, path: Path) -> ArtifactMeta:
+    """``meta`` at another image resolution (a one-image model only; anything else is a ConfigError)."""
+    if input_size is None:
+        return meta
+    if not meta.signature.single_image:
+        raise ConfigError(f"--input-size applies to models with one image input; {path.name} takes "
+                          f"{meta.signature.describe()}.")
+    return replace(meta, signature=meta.signature.with_image_size(input_size))
+
+
+def feed_names(signature: Signature, names: list[str], artifact: Path | str) -> tuple[str, ...]:
+    """The artifact's input names in the signature's order: by name when they match the signature's, else by
+    position (artifacts exported before signatures named their one input ``input``)."""
+    if set(names) == set(signature.input_names):
+        return signature.input_names
+    if len(names) == len(signature.inputs):
+        return tuple(names)
+    raise ModelError(f"{Path(artifact).name} takes the inputs {names} but its metadata describes "
+                     f"{list(signature.input_names)}; re-export it with `deepslim export`.")
+
+
+def as_tuple(batch: Batch) -> tuple[np.ndarray, ...]:
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def from_tuple(arrays: tuple[np.ndarray, ...] | list[np.ndarray]) -> Batch:
+    """The batch convention back: a bare array for one input."""
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def batch_size(batch: Batch) -> int:
+    return len(as_tuple(batch)[0])
+
+
+def pad_batch(batch: Batch, size: int) -> Batch:
+    """``batch`` zero-padded to ``size`` rows (static-shape runners get full batches; callers drop the padding)."""
+    pad = size - batch_size(batch)
+    if pad <= 0:
+        return batch
+    return from_tuple([np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in as_tuple(batch)])
+
+
+def slice_batch(batch: Batch, start: int, stop: int) -> Batch:
+    return from_tuple([a[start:stop] for a in as_tuple(batch)])

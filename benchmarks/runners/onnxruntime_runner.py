@@ -8,15 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch, require
+from benchmarks.runners.base import Backend, Batch, Runner, RunnerOptions, feed_names, require
 from deepslim.artifact import META_KEY, ArtifactMeta
 from deepslim.errors import BackendMissingError, InputFileError, first_line
+from deepslim.modelio import feed, select_output
 
 
 @dataclass
 class OnnxRuntimeRunner(Runner):
     session: Any = None
-    input_name: str = "input"
+    input_names: tuple[str, ...] = ("input",)   # the session's input names, in the signature's order
+    output_names: tuple[str, ...] = ("logits",)
     backend: Backend = Backend.ONNXRUNTIME
 
     @classmethod
@@ -39,11 +41,19 @@ class OnnxRuntimeRunner(Runner):
                                  "`deepslim export`.")
         details = {"threads": options.threads, "providers": session.get_providers(),
                    "onnxruntime": ort.__version__}
-        return cls(Path(path), ArtifactMeta.from_json(meta_json, path), options, details,
-                   session=session, input_name=session.get_inputs()[0].name)
+        meta = ArtifactMeta.from_json(meta_json, path)
+        names = feed_names(meta.signature, [i.name for i in session.get_inputs()], path)
+        return cls(Path(path), meta, options, details, session=session, input_names=names,
+                   output_names=tuple(o.name for o in session.get_outputs()))
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: as_batch(batch)})[0]
+    def run(self, batch: Batch) -> np.ndarray:
+        return select_output(self._outputs(batch), list(self.output_names), self.signature)
+
+    def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self._outputs(batch)))
+
+    def _outputs(self, batch: Batch) -> list[np.ndarray]:
+        return self.session.run(None, feed(self.signature, batch, self.input_names))
 
     @property
     def max_batch(self) -> int | None:

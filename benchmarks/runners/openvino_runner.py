@@ -8,9 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch, require
+from benchmarks.runners.base import (Backend, Batch, Runner, RunnerOptions, batch_size, feed_names, require,
+                                    resized)
 from deepslim.artifact import META_KEY, ArtifactMeta, read_onnx_meta
 from deepslim.errors import InputFileError
+from deepslim.modelio import feed, select_output
 
 
 @dataclass
@@ -19,11 +21,14 @@ class OpenVINORunner(Runner):
     core: Any = None
     compiled: dict[int, Any] = field(default_factory=dict)
     current: Any = None
+    input_names: tuple[str, ...] = ()    # the model's input names, in the signature's order
+    output_names: tuple[str, ...] = ()
     backend: Backend = Backend.OPENVINO
 
     @classmethod
-    def load(cls, path: str | Path, options: RunnerOptions, input_size: int | None = None) -> OpenVINORunner:
-        """``input_size`` reshapes the model to another square resolution (convolutional models allow it)."""
+    def load(cls, path: str | Path, options: RunnerOptions,
+             input_size: int | tuple[int, int] | None = None) -> OpenVINORunner:
+        """``input_size`` reshapes a one-image model to another resolution (convolutional models allow it)."""
         ov = require("openvino", "openvino", "Running OpenVINO models")
         path = Path(path)
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
@@ -35,30 +40,49 @@ class OpenVINORunner(Runner):
             model = core.read_model(str(path))
         except RuntimeError as exc:
             raise InputFileError(f"OpenVINO cannot read {path}: {ov_reason(exc)}.") from exc
-        meta = read_ov_meta(model, path)
-        if input_size is not None and tuple(meta.input_spec.size) != (input_size, input_size):
-            meta = ArtifactMeta(meta.input_spec.with_size(input_size), meta.classes, meta.lineage, meta.export)
+        meta = resized(read_ov_meta(model, path), input_size, path)
         details = {"threads": options.threads, "device": options.device.upper(),
                    "static_batch": options.static_batch, "hint": "LATENCY", "openvino": ov.__version__}
-        return cls(path, meta, options, details, model=model, core=core)
+        names = [_port_name(p, i) for i, p in enumerate(model.inputs)]
+        return cls(path, meta, options, details, model=model, core=core,
+                   input_names=feed_names(meta.signature, names, path),
+                   output_names=tuple(_port_name(p, i) for i, p in enumerate(model.outputs)))
 
     def prepare(self, batch: int) -> None:
         if batch not in self.compiled:
             model = self.model.clone()
-            shape = [batch if self.options.static_batch else -1, *self.meta.input_spec.shape]
-            model.reshape({0: shape})
+            first = batch if self.options.static_batch else -1
+            ports = [_port_name(p, i) for i, p in enumerate(model.inputs)]
+            model.reshape({ports.index(name): [first, *(d if isinstance(d, int) else -1 for d in spec.sample_shape)]
+                           for name, spec in zip(self.input_names, self.signature.inputs)})
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                       "INFERENCE_NUM_THREADS": self.options.threads}
             compiled = self.core.compile_model(model, self.options.device.upper(), config)
             self.compiled[batch] = compiled.create_infer_request()
         self.current = self.compiled[batch]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        if self.current is None or batch.shape[0] not in self.compiled:
-            self.prepare(batch.shape[0])
-        request = self.compiled[batch.shape[0]]
-        request.infer({0: as_batch(batch)})
-        return np.array(request.get_output_tensor(0).data)
+    def run(self, batch: Batch) -> np.ndarray:
+        return select_output(self._outputs(batch), list(self.output_names), self.signature)
+
+    def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self._outputs(batch)))
+
+    def _outputs(self, batch: Batch) -> list[np.ndarray]:
+        size = batch_size(batch)
+        if self.current is None or size not in self.compiled:
+            self.prepare(size)
+        request = self.compiled[size]
+        ports = [_port_name(p, i) for i, p in enumerate(self.model.inputs)]
+        request.infer({ports.index(k): v for k, v in feed(self.signature, batch, self.input_names).items()})
+        return [np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names))]
+
+
+def _port_name(port: Any, index: int) -> str:
+    """A model input's or output's name (OpenVINO ports may have none: then its position)."""
+    try:
+        return port.get_any_name()
+    except RuntimeError:
+        return f"port_{index}"
 
 
 def _looks_like_ir(path: Path) -> bool:

@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch
+from benchmarks.runners.base import (Backend, Batch, Runner, RunnerOptions, as_tuple, batch_size, feed_names,
+                                    from_tuple, pad_batch, slice_batch)
 from deepslim.artifact import ArtifactMeta
 from deepslim.errors import ArtifactMismatchError, BackendMissingError, DeepSlimError, InputFileError
+from deepslim.modelio import feed, select_output
 
 
 class EngineRunError(DeepSlimError):
@@ -63,8 +65,8 @@ def read_sidecar(engine: Path) -> dict[str, Any]:
 class TensorRTRunner(Runner):
     engine: Any = None
     context: Any = None
-    input_name: str = "input"
-    output_name: str = "logits"
+    input_names: tuple[str, ...] = ("input",)   # the engine's input tensors, in the signature's order
+    output_names: tuple[str, ...] = ("logits",)
     backend: Backend = Backend.TENSORRT
 
     @classmethod
@@ -80,59 +82,89 @@ class TensorRTRunner(Runner):
             raise InputFileError(f"TensorRT could not deserialize {path}.")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
+        outputs = tuple(n for n in names if n not in inputs)
         meta = ArtifactMeta.from_json(json.dumps(sidecar["meta"]), path)
         details = {"tensorrt": trt.__version__, "gpu": props.name, "precision": sidecar.get("precision")}
         runner = cls(path, meta, options, details, engine=engine, context=engine.create_execution_context(),
-                     input_name=inputs[0], output_name=outputs[0])
+                     input_names=feed_names(meta.signature, inputs, path), output_names=outputs)
         runner.details["profile_batches"] = list(runner.batch_range)
         return runner
 
     @property
     def batch_range(self) -> tuple[int, int]:
-        """The smallest and largest batch of the engine's optimization profile."""
-        shapes = self.engine.get_tensor_profile_shape(self.input_name, 0)  # [min, opt, max]
+        """The smallest and largest batch of the engine's optimization profile (of its first input)."""
+        shapes = self.engine.get_tensor_profile_shape(self.input_names[0], 0)  # [min, opt, max]
         return int(shapes[0][0]), int(shapes[2][0])
 
     @property
     def max_batch(self) -> int | None:
         return self.batch_range[1]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits of any batch: run in chunks of at most the profile's max batch (a chunk below its
+    def run(self, batch: Batch) -> np.ndarray:
+        """The task output of any batch: run in chunks of at most the profile's max batch (a chunk below its
         min batch is zero-padded and the padding dropped)."""
         low, high = self.batch_range
-        return run_in_chunks(as_batch(batch), low, high, self._run_chunk)
+        return run_in_chunks(self._cast(batch), low, high, self._run_chunk)
 
-    def _run_chunk(self, x: np.ndarray) -> np.ndarray:
-        if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-            low, high = self.batch_range
-            raise EngineRunError(f"The TensorRT engine {self.artifact.name} refused input shape {tuple(x.shape)}; "
-                                   f"its profile takes batches {low}..{high} of {tuple(self.meta.input_spec.shape)}.")
+    def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
+        low, high = self.batch_range
+        return run_in_chunks(self._cast(batch), low, high, self._set_and_run)
+
+    def _cast(self, batch: Batch) -> Batch:
+        return from_tuple(list(feed(self.signature, batch, self.input_names).values()))
+
+    def _run_chunk(self, x: Batch) -> np.ndarray:
+        self._set_shapes(x)
         return self._execute(x)
 
-    def _execute(self, x: np.ndarray) -> np.ndarray:
-        """One chunk on the GPU (its shape already set on the context)."""
+    def _set_and_run(self, x: Batch) -> dict[str, np.ndarray]:
+        self._set_shapes(x)
+        return self._execute_all(x)
+
+    def _set_shapes(self, x: Batch) -> None:
+        arrays = as_tuple(x)
+        if not all(self.context.set_input_shape(n, tuple(a.shape)) for n, a in zip(self.input_names, arrays)):
+            low, high = self.batch_range
+            got = ", ".join(str(tuple(a.shape)) for a in arrays)
+            want = ", ".join(str(tuple(s.sample_shape)) for s in self.signature.inputs)
+            raise EngineRunError(f"The TensorRT engine {self.artifact.name} refused input shape {got}; "
+                                 f"its profile takes batches {low}..{high} of {want}.")
+
+    def _execute(self, x: Batch) -> np.ndarray:
+        """The task output of one chunk (its shapes already set on the context)."""
+        outs = self._execute_all(x)
+        return select_output(list(outs.values()), list(outs), self.signature)
+
+    def _execute_all(self, x: Batch) -> dict[str, np.ndarray]:
+        """Every output of one chunk on the GPU (its shapes already set on the context)."""
         import torch
-        device_x = torch.from_numpy(x).cuda()
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), device="cuda", dtype=torch.float32)
-        self.context.set_tensor_address(self.input_name, device_x.data_ptr())
-        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        device_x = [torch.from_numpy(a).cuda() for a in as_tuple(x)]
+        outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), device="cuda", dtype=torch.float32)
+                for n in self.output_names}
+        for name, t in [*zip(self.input_names, device_x), *outs.items()]:
+            self.context.set_tensor_address(name, t.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
-            raise EngineRunError(f"TensorRT failed to run {self.artifact.name} on a batch of shape {x.shape}; "
-                                 "rerun with --debug for its log.")
+            raise EngineRunError(f"TensorRT failed to run {self.artifact.name} on a batch of shape "
+                                 f"{shapes_text(x)}; rerun with --debug for its log.")
         stream.synchronize()
-        return out.cpu().numpy()
+        return {n: t.cpu().numpy() for n, t in outs.items()}
 
 
-def run_in_chunks(x: np.ndarray, low: int, high: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """``run`` over ``x`` in order, in chunks of ``low``..``high`` rows; the outputs concatenated."""
+def shapes_text(x: Batch) -> str:
+    return ", ".join(str(tuple(a.shape)) for a in as_tuple(x))
+
+
+def run_in_chunks(x: Batch, low: int, high: int, run: Callable[[Batch], Any]) -> Any:
+    """``run`` over ``x`` in order, in chunks of ``low``..``high`` rows; the outputs (an array, or a dict of
+    arrays) concatenated."""
     out = []
-    for start in range(0, len(x), high):
-        chunk = x[start:start + high]
-        pad = low - len(chunk)
-        if pad > 0:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(run(chunk))[: len(chunk) - max(pad, 0)])
+    for start in range(0, batch_size(x), high):
+        chunk = slice_batch(x, start, start + high)
+        rows = batch_size(chunk)
+        result = run(pad_batch(chunk, low))
+        out.append({k: np.asarray(v)[:rows] for k, v in result.items()} if isinstance(result, dict)
+                   else np.asarray(result)[:rows])
+    if isinstance(out[0], dict):
+        return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
     return np.concatenate(out)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.runners.base import Backend, Runner, RunnerOptions, as_batch
+from benchmarks.runners.base import Backend, Batch, Runner, RunnerOptions, as_tuple, resized
 from deepslim.artifact import ArtifactMeta
+from deepslim.modelio import all_outputs, call, feed, task_output
 from deepslim.models import ModelBundle, load_model
 
 
@@ -42,13 +43,14 @@ class TorchRunner(Runner):
 
     @classmethod
     def load(cls, path: str | Path, options: RunnerOptions, bundle: ModelBundle | None = None,
-             input_size: int | None = None) -> TorchRunner:
+             input_size: int | tuple[int, int] | None = None) -> TorchRunner:
+        """``input_size`` runs a one-image model at another resolution (a ConfigError for other models)."""
         bundle = bundle or load_model(path)
-        spec = bundle.input_spec.with_size(input_size) if input_size else bundle.input_spec
         device = torch.device(options.device if options.device != "cpu" else "cpu")
         eager = bundle.model.eval().to(device)
         module = torch.compile(eager) if options.compile else eager
-        meta = ArtifactMeta(spec, list(bundle.classes), list(bundle.lineage), {"target": "torch"})
+        meta = resized(ArtifactMeta(bundle.signature, bundle.task, list(bundle.lineage), {"target": "torch"}),
+                       input_size, Path(path))
         details = {"threads": options.threads, "device": str(device), "compile": options.compile,
                    "torch": torch.__version__}
         if device.type == "cuda":
@@ -72,9 +74,20 @@ class TorchRunner(Runner):
         """On CUDA, fp32 means fp32: TF32 off (the reference TensorRT and onnxruntime fp32 are compared with)."""
         return full_fp32() if self.options.device.startswith("cuda") else contextlib.nullcontext()
 
+    def run(self, batch: Batch) -> np.ndarray:
+        return _numpy(task_output(self._forward(batch), self.signature))
+
+    def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
+        return {name: _numpy(t) for name, t in all_outputs(self._forward(batch), self.signature).items()}
+
     @torch.inference_mode()
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _forward(self, batch: Batch):
         device = next(self.module.parameters()).device
+        arrays = feed(self.signature, as_tuple(batch)).values()  # each cast to its input's dtype
+        x = tuple(torch.from_numpy(a).to(device) for a in arrays)
         with contextlib.nullcontext() if self._scopes else self._precision():
-            out = self.module(torch.from_numpy(as_batch(batch)).to(device))
-        return out.float().cpu().numpy()
+            return call(self.module, x if len(x) > 1 else x[0])
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
