@@ -12,21 +12,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from compress.options import Importance, Recover
-from compress.prune_plan import Structure, analyse, global_plan, refine, uniform_plan
+from compress.prune_inputs import Example, as_example, count, example_of, head_or_fallback, output_layers, reader
+from compress.prune_plan import (Structure, analyse, attention_heads, global_plan, refine, sync_attention_heads,
+                                 uniform_plan)
 from compress.prune_plan import ratio_dict as ratio_dict_for
-from deepslim.config import Augment, TrainConfig
+from deepslim.config import Augment
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
-from deepslim.models import ModelBundle, find_head
-from deepslim.profile import count_macs_params
+from deepslim.models import ModelBundle
 from deepslim.provenance import data_policies, recorded_name
+from deepslim.signature import Signature
 from deepslim.spec import StageRecord
-from deepslim.training import fit, versions
+from deepslim.training import versions
 
 FINETUNE_AUGMENT = Augment.LIGHT  # fine-tuning after pruning: mild shifts and scaling, never flips
 
@@ -109,11 +110,17 @@ def _importance(kind: Importance):
             Importance.RANDOM: lambda: tp.importance.RandomImportance()}[kind]()
 
 
-def ignored_layers(bundle: ModelBundle, names: tuple[str, ...]) -> dict[str, str]:
-    """The layers never pruned, with the reason: the classifier head and the user's --ignore list."""
+def ignored_layers(bundle: ModelBundle, names: tuple[str, ...], *, example: Example | None = None) -> dict[str, str]:
+    """The layers never pruned, with the reason: the task head (the layer producing the task output, found by
+    tracing ``example``), the layers that return the model's other outputs, and the user's --ignore list."""
     modules = dict(bundle.model.named_modules())
-    head, _ = find_head(bundle.model, bundle.num_classes)
-    out = {head: "classifier head (its outputs are the classes)"}
+    sig = bundle.signature
+    example = example if example is not None else example_of(sig)
+    head = head_or_fallback(bundle.model, example, sig, bundle.task.width)
+    out = {head: _head_reason(bundle)}
+    if len(sig.outputs) > 1:
+        for output, layer in output_layers(bundle.model, example, sig).items():
+            out.setdefault(layer, f"returns the output '{output}' (its width is part of the model's outputs)")
     for name in names:
         if name not in modules:
             close = difflib.get_close_matches(name, list(modules), n=3)
@@ -124,16 +131,29 @@ def ignored_layers(bundle: ModelBundle, names: tuple[str, ...]) -> dict[str, str
     return out
 
 
-def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
-                layer_ratios: dict[str, float] | None = None, planned: tuple[Structure, dict[str, int]] | None = None):
+def _head_reason(bundle: ModelBundle) -> str:
+    if bundle.task.is_classification:
+        return "classifier head (its outputs are the classes)"
+    what = "label" if bundle.task.kind.value == "multilabel" else "target"
+    if bundle.task.width == 1:
+        return f"task head (its output is the {what})"
+    return f"task head (its {bundle.task.width} outputs are the {what}s)"
+
+
+def make_pruner(model: nn.Module, example: Any, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
+                layer_ratios: dict[str, float] | None = None, planned: tuple[Structure, dict[str, int]] | None = None,
+                *, signature: Signature | None = None):
     """torch-pruning's MetaPruner set to leave exactly the per-group plan (computed here when not given).
 
+    ``example`` holds one sample of every input (a tuple, or a tensor for one input); ``signature`` says
+    which output the task reads (torch-pruning's ``output_transform``) when the model returns several.
     Every group gets its own ratio (``pruning_ratio_dict``), rounding and cap already applied, so
     torch-pruning's own rounding (which rounds kept channels down, past the cap or to nothing) is off."""
     import torch_pruning as tp
+    example = as_example(example)
     modules = dict(model.named_modules())
     heads = attention_heads(model)
-    s, kept = planned or _plan_for(model, example, cfg, ratio, ignored, layer_ratios)
+    s, kept = planned or _plan_for(model, example, cfg, ratio, ignored, layer_ratios, signature)
     ratio_dict = {modules[n]: r for n, r in ratio_dict_for(kept, s).items() if n in modules}
     ratio = min(ratio, cfg.max_layer_ratio)  # what attention heads lose
     return tp.pruner.MetaPruner(
@@ -141,15 +161,17 @@ def make_pruner(model: nn.Module, example: torch.Tensor, cfg: PruneConfig, ratio
         pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, max_pruning_ratio=cfg.max_layer_ratio,
         iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
         round_to=None, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
-        head_pruning_ratio=ratio if heads else 0.0)
+        head_pruning_ratio=ratio if heads else 0.0, output_transform=reader(signature))
 
 
-def structure(model: nn.Module, spec_shape: tuple[int, ...], cfg: PruneConfig, ignored: dict[str, str], *,
-              count: bool = True) -> Structure:
-    """The model's torch-pruning groups under ``cfg``'s rounding and cap, with its per-layer MACs model."""
+def structure(model: nn.Module, example: Any, cfg: PruneConfig, ignored: dict[str, str], *,
+              count: bool = True, signature: Signature | None = None) -> Structure:
+    """The model's torch-pruning groups under ``cfg``'s rounding and cap, with its per-layer MACs model.
+    ``example``: one sample of every input (or, for a one-image model, its (C, H, W) shape)."""
     importance = _importance(_structure_only(cfg).importance) if cfg.global_pruning else None
-    return analyse(model, torch.zeros(1, *spec_shape), ignored=ignored, round_to=cfg.round_to,
-                   max_ratio=cfg.max_layer_ratio, heads=attention_heads(model), importance=importance, count=count)
+    return analyse(model, as_example(example), ignored=ignored, round_to=cfg.round_to,
+                   max_ratio=cfg.max_layer_ratio, heads=attention_heads(model), importance=importance, count=count,
+                   read=reader(signature))
 
 
 def plan_at(s: Structure, cfg: PruneConfig, ratio: float, layer_ratios: dict[str, float] | None) -> dict[str, int]:
@@ -158,35 +180,26 @@ def plan_at(s: Structure, cfg: PruneConfig, ratio: float, layer_ratios: dict[str
     return fn(s, ratio, cfg.max_layer_ratio, layer_ratios)
 
 
-def _plan_for(model, example, cfg, ratio, ignored, layer_ratios) -> tuple[Structure, dict[str, int]]:
-    s = structure(model, tuple(example.shape[1:]), cfg, ignored, count=False)
+def _plan_for(model, example, cfg, ratio, ignored, layer_ratios, signature) -> tuple[Structure, dict[str, int]]:
+    s = structure(model, example, cfg, ignored, count=False, signature=signature)
     return s, plan_at(s, cfg, ratio, layer_ratios)
 
 
-def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """Head counts torch-pruning needs to remove whole heads.
+def plan(bundle: ModelBundle, cfg: PruneConfig, *, example: Example | None = None) -> PrunePlan:
+    """Check that the model is prunable; say which layers are left out and why.
 
-    timm/Hugging Face-style attention (a fused ``qkv`` Linear and ``num_heads``) loses whole
-    heads. ``nn.MultiheadAttention`` (torchvision's ViT) ties the attention width to the
-    residual width, so it cannot lose heads without becoming another module: torch-pruning
-    keeps its heads and prunes the MLP widths around it."""
-    heads: dict[nn.Module, int] = {}
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention):
-            heads[module] = module.num_heads
-        elif isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int):
-            heads[module.qkv] = module.num_heads
-    return heads
-
-
-def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
-    """Check that the model is prunable; say which layers are left out and why."""
+    ``example`` is one sample of every input (default: :func:`compress.prune_inputs.example_of` without data)."""
     import torch_pruning as tp
-    ignored = ignored_layers(bundle, cfg.ignore)
+    example = example if example is not None else example_of(bundle.signature)
+    ignored = ignored_layers(bundle, cfg.ignore, example=example)
     model = copy.deepcopy(bundle.model).eval()
-    example = torch.zeros(1, *bundle.input_spec.shape)
+    if cfg.importance is Importance.BN and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                   for m in model.modules()):
+        raise PruneError(f"--importance bn ranks channels by BatchNorm scales, and {bundle.arch.name} has no "
+                         "BatchNorm layer; use l2, l1, lamp, taylor or random.")
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                      output_transform=reader(bundle.signature))
     except Exception as exc:  # torch-pruning's tracer raises many types on unsupported models
         raise PruneError(f"torch-pruning cannot trace {bundle.arch.name}: {type(exc).__name__}: {exc}".splitlines()[0]
                          + ".") from exc
@@ -200,13 +213,15 @@ def plan(bundle: ModelBundle, cfg: PruneConfig) -> PrunePlan:
 
 def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
                layer_ratios: dict[str, float] | None = None,
-               planned: tuple[Structure, dict[str, int]] | None = None) -> int:
-    """MACs of a copy really pruned at ``ratio`` or to ``planned`` (all iterative steps at once)."""
+               planned: tuple[Structure, dict[str, int]] | None = None, *, example: Example | None = None) -> int:
+    """MACs of a copy really pruned at ``ratio`` or to ``planned`` (all iterative steps at once), counted on
+    ``example`` (one sample of every input; default: without data)."""
     model = copy.deepcopy(bundle.model).eval()
-    example = torch.zeros(1, *bundle.input_spec.shape)
-    pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios, planned)
+    example = example if example is not None else example_of(bundle.signature)
+    pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios, planned,
+                         signature=bundle.signature)
     pruner.step()
-    return count_macs_params(model, bundle.input_spec)[0]
+    return count(model, example)[0]
 
 
 def _structure_only(cfg: PruneConfig) -> PruneConfig:
@@ -218,7 +233,7 @@ def _structure_only(cfg: PruneConfig) -> PruneConfig:
 
 
 def search_plan(bundle: ModelBundle, cfg: PruneConfig, s: Structure, ignored: dict[str, str], *,
-                tolerance: float = 0.05) -> tuple[float, dict[str, int], float]:
+                tolerance: float = 0.05, example: Example | None = None) -> tuple[float, dict[str, int], float]:
     """The plan whose MAC reduction is ``cfg.speedup`` within ``tolerance``: (uniform ratio, plan, reduction).
 
     A bisection of the uniform ratio on the MACs model, then single groups moved one rounding step at a
@@ -235,7 +250,7 @@ def search_plan(bundle: ModelBundle, cfg: PruneConfig, s: Structure, ignored: di
     plan, scale, best = at(ratio), 1.0, None
     for _ in range(3):  # aim at half the window; keep the nearest really counted plan
         plan = refine(s, plan, target, tolerance=tolerance / 2, scale=scale)
-        exact = s.base_macs / max(macs_after(bundle, cfg, ratio, ignored, planned=(s, plan)), 1)
+        exact = s.base_macs / max(macs_after(bundle, cfg, ratio, ignored, planned=(s, plan), example=example), 1)
         seen[f"--speedup {exact:.2f}"] = exact
         if best is None or abs(math.log(exact / target)) < abs(math.log(best[1] / target)):
             best = (plan, exact)
@@ -266,75 +281,83 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
           progress: bool = True, log: Callable[[str], None] | None = None) -> ModelBundle:
     """Prune ``bundle`` structurally; recalibrate BatchNorm and fine-tune when a dataset is given.
 
-    Returns a new bundle (the input is not modified) whose lineage records the stage.
+    torch-pruning traces a real sample of every input from the dataset (without one: zeros, or seeded random
+    inputs of the right dtypes) and reads the task output; the task head keeps its width. Fine-tuning and its
+    guard use the task's loss and primary metric. Returns a new bundle (the input is not modified) whose
+    lineage records the stage.
     """
-    from compress.distill import kd_finetune_loss
-    from compress.recover import accumulate_taylor_gradients, recalibrate_batchnorm, sparsity_train
+    from compress.recover import accumulate_taylor_gradients, recover_step, sparsity_train
     say = log or (lambda _msg: None)
     start = time.perf_counter()
-    the_plan = plan(bundle, cfg)
     data = _data(bundle, dataset, cfg, severity)
     if data is None and (cfg.finetune_epochs or cfg.sparsity_train_epochs or cfg.importance is Importance.TAYLOR):
         raise ConfigError("Fine-tuning, sparsity training and Taylor importance need --dataset.")
-    work = copy.deepcopy(bundle)
+    example = example_of(bundle.signature, data["train"] if data is not None else None)
+    the_plan = plan(bundle, cfg, example=example)
+    work, sig, task = copy.deepcopy(bundle), bundle.signature, bundle.task
     teacher = copy.deepcopy(bundle.model).eval() if cfg.recover is Recover.KD else None
-    before_macs, before_params = count_macs_params(work.model, work.input_spec)
+    before_macs, before_params = count(work.model, example)
     before = evaluate(work, dataset, severity=severity).metrics if dataset else None
     if cfg.sparsity_train_epochs:
         say(f"network slimming: {cfg.sparsity_train_epochs} epochs with L1 {cfg.sparsity_lambda} on BatchNorm scales")
         sparsity_train(work.model, data["train"], data["val"], epochs=cfg.sparsity_train_epochs,
-                       penalty=cfg.sparsity_lambda, seed=cfg.seed, progress=progress)
-    example = torch.zeros(1, *work.input_spec.shape)
-    ratio, the_structure = cfg.ratio, structure(work.model, work.input_spec.shape, cfg, the_plan.ignored)
+                       penalty=cfg.sparsity_lambda, seed=cfg.seed, progress=progress, task=task, signature=sig)
+    ratio, the_structure = cfg.ratio, structure(work.model, example, cfg, the_plan.ignored, signature=sig)
+    if not the_structure.planned():
+        raise PruneError(_nothing_to_cut(bundle, the_structure))
     if cfg.speedup is not None:
-        ratio, groups, target = search_plan(work, cfg, the_structure, the_plan.ignored)
+        ratio, groups, target = search_plan(work, cfg, the_structure, the_plan.ignored, example=example)
         say(f"ratio {ratio:.3f} with {_moved(the_structure, cfg, ratio, groups)} group(s) moved by rounding "
             f"steps: a {target:.2f}x MAC reduction (asked {cfg.speedup}x)")
     else:
         groups = plan_at(the_structure, cfg, ratio, cfg.layer_ratios)
     for name, why in the_structure.uncut().items():
         say(f"not cut: {name} ({why})")
-    pruner = make_pruner(work.model, example, cfg, ratio, the_plan.ignored, planned=(the_structure, groups))
+    pruner = make_pruner(work.model, example, cfg, ratio, the_plan.ignored, planned=(the_structure, groups),
+                         signature=sig)
     history = []
     for step in range(cfg.iterative_steps):
         if cfg.importance is Importance.TAYLOR:
-            accumulate_taylor_gradients(work.model, data["train"], batches=cfg.taylor_batches)
+            accumulate_taylor_gradients(work.model, data["train"], batches=cfg.taylor_batches, task=task,
+                                        signature=sig)
         pruner.step()
-        _sync_attention_heads(work.model, pruner)
+        sync_attention_heads(work.model, pruner)
         work.model.zero_grad(set_to_none=True)
-        row = {"step": step + 1, "macs": count_macs_params(work.model, work.input_spec)[0]}
+        row = {"step": step + 1, "macs": count(work.model, example)[0]}
         if data is not None:
-            row["bn_batches"] = recalibrate_batchnorm(work.model, data["train"], batches=cfg.calibration_batches)
-            epochs = _epochs_for_step(cfg.finetune_epochs, cfg.iterative_steps, step)
-            if epochs:
-                ft = TrainConfig(epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, warmup_epochs=0)
-                loss = kd_finetune_loss(teacher, cfg.temperature, cfg.alpha) if teacher is not None else None
-                result = fit(work.model, data["train_aug"], data["val"], ft, loss_fn=loss, progress=progress,
-                             keep_start=True, bn_data=data["train"])
-                row.update(finetune_val_top1=result.best_val_top1, finetune_best_epoch=result.best_epoch)
-                if result.notes:
-                    row["notes"] = list(result.notes)
-                if result.best_epoch == 0:
-                    row["kept_start"] = True
-                    say(f"step {step + 1}: no fine-tuning epoch beat the pruned start (val top-1 "
-                        f"{result.best_val_top1:.4f}); the start is kept")
+            row.update(recover_step(work, cfg, data, step, teacher, progress=progress, say=say))
         history.append(row)
         say(f"step {step + 1}/{cfg.iterative_steps}: {before_macs / row['macs']:.2f}x fewer MACs")
     work.model.eval().cpu()
-    after_macs, after_params = count_macs_params(work.model, work.input_spec)
+    after_macs, after_params = count(work.model, example)
     metrics: dict[str, Any] = {"macs_before": before_macs, "macs_after": after_macs, "params_before": before_params,
                                "params_after": after_params, "mac_reduction": before_macs / after_macs,
                                "ratio": ratio, "steps": history, "ignored": the_plan.ignored,
                                "groups": _kept(work.model, the_structure, groups),
-                               "uncut": the_structure.uncut()}
+                               "uncut": the_structure.uncut(), "primary": task.primary}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset, severity=severity).metrics)
+        metrics.update(_drop(task, metrics["test_before"], metrics["test"]))
+    spec = work.input_spec if sig.single_image else sig
     recorded = {"dataset": recorded_name(dataset, severity) if dataset else None,
-                **({"data": data_policies(data["source"], work.input_spec, FINETUNE_AUGMENT)}
-                                       if data is not None else {})}
+                **({"data": data_policies(data["source"], spec, FINETUNE_AUGMENT)} if data is not None else {})}
     record = StageRecord("prune", {**cfg.to_json(), **recorded}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())
     return work.with_record(record)
+
+
+def _drop(task, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """How much the primary metric fell on test, in the task's unit (points, or % of the baseline)."""
+    if task.primary not in before or task.primary not in after:
+        return {}
+    return {"drop": round(task.drop(before, after), 4), "drop_unit": task.drop_unit()}
+
+
+def _nothing_to_cut(bundle: ModelBundle, s: Structure) -> str:
+    reasons = "; ".join(f"{name}: {why}" for name, why in list(s.uncut().items())[:3])
+    more = f" (and {len(s.uncut()) - 3} more)" if len(s.uncut()) > 3 else ""
+    return (f"No layer group of {bundle.arch.name} can be cut ({reasons}{more}); for narrow layers use "
+            "--round-to 1, or ignore fewer layers.")
 
 
 def _moved(s: Structure, cfg: PruneConfig, ratio: float, groups: dict[str, int]) -> int:
@@ -358,28 +381,11 @@ def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig, severity: 
     if dataset is None:
         return None
     source = open_dataset(dataset, severity=severity)
-    check_compatible(bundle, source.info.num_classes, dataset)
-    spec = bundle.input_spec
-    return {"train": source.split("train", spec), "train_aug": source.split("train", spec, augment=FINETUNE_AUGMENT),
-            "val": source.split("val", spec), "source": source}
-
-
-def _epochs_for_step(total: int, steps: int, step: int) -> int:
-    """Spread the fine-tuning epochs over the iterative steps (the last steps get the remainder)."""
-    return total // steps + (1 if step >= steps - total % steps else 0)
-
-
-def _sync_attention_heads(model: nn.Module, pruner) -> None:
-    """torch-pruning tracks pruned head counts; the attention modules must be told."""
-    counts = getattr(pruner, "num_heads", {})
-    for module in model.modules():
-        if isinstance(module, nn.MultiheadAttention) and module in counts:
-            module.num_heads = counts[module]
-            module.head_dim = module.embed_dim // module.num_heads
-        elif isinstance(getattr(module, "qkv", None), nn.Linear) and module.qkv in counts:
-            module.num_heads = counts[module.qkv]
-            if hasattr(module, "head_dim"):
-                module.head_dim = module.qkv.out_features // (3 * module.num_heads)
+    check_compatible(bundle, source.info, dataset)
+    sig, task = bundle.signature, bundle.task
+    return {"train": source.split("train", sig, task=task),
+            "train_aug": source.split("train", sig, augment=FINETUNE_AUGMENT, task=task),
+            "val": source.split("val", sig, task=task), "source": source}
 
 
 __all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio"]

@@ -62,15 +62,17 @@ class Structure:
         return {g.name: g.reason for g in self.groups if g.reason is not None}
 
 
-def analyse(model: nn.Module, example: torch.Tensor, *, ignored: dict[str, str], round_to: int | None,
-            max_ratio: float, heads: dict[nn.Module, int], importance=None, count: bool = True) -> Structure:
-    """Trace ``model`` once (a copy): its groups, what each may keep, and (``count``) the per-layer MACs model."""
+def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dict[str, str], round_to: int | None,
+            max_ratio: float, heads: dict[nn.Module, int], importance=None, count: bool = True,
+            read=None) -> Structure:
+    """Trace ``model`` once (a copy) on ``example`` (one sample of every input, a tuple): its groups, what each
+    may keep, and (``count``) the per-layer MACs model. ``read`` picks the task output (``output_transform``)."""
     import torch_pruning as tp
     model = copy.deepcopy(model).eval()
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
     head_modules = {modules[n] for n in heads_by_name(heads, names)}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=read)
     skip = {m: (n, why) for n, why in ignored.items() if n in modules for m in modules[n].modules()}
     groups, members, scores = [], [], {}
     for group in graph.get_all_groups(root_module_types=list(ROOTS)):
@@ -95,6 +97,35 @@ def analyse(model: nn.Module, example: torch.Tensor, *, ignored: dict[str, str],
         base, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
     terms, fixed = _terms(model, layer_macs, groups, members)
     return Structure(groups, int(base), terms, fixed, {k: v for k, v in scores.items() if v is not None})
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """Head counts torch-pruning needs to remove whole heads.
+
+    timm/Hugging Face-style attention (a fused ``qkv`` Linear and ``num_heads``) loses whole
+    heads. ``nn.MultiheadAttention`` (torchvision's ViT) ties the attention width to the
+    residual width, so it cannot lose heads without becoming another module: torch-pruning
+    keeps its heads and prunes the MLP widths around it."""
+    heads: dict[nn.Module, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            heads[module] = module.num_heads
+        elif isinstance(getattr(module, "qkv", None), nn.Linear) and isinstance(getattr(module, "num_heads", None), int):
+            heads[module.qkv] = module.num_heads
+    return heads
+
+
+def sync_attention_heads(model: nn.Module, pruner) -> None:
+    """torch-pruning tracks pruned head counts; the attention modules must be told."""
+    counts = getattr(pruner, "num_heads", {})
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention) and module in counts:
+            module.num_heads = counts[module]
+            module.head_dim = module.embed_dim // module.num_heads
+        elif isinstance(getattr(module, "qkv", None), nn.Linear) and module.qkv in counts:
+            module.num_heads = counts[module.qkv]
+            if hasattr(module, "head_dim"):
+                module.head_dim = module.qkv.out_features // (3 * module.num_heads)
 
 
 def heads_by_name(heads: dict[nn.Module, int], names: dict[nn.Module, str]) -> list[str]:
