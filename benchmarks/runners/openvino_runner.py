@@ -24,6 +24,7 @@ class OpenVINORunner(Runner):
     input_names: tuple[str, ...] = ()    # the model's input names, in the signature's order
     output_names: tuple[str, ...] = ()
     backend: Backend = Backend.OPENVINO
+    _ports: tuple[int, ...] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: str | Path, options: RunnerOptions,
@@ -52,9 +53,8 @@ class OpenVINORunner(Runner):
         if batch not in self.compiled:
             model = self.model.clone()
             first = batch if self.options.static_batch else -1
-            ports = [_port_name(p, i) for i, p in enumerate(model.inputs)]
-            model.reshape({ports.index(name): [first, *(d if isinstance(d, int) else -1 for d in spec.sample_shape)]
-                           for name, spec in zip(self.input_names, self.signature.inputs)})
+            model.reshape({port: [first, *(d if isinstance(d, int) else -1 for d in spec.sample_shape)]
+                           for port, spec in zip(self.input_ports, self.signature.inputs)})
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                       "INFERENCE_NUM_THREADS": self.options.threads}
             compiled = self.core.compile_model(model, self.options.device.upper(), config)
@@ -67,13 +67,20 @@ class OpenVINORunner(Runner):
     def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self._outputs(batch)))
 
+    @property
+    def input_ports(self) -> tuple[int, ...]:
+        """The model's input port index of each signature input, in the signature's order."""
+        if self._ports is None:
+            names = [_port_name(p, i) for i, p in enumerate(self.model.inputs)]
+            self._ports = tuple(names.index(n) for n in self.input_names)
+        return self._ports
+
     def _outputs(self, batch: Batch) -> list[np.ndarray]:
         size = batch_size(batch)
         if self.current is None or size not in self.compiled:
             self.prepare(size)
         request = self.compiled[size]
-        ports = [_port_name(p, i) for i, p in enumerate(self.model.inputs)]
-        request.infer({ports.index(k): v for k, v in feed(self.signature, batch, self.input_names).items()})
+        request.infer(dict(zip(self.input_ports, feed(self.signature, batch, self.input_names).values())))
         return [np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names))]
 
 
