@@ -28,6 +28,7 @@ import torch
 from benchmarks.runners import Backend, RunnerOptions, open_runner
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.data import open_dataset, subset
+from deepslim.errors import DatasetError
 from deepslim.modelio import call, example_inputs, task_output
 from deepslim.models import ModelBundle
 from deepslim.signature import Signature
@@ -146,6 +147,9 @@ def parity_inputs(spec: InputSpec | Signature, source: ParityInputs | str | None
     split = open_dataset(source.dataset, severity=source.severity).split("test", signature, task=task)
     ds = subset(split, samples, seed=0)
     rows = [_as_tuple(ds[i][0]) for i in range(len(ds))]
+    if rows and len(rows[0]) != len(signature.inputs):
+        raise DatasetError(f"{source.dataset} gives {len(rows[0])} inputs per sample but the model takes "
+                           f"{signature.describe()}; pass its own dataset with --dataset.")
     arrays = tuple(torch.stack([r[k] for r in rows]).numpy() for k in range(len(signature.inputs)))
     return _batch(arrays), f"{source.dataset} test ({source.why})"
 
