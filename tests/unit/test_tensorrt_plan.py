@@ -83,10 +83,11 @@ def _qdq_model(tmp_path, *, symmetric: bool, per_channel: bool, quantize_bias: b
     from deepslim.models import load_model
     bundle = load_model(arch="small_cnn", num_classes=10, input_size=8, arch_kwargs={"width": 8})
     fp32 = to_onnx(bundle, tmp_path / "fp32.onnx")
+    name = onnx.load(str(fp32)).graph.input[0].name  # the model's forward parameter ("x")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"input": np.random.default_rng(i).standard_normal((1, 1, 8, 8), np.float32)}
+            self.items = iter([{name: np.random.default_rng(i).standard_normal((1, 1, 8, 8), np.float32)}
                                for i in range(4)])
 
         def get_next(self):
