@@ -9,6 +9,7 @@ from compress.options import QuantTarget
 from compress.quantize import QuantizeConfig, QuantizeError
 from compress.quantize_backends import Say, nncf_kwargs, nncf_output, import_nncf, require_tensorrt_rules
 from deepslim.errors import first_line
+from deepslim.modelio import example_inputs
 
 
 def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, details: dict[str, Any], *,
@@ -25,18 +26,17 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, det
     # NNCF compiles a small C++ extension on first use (about 30 s on 2 cores) and gives up after
     # 60 s by default, falling back to slow kernels; give a fresh machine's first build time.
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
-    import torch
     nncf = import_nncf()
 
     from compress.distill import kd_finetune_loss
     from compress.options import Recover
     from deepslim.config import TrainConfig
-    from deepslim.training import fit
-    from deepslim.data import calibration_images, open_dataset
+    from deepslim.data import calibration_inputs, open_dataset
+    from deepslim.training import fit, val_metric
     fp32 = copy.deepcopy(bundle.model).cpu().eval()
-    spec = bundle.input_spec  # QAT calibrates and trains at the model's own size; export may use --input-size
-    images = calibration_images(dataset, spec, cfg.calibration_samples, severity=severity, seed=cfg.seed)
-    batches = [torch.from_numpy(images[i:i + 32]) for i in range(0, len(images), 32)]
+    signature, task = bundle.signature, bundle.task  # QAT calibrates and trains at the model's own size
+    arrays = calibration_inputs(dataset, signature, cfg.calibration_samples, severity=severity, seed=cfg.seed)
+    batches = [_batch(arrays, i, 32) for i in range(0, len(arrays[0]), 32)]
     try:
         with nncf_output(progress):
             qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **nncf_kwargs(cfg))
@@ -44,31 +44,39 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, det
         raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
                             f"{first_line(exc)}.") from exc
     source = open_dataset(dataset, severity=severity)
-    splits = {"train": source.split("train", spec, augment=True), "val": source.split("val", spec)}
+    splits = {"train": source.split("train", signature, augment=True, task=task),
+              "val": source.split("val", signature, task=task)}
     train_cfg = TrainConfig(epochs=cfg.qat_epochs, lr=cfg.qat_lr, seed=cfg.seed, warmup_epochs=0)
-    loss = kd_finetune_loss(copy.deepcopy(fp32), cfg.temperature, cfg.alpha) if cfg.recover is Recover.KD else None
+    loss = kd_finetune_loss(copy.deepcopy(fp32), cfg.temperature, cfg.alpha, task=task, signature=signature) \
+        if cfg.recover is Recover.KD else None
     say(f"QAT: {cfg.qat_epochs} epochs of fake-quantized fine-tuning"
         + (" distilled from the fp32 model" if loss is not None else ""))
-    result = fit(qmodel, splits["train"], splits["val"], train_cfg, loss_fn=loss, progress=progress, keep_start=True)
+    result = fit(qmodel, splits["train"], splits["val"], train_cfg, loss_fn=loss, progress=progress, keep_start=True,
+                 task=task, signature=signature)
     qmodel.cpu().eval()
-    details.update(library="nncf", qat_val_top1=result.best_val_top1, qat_best_epoch=result.best_epoch,
-                   qat_history=result.history, calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
-    size = cfg.input_size or bundle.input_spec.shape[1]
-    example = torch.zeros(1, bundle.input_spec.shape[0], size, size)
+    details.update({f"qat_{k}": v for k, v in val_metric(task, result.best_val).items()})
+    details.update(library="nncf", qat_best_epoch=result.best_epoch, qat_history=result.history,
+                   calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
+    exported = signature.with_image_size(cfg.input_size) if cfg.input_size else signature
+    example = example_inputs(exported, 1)
     if cfg.target is QuantTarget.OPENVINO:
         return _qat_openvino(qmodel, example, tmp)
-    return _qat_onnx(qmodel, example, tmp, cfg, details)
+    return _qat_onnx(qmodel, example, exported, tmp, cfg, details)
 
 
-def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
+def _batch(arrays, start: int, size: int):
+    """A calibration batch as NNCF's torch backend calls the model: a tensor, or a tuple for ``model(*inputs)``."""
+    import torch
+    tensors = tuple(torch.from_numpy(a[start:start + size]) for a in arrays)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _qat_onnx(qmodel, example: tuple, signature, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
     """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter), then
     the graph is made deployable (int8 weight initializers, BatchNorm folded, constants folded; see qdq_onnx)."""
     import copy
-    import contextlib
-    import io
-    import warnings
 
-    import torch
+    from compress.quant_export import export_graph
     from nncf.torch.quantization.layers import BaseQuantizer, QuantizerExportMode
     model = copy.deepcopy(qmodel).eval()
     for module in model.modules():
@@ -76,10 +84,7 @@ def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig, details: dict[str
             module.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
     out = tmp / "int8-qat.onnx"
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(out), dynamo=False, opset_version=13, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        export_graph(model, example, signature, out, opset=13)  # every input and output, named by the signature
     except Exception as exc:  # the exporter raises many types
         raise QuantizeError(f"The QAT model could not be exported to ONNX: {first_line(exc)}.") from exc
     _finalize(out, cfg, details)
@@ -88,10 +93,16 @@ def _qat_onnx(qmodel, example, tmp: Path, cfg: QuantizeConfig, details: dict[str
     return out
 
 
-def _qat_openvino(qmodel, example, tmp: Path) -> Path:
+def _qat_openvino(qmodel, example: tuple, tmp: Path) -> Path:
+    import contextlib
+    import io
+    import warnings
+
     import openvino as ov
     try:
-        model = ov.convert_model(qmodel, example_input=example)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript tracer's deprecation and constant warnings
+            model = ov.convert_model(qmodel, example_input=example[0] if len(example) == 1 else example)
     except Exception as exc:  # OpenVINO's frontends raise many types
         raise QuantizeError(f"OpenVINO could not convert the QAT model: {first_line(exc)}.") from exc
     out = tmp / "int8-qat.xml"

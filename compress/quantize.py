@@ -10,6 +10,12 @@ per-channel weights and float bias for TensorRT, checked against its explicit-qu
 rules), NNCF for OpenVINO IR (with its accuracy-control loop for ``max_accuracy_drop``).
 Accuracy and latency of the fp32 and the quantized artifact are measured by the benchmark
 runners, the same harness as ``deepslim bench``, and recorded in the artifact's lineage.
+
+Any model kind (#13): calibration feeds every input of the signature (integer inputs such as
+tokens and masks are fed as integers and never quantized), the task's own metrics judge both
+artifacts (:func:`deepslim.metrics.task_metrics`), and the accuracy guard reads the task's
+primary metric: ``max_accuracy_drop`` is in its points (top-1 for classifiers, mAP, R²), or in
+percent of the fp32 value for an unbounded one (MAE, RMSE), as :meth:`deepslim.tasks.Task.drop`.
 """
 
 from __future__ import annotations
@@ -22,16 +28,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from compress.options import Activations, Calibration, Method, QuantTarget, Recover
+from compress.quant_data import QuantData, load_data, metric_words, run_outputs, score
 from deepslim.artifact import ArtifactMeta, read_onnx_meta
-from deepslim.data import calibration_images, open_dataset
-from deepslim.provenance import data_policies, recorded_name
-from deepslim.errors import ConfigError, DatasetError, DeepSlimError, InputFileError
+from deepslim.provenance import recorded_name
+from deepslim.errors import ConfigError, DeepSlimError, InputFileError, first_line
 from deepslim.fileio import atomic_files
 from deepslim.models import ModelBundle
-from deepslim.spec import InputSpec, StageRecord
+from deepslim.spec import StageRecord
+from deepslim.tasks import Task
 
 SUFFIX = {QuantTarget.ONNXRUNTIME: ".onnx", QuantTarget.TENSORRT: ".onnx", QuantTarget.OPENVINO: ".xml"}
 BACKEND = {QuantTarget.ONNXRUNTIME: "onnxruntime", QuantTarget.TENSORRT: "onnxruntime",
@@ -51,7 +56,7 @@ class QuantizeConfig:
     calibration_samples: int | None = None   # None: 300, or the whole train split when it is smaller
     per_channel: bool = True
     activations: Activations = Activations.AUTO
-    max_accuracy_drop: float | None = None   # top-1 points on the val split; None: no guard
+    max_accuracy_drop: float | None = None   # the primary metric's points (top-1 for classifiers) on val; None: no guard
     input_size: int | None = None            # export (and measure) at another resolution
     qat_epochs: int = 3
     qat_lr: float = 0.005
@@ -71,7 +76,8 @@ class QuantizeConfig:
                                                      or self.calibration_samples < 1):
             raise ConfigError(f"--calibration-samples must be a positive integer, got {self.calibration_samples}.")
         if self.max_accuracy_drop is not None and not self.max_accuracy_drop >= 0:
-            raise ConfigError(f"--max-accuracy-drop is in top-1 points and must be >= 0, got {self.max_accuracy_drop}.")
+            raise ConfigError(f"--max-accuracy-drop is in points of the primary metric (top-1 for classifiers) and "
+                              f"must be >= 0, got {self.max_accuracy_drop}.")
         if self.method is Method.DYNAMIC and self.target is not QuantTarget.ONNXRUNTIME:
             raise ConfigError("--method dynamic is onnxruntime's dynamic int8 (activations quantized at run time); "
                               "use --target onnxruntime.")
@@ -117,63 +123,7 @@ class QuantizeResult:
     warnings: list[str] = field(default_factory=list)
 
 
-# --- data -------------------------------------------------------------------------------------
-
-@dataclass
-class QuantData:
-    calibration: np.ndarray   # (N, C, H, W) float32, normalised for the artifact
-    val: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
-    policies: dict[str, Any] = field(default_factory=dict)  # the source's split and preprocessing, recorded
-
-
-def load_data(dataset: str, spec: InputSpec, samples: int, *, severity: int = 3, seed: int = 0,
-              num_classes: int | None = None) -> QuantData:
-    """Calibration samples (a seeded subset of the train split, no augmentation) and the val and test splits."""
-    source = open_dataset(dataset, severity=severity)
-    if num_classes is not None and num_classes != source.info.num_classes:
-        raise DatasetError(f"The model predicts {num_classes} classes but dataset '{dataset}' has "
-                           f"{source.info.num_classes}.")
-    calibration = calibration_images(dataset, spec, samples, severity=severity, seed=seed)
-    return QuantData(calibration, _arrays(source.split("val", spec)), _arrays(source.split("test", spec)),
-                     data_policies(source, spec))
-
-
-def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-    xs, ys = [], []
-    for x, y in torch.utils.data.DataLoader(ds, batch_size=256, shuffle=False):
-        xs.append(x.numpy())
-        ys.append(y.numpy())
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
-
-
 # --- measuring through the benchmark runners ------------------------------------------------------
-
-def run_logits(path: Path, backend: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    from benchmarks.runners import RunnerOptions, open_runner
-    with open_runner(path, backend, RunnerOptions()) as runner:
-        batch = min(batch, runner.max_batch or batch)
-        runner.prepare(batch)
-        out = []
-        for i in range(0, len(x), batch):
-            chunk = x[i:i + batch]
-            pad = batch - len(chunk)  # static-shape runners get full batches; the padding is dropped
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-            out.append(np.asarray(runner.run(chunk))[: batch - pad])
-    return np.concatenate(out)
-
-
-def score(path: Path, backend: str, data: QuantData, reference: dict[str, np.ndarray] | None = None):
-    """Metrics on val and test (with agreement against the reference logits) and the logits themselves."""
-    from deepslim.metrics import classification_metrics
-    logits = {name: run_logits(path, backend, getattr(data, name)[0]) for name in ("val", "test")}
-    metrics = {name: classification_metrics(logits[name], getattr(data, name)[1],
-                                            reference_logits=None if reference is None else reference[name])
-               for name in logits}
-    return metrics, logits
-
 
 def compare_latency(fp32: Path, quantized: Path, backend: str) -> dict[str, float]:
     """p50 at batch 1 of both artifacts, interleaved in one run (short: a sanity check, not the benchmark).
@@ -206,13 +156,14 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         tmp = Path(tmp_name)
         fp32_onnx, bundle = _fp32_onnx(source, tmp, cfg)
         meta = read_onnx_meta(fp32_onnx)
-        data = load_data(dataset, meta.input_spec, cfg.calibration_samples, severity=severity, seed=cfg.seed,
-                         num_classes=len(meta.classes))
+        task = meta.task
+        data = load_data(dataset, meta.signature, task, cfg.calibration_samples, severity=severity, seed=cfg.seed)
         backend = BACKEND[cfg.target]
-        fp32_artifact = _fp32_artifact(fp32_onnx, tmp, cfg)
-        fp32_metrics, fp32_logits = score(fp32_artifact, backend, data)
-        say(f"fp32 {fp32_artifact.suffix.lstrip('.')}: val top-1 {fp32_metrics['val']['top1']:.4f}, "
-            f"test top-1 {fp32_metrics['test']['top1']:.4f}")
+        fp32_artifact = _fp32_artifact(fp32_onnx, tmp, cfg, meta)
+        fp32_metrics, fp32_outputs = score(fp32_artifact, backend, data)
+        label, unit = metric_words(task)
+        say(f"fp32 {fp32_artifact.suffix.lstrip('.')}: val {label} {_primary(task, fp32_metrics, 'val'):.4f}, "
+            f"test {label} {_primary(task, fp32_metrics, 'test'):.4f}")
         details: dict[str, Any] = {}
         if cfg.method is Method.QAT:  # a bundle: _check_request refused an ONNX source
             from compress.qat import qat
@@ -220,25 +171,18 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         else:
             quantized = _post_training(fp32_onnx, fp32_artifact, tmp, cfg, data, details, fp32_metrics, progress, say)
         _stamp(quantized, meta)
-        q_metrics, _ = score(quantized, backend, data, reference=fp32_logits)
-        drop = 100 * (fp32_metrics["val"]["top1"] - q_metrics["val"]["top1"])
-        say(f"{cfg.method.value} {cfg.target.value}: val top-1 {q_metrics['val']['top1']:.4f} ({-drop:+.2f} pt), "
-            f"test top-1 {q_metrics['test']['top1']:.4f}")
-        if cfg.max_accuracy_drop is not None and drop > cfg.max_accuracy_drop + 1e-9:
-            steps = details.get("guard_steps") or [{"val_drop_points": drop, "fp32_layers": details.get("fp32_layers", [])}]
-            best = min(steps, key=lambda step: step["val_drop_points"])
-            hint = "raise the limit" + (" or try --method qat" if cfg.method is not Method.QAT else "")
-            raise QuantizeError(f"No quantization fits --max-accuracy-drop {cfg.max_accuracy_drop:g}: the best reached "
-                                f"loses {best['val_drop_points']:.2f} points of val top-1 (with "
-                                f"{len(best['fp32_layers'])} layers kept in fp32); {hint}.")
+        q_metrics, _ = score(quantized, backend, data, reference=fp32_outputs)
+        drop = task.drop(fp32_metrics["val"], q_metrics["val"])
+        say(f"{cfg.method.value} {cfg.target.value}: val {label} {_primary(task, q_metrics, 'val'):.4f} "
+            f"({-drop:+.2f} {unit}), test {label} {_primary(task, q_metrics, 'test'):.4f}")
+        _check_guard(cfg, task, drop, details)
         warnings = list(details.pop("warnings", []))
-        metrics: dict[str, Any] = {"fp32": fp32_metrics, "quantized": q_metrics, "val_drop_points": round(drop, 3),
-                                   "test_drop_points": round(100 * (fp32_metrics["test"]["top1"]
-                                                                    - q_metrics["test"]["top1"]), 3), **details}
+        metrics: dict[str, Any] = {"fp32": fp32_metrics, "quantized": q_metrics, "primary": task.primary,
+                                   "drop_unit": task.drop_unit(), "val_drop_points": round(drop, 3),
+                                   "test_drop_points": round(task.drop(fp32_metrics["test"], q_metrics["test"]), 3),
+                                   **details}
         if cfg.latency and cfg.method is not Method.FP16:
-            metrics["latency"] = compare_latency(fp32_artifact, quantized, backend)
-            if metrics["latency"]["speedup"] <= 1.0:
-                warnings.append(_slow_warning(cfg, metrics, details, quantized))
+            _latency(cfg, fp32_artifact, quantized, meta, metrics, details, warnings)
         for w in warnings:
             say(f"warning: {w}")
         record = StageRecord("quantize", {**cfg.to_json(), "dataset": recorded_name(dataset, severity),
@@ -250,6 +194,38 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
     return QuantizeResult(out, files[1:], record, warnings)
 
 
+def _primary(task: Task, metrics: dict[str, Any], split: str) -> float:
+    """The primary metric of ``split`` (NaN where the split cannot measure it, e.g. R² of one sample)."""
+    return float(metrics[split].get(task.primary, float("nan")))
+
+
+def _check_guard(cfg: QuantizeConfig, task: Task, drop: float, details: dict[str, Any]) -> None:
+    """A QuantizeError when the val drop of the primary metric exceeds ``--max-accuracy-drop``."""
+    if cfg.max_accuracy_drop is None or drop <= cfg.max_accuracy_drop + 1e-9:
+        return
+    steps = details.get("guard_steps") or [{"val_drop_points": drop, "fp32_layers": details.get("fp32_layers", [])}]
+    best = min(steps, key=lambda step: step["val_drop_points"])
+    hint = "raise the limit" + (" or try --method qat" if cfg.method is not Method.QAT else "")
+    raise QuantizeError(f"No quantization fits --max-accuracy-drop {cfg.max_accuracy_drop:g}: the best reached "
+                        f"loses {best['val_drop_points']:.2f} {task.drop_unit()} of val {metric_words(task)[0]} "
+                        f"(with {len(best['fp32_layers'])} layers kept in fp32); {hint}.")
+
+
+def _latency(cfg: QuantizeConfig, fp32: Path, quantized: Path, meta: ArtifactMeta, metrics: dict[str, Any],
+             details: dict[str, Any], warnings: list[str]) -> None:
+    """Time both artifacts on the target's runner; the runners time one-image models (others: a warning)."""
+    try:
+        metrics["latency"] = compare_latency(fp32, quantized, BACKEND[cfg.target])
+    except ConfigError as exc:
+        if meta.signature.single_image:
+            raise
+        warnings.append(f"fp32 and quantized latency were not compared: the benchmark runners cannot time "
+                        f"this model yet ({first_line(exc)})")
+        return
+    if metrics["latency"]["speedup"] <= 1.0:
+        warnings.append(_slow_warning(cfg, metrics, details, quantized))
+
+
 def _post_training(fp32_onnx: Path, fp32_artifact: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData,
                    details: dict[str, Any], fp32_metrics: dict[str, Any], progress: bool, say: Callable[[str], None]) -> Path:
     """The quantized artifact of the methods that need no training: fp16, dynamic int8, static int8 (PTQ)."""
@@ -259,7 +235,7 @@ def _post_training(fp32_onnx: Path, fp32_artifact: Path, tmp: Path, cfg: Quantiz
     if cfg.method is Method.DYNAMIC:
         return qb.dynamic(fp32_onnx, tmp, cfg, details)
     if cfg.target is QuantTarget.OPENVINO:
-        return qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, say=say, progress=progress)
+        return qb.ptq_openvino(fp32_artifact, tmp, cfg, data, details, fp32_metrics, say=say, progress=progress)
     return qb.ptq_onnx(fp32_onnx, tmp, cfg, data, details, fp32_metrics, say=say)
 
 
@@ -283,9 +259,9 @@ def _check_request(source, out: Path, cfg: QuantizeConfig) -> None:
 
 
 def _fp32_onnx(source, tmp: Path, cfg: QuantizeConfig) -> tuple[Path, ModelBundle | None]:
-    from export.onnx import OnnxConfig, to_onnx
+    from compress.quant_export import fp32_onnx
     if isinstance(source, ModelBundle):
-        return to_onnx(source, tmp / "fp32.onnx", OnnxConfig(input_size=cfg.input_size)), source
+        return fp32_onnx(source, tmp / "fp32.onnx", cfg.input_size), source
     path = Path(source)
     meta = read_onnx_meta(path)
     if meta is None:
@@ -304,23 +280,23 @@ def _has_qdq(path: Path) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") for n in graph.node)
 
 
-def _fp32_artifact(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig) -> Path:
+def _fp32_artifact(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, meta: ArtifactMeta) -> Path:
     """The fp32 reference on the target's runtime: the ONNX file, or its OpenVINO IR."""
     if cfg.target is not QuantTarget.OPENVINO:
         return fp32_onnx
-    from export.openvino import to_openvino
-    return to_openvino(fp32_onnx, tmp / "fp32.xml")
+    from compress.quant_export import fp32_openvino
+    return fp32_openvino(fp32_onnx, tmp / "fp32.xml", meta.signature)
 
 
 def _finish(quantized: Path, out: Path, meta: ArtifactMeta, record: StageRecord, cfg: QuantizeConfig) -> tuple[Path, ...]:
-    """Stamp the metadata (input spec, classes, lineage + this stage) and move the artifact into place atomically."""
+    """Stamp the metadata (signature, task, lineage + this stage) and move the artifact into place atomically."""
     precision = "fp16" if cfg.method is Method.FP16 else "int8"
     export = {**meta.export, "target": cfg.target.value, "precision": precision, "quantization": cfg.method.value}
     if cfg.method is Method.QAT:  # exported again from the fake-quantized model: not the fp32 file's graph
         export.update(simplified=False, exporter="legacy" if quantized.suffix == ".onnx" else "openvino")
         if "qdq_graph" in record.metrics:
             export["qdq_graph"] = record.metrics["qdq_graph"]
-    new_meta = ArtifactMeta(meta.input_spec, meta.classes, [*meta.lineage, record], export)
+    new_meta = ArtifactMeta(meta.signature, meta.task, [*meta.lineage, record], export)
     files = (out, out.with_suffix(".bin")) if quantized.suffix == ".xml" else (out,)
     with atomic_files(*files) as tmp:
         _save_with_meta(quantized, tmp[0], new_meta, fp16=cfg.method is Method.FP16)
@@ -407,4 +383,5 @@ def _versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["QuantizeConfig", "QuantizeError", "QuantizeResult", "load_data", "quantize", "score"]
+__all__ = ["QuantData", "QuantizeConfig", "QuantizeError", "QuantizeResult", "load_data", "quantize", "run_outputs",
+           "score"]

@@ -14,8 +14,10 @@ import numpy as np
 
 from compress.options import Activations, Calibration, QuantTarget
 from compress.qdq_onnx import module_name
+from compress.quant_data import Inputs, as_inputs, metric_words
 from compress.quantize import QUANTIZED_OPS, QuantData, QuantizeConfig, QuantizeError, score
-from deepslim.errors import DeepSlimError, first_line
+from compress.quantize_openvino import import_nncf, nncf_kwargs, nncf_output, ptq_openvino  # noqa: F401 (qat, quantize)
+from deepslim.errors import first_line
 
 Say = Callable[[str], None]
 
@@ -45,7 +47,7 @@ def ptq_onnx(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, d
     details["layer_errors"] = errors[:15]
     if cfg.max_accuracy_drop is None:
         return quantized
-    return _guard(build, quantized, errors, cfg, data, details, fp32_metrics["val"]["top1"], source, say)
+    return _guard(build, quantized, errors, cfg, data, details, fp32_metrics["val"], source, say)
 
 
 def ort_settings(cfg: QuantizeConfig, vnni: bool | None = None) -> dict[str, Any]:
@@ -71,8 +73,10 @@ def ort_settings(cfg: QuantizeConfig, vnni: bool | None = None) -> dict[str, Any
             "calibration": (cfg.calibration or Calibration.MINMAX).value, "extra_options": extra}
 
 
-def _quantize_static(source: Path, out: Path, cfg: QuantizeConfig, calibration: np.ndarray, exclude: list[str],
-                     cache: Path) -> None:
+def _quantize_static(source: Path, out: Path, cfg: QuantizeConfig, calibration: np.ndarray | Inputs,
+                     exclude: list[str], cache: Path) -> None:
+    """Static Q/DQ quantization calibrated on ``calibration`` (one array per graph input, or one array); only
+    float tensors are quantized (onnxruntime leaves integer inputs such as tokens and masks alone)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     settings = ort_settings(cfg)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -101,14 +105,30 @@ def require_tensorrt_rules(model: Path, what: str, advice: str) -> None:
         raise QuantizeError(f"{what} breaks TensorRT's explicit-quantization rules ({problems[0]}{more}); {advice}.")
 
 
-def _reader(model: Path, calibration: np.ndarray, batch: int = 16):
+def graph_inputs(model: Path) -> list[tuple[str, np.dtype]]:
+    """The ONNX file's real inputs (not initializers), in order, with their numpy dtypes."""
     import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+    graph = onnx.load(str(model), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    return [(i.name, np.dtype(tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)))
+            for i in graph.input if i.name not in constants]
+
+
+def _reader(model: Path, calibration: np.ndarray | Inputs, batch: int = 16):
+    """onnxruntime's CalibrationDataReader: ``{input name: batch}`` for every input of ``model``, each array in
+    its input's own dtype (integer inputs are fed as integers, never as floats to quantize)."""
     from onnxruntime.quantization import CalibrationDataReader
-    name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+    arrays, inputs = as_inputs(calibration), graph_inputs(model)
+    if len(arrays) != len(inputs):
+        raise QuantizeError(f"{model.name} takes {len(inputs)} inputs ({', '.join(n for n, _ in inputs)}) but "
+                            f"calibration has {len(arrays)}.")
+    count = len(arrays[0])
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([{name: calibration[i:i + batch]} for i in range(0, len(calibration), batch)])
+            self.batches = iter([{name: np.ascontiguousarray(a[i:i + batch].astype(dtype, copy=False))
+                                  for (name, dtype), a in zip(inputs, arrays)} for i in range(0, count, batch)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -129,7 +149,7 @@ def _preprocess(fp32_onnx: Path, tmp: Path, details: dict[str, Any]) -> Path:
         return fp32_onnx
 
 
-def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path) -> list[dict[str, Any]]:
+def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray | Inputs, tmp: Path) -> list[dict[str, Any]]:
     """Per quantized layer: SQNR (dB, higher is better) of the Q/DQ model's activations against the fp32
     model's at the layer's input and output, the dB lost inside the layer, and its weight's SQNR.
 
@@ -143,7 +163,8 @@ def layer_errors(fp32: Path, quantized: Path, calibration: np.ndarray, tmp: Path
     float_aug, q_aug = tmp / "float_aug.onnx", tmp / "q_aug.onnx"
     modify_model_output_intermediate_tensors(str(fp32), str(float_aug))
     modify_model_output_intermediate_tensors(str(quantized), str(q_aug))
-    x = calibration[: _diagnostic_samples(calibration)]
+    arrays = as_inputs(calibration)
+    x = tuple(a[: _diagnostic_samples(arrays)] for a in arrays)
     matched = create_activation_matching(collect_activations(str(q_aug), _reader(q_aug, x, 4)),
                                          collect_activations(str(float_aug), _reader(float_aug, x, 4)))
     sqnr = {k: v["xmodel_err"] for k, v in compute_activation_error(matched).items() if "xmodel_err" in v}
@@ -187,9 +208,9 @@ def _measured(tensor: str, sqnr: dict[str, float], neighbours, side: str, depth:
     return sqnr.get(tensor)
 
 
-def _diagnostic_samples(calibration: np.ndarray) -> int:
+def _diagnostic_samples(calibration: Inputs) -> int:
     """Few enough samples that every intermediate tensor of both models fits in memory comfortably."""
-    per_sample = calibration[0].nbytes * 400  # a deep CNN keeps a few hundred input-sized tensors
+    per_sample = sum(a[0].nbytes for a in calibration) * 400  # a deep CNN keeps a few hundred input-sized tensors
     return int(max(1, min(32, 500_000_000 // max(per_sample, 1))))
 
 
@@ -198,15 +219,16 @@ def _round(value: float | None) -> float | None:
 
 
 def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dict[str, Any]], cfg: QuantizeConfig,
-           data: QuantData, details: dict[str, Any], fp32_top1: float, source: Path, say: Say) -> Path:
+           data: QuantData, details: dict[str, Any], fp32_val: dict[str, float], source: Path, say: Say) -> Path:
     """Keep the layers that lose the most in fp32 (1, 2, 4, ... of them, then bisected down) until the drop fits.
 
     Keeping a layer in fp32 also keeps its input in fp32: in a Q/DQ graph an activation is
     quantized at the output of the op that produces it, so that producer is excluded too."""
-    def drop_of(path: Path) -> float:
-        return 100 * (fp32_top1 - score(path, "onnxruntime", data)[0]["val"]["top1"])
+    def drop_of(path: Path) -> float:  # in the primary metric's points (or % of the baseline)
+        return data.task.drop(fp32_val, score(path, "onnxruntime", data)[0]["val"])
 
     groups = _exclusion_groups(source, [row["node"] for row in errors])  # most dB lost first
+    unit = metric_words(data.task)[1]
 
     def excluded(k: int) -> list[str]:
         return list(dict.fromkeys(name for group in groups[:k] for name in group))
@@ -218,7 +240,7 @@ def _guard(build: Callable[[list[str]], Path], quantized: Path, errors: list[dic
         quantized = build(excluded(count))
         drop = drop_of(quantized)
         steps.append({"layers": count, "fp32_layers": excluded(count), "val_drop_points": round(drop, 3)})
-        say(f"accuracy guard: {', '.join(excluded(count))} kept in fp32 -> val drop {drop:.2f} pt")
+        say(f"accuracy guard: {', '.join(excluded(count))} kept in fp32 -> val drop {drop:.2f} {unit}")
     if count > 1 and drop <= cfg.max_accuracy_drop + 1e-9:
         low, high = count // 2, count  # bisect down to the fewest layers that still fit
         while high - low > 1:
@@ -265,109 +287,6 @@ def _exclusion_groups(model: Path, ranked: list[str]) -> list[list[str]]:
             frontier = following
         groups.append(group)
     return groups
-
-
-# --- NNCF for OpenVINO ------------------------------------------------------------------------------
-
-def ptq_openvino(fp32_xml: Path, tmp: Path, cfg: QuantizeConfig, data: QuantData, details: dict[str, Any], *,
-                 say: Say, progress: bool = True) -> Path:
-    """NNCF post-training quantization of the OpenVINO model; with a guard, NNCF's accuracy-control loop."""
-    import openvino as ov
-    nncf = import_nncf()
-    model = ov.Core().read_model(str(fp32_xml))
-    calibration = nncf.Dataset([data.calibration[i:i + 1] for i in range(len(data.calibration))])
-    kwargs: dict[str, Any] = {"subset_size": len(data.calibration)}
-    advanced = _nncf_advanced(cfg)
-    details.update(calibration=cfg.calibration.value if cfg.calibration else "nncf-default", library="nncf")
-    try:
-        with nncf_output(progress):
-            if cfg.max_accuracy_drop is None:
-                quantized = nncf.quantize(model, calibration, **kwargs, **nncf_kwargs(cfg))
-            else:
-                x, y = data.val
-                validation = nncf.Dataset([(x[i:i + 1], int(y[i])) for i in range(len(y))])
-                quantized = nncf.quantize_with_accuracy_control(
-                    model, calibration, validation, validation_fn=_nncf_top1,
-                    max_drop=cfg.max_accuracy_drop / 100, drop_type=nncf.DropType.ABSOLUTE, **kwargs,
-                    **({} if advanced is None else {"advanced_quantization_parameters": advanced}))
-        if cfg.max_accuracy_drop is not None:
-            details["fp32_layers"] = fp32_layers_openvino(quantized)
-            say(f"accuracy guard (NNCF): {len(details['fp32_layers'])} layer(s) kept in fp32")
-    except DeepSlimError:
-        raise
-    except Exception as exc:  # NNCF and OpenVINO raise many types
-        raise QuantizeError(f"NNCF could not quantize {fp32_xml.name}: {first_line(exc)}.") from exc
-    out = tmp / "int8.xml"
-    ov.save_model(quantized, str(out), compress_to_fp16=False)
-    return out
-
-
-def import_nncf():
-    """nncf, imported without the warning torch prints when NNCF looks for a CUDA toolkit on a CPU machine."""
-    import logging
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    import nncf
-    return nncf
-
-
-def nncf_output(progress: bool):
-    """NNCF draws its progress bars and logs on stdout; without progress they are swallowed."""
-    import contextlib
-    import io
-    import logging
-    nncf = import_nncf()
-    nncf.set_log_level(logging.INFO if progress else logging.ERROR)
-    return contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
-
-
-def _nncf_top1(compiled_model, items) -> tuple[float, list[float]]:
-    hits = []
-    for x, y in items:
-        logits = compiled_model(x)[0]
-        hits.append(float(np.argmax(logits, axis=1)[0] == y))
-    return float(np.mean(hits)), hits
-
-
-def _nncf_advanced(cfg: QuantizeConfig):
-    if cfg.calibration is None and cfg.per_channel:
-        return None
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, QuantizationParameters
-    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
-    kwargs: dict[str, Any] = {}
-    if cfg.calibration is not None:
-        kwargs["activations_range_estimator_params"] = {
-            Calibration.MINMAX: RangeEstimatorParametersSet.MINMAX,
-            Calibration.PERCENTILE: RangeEstimatorParametersSet.MEAN_QUANTILE}[cfg.calibration]
-    if not cfg.per_channel:
-        kwargs["weights_quantization_params"] = QuantizationParameters(per_channel=False)
-    return AdvancedQuantizationParameters(**kwargs)
-
-
-def nncf_kwargs(cfg: QuantizeConfig) -> dict[str, Any]:
-    advanced = _nncf_advanced(cfg)
-    return {} if advanced is None else {"advanced_parameters": advanced}
-
-
-def fp32_layers_openvino(model) -> list[str]:
-    """Convolution/MatMul ops of an NNCF-quantized model whose inputs pass through no FakeQuantize."""
-    names = []
-    for op in model.get_ordered_ops():
-        if op.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
-            continue
-        sources = [op.input_value(i).get_node() for i in range(op.get_input_size())]
-        if not any(_through_fake_quantize(s) for s in sources):
-            names.append(op.get_friendly_name())
-    return names
-
-
-def _through_fake_quantize(node, depth: int = 3) -> bool:
-    for _ in range(depth):
-        if node.get_type_name() == "FakeQuantize":
-            return True
-        if node.get_input_size() == 0:
-            return False
-        node = node.input_value(0).get_node()
-    return False
 
 
 # --- dynamic int8 and fp16 ------------------------------------------------------------------------------
