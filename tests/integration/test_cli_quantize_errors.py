@@ -55,7 +55,7 @@ def _(ws: Workspace):
 @case("quantize-more-samples-than-the-dataset")
 def _(ws: Workspace):
     return ([*QUANTIZE, ws.bundle(), "--calibration-samples", "5000", "-o", OUT],
-            ["--calibration-samples 5000", "1078 images"])
+            ["--calibration-samples 5000", "1078 samples"])
 
 
 @case("quantize-qat-on-onnx")
