@@ -7,15 +7,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import Dataset, TrustCode, trusting
+from commands.common import (Dataset, FeatureColumns, LabelColumn, PrimaryMetric, TaskOption, TrustCode, dataset_ref,
+                             trusting)
 from compress.options import QuantTarget
 
 
 @trusting
 def auto(
     model: Annotated[Path, typer.Argument(help="A trained bundle (.safetensors).", show_default=False)],
-    dataset: Dataset = None,
-    max_accuracy_drop: Annotated[float, typer.Option(help="Val top-1 points the result may lose.")] = 1.0,
+    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    task: TaskOption = None, primary_metric: PrimaryMetric = None,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        help="How much of the primary metric (val top-1 by default) the result may lose: points, or percent of the "
+             "baseline for mae/rmse/loss (which count a rise as a loss).")] = 1.0,
     target: Annotated[QuantTarget, typer.Option(help="Runtime the candidates are timed on.")] = QuantTarget.OPENVINO,
     time_budget: Annotated[float, typer.Option(help="Seconds for the whole search (this worker).")] = 600.0,
     trials: Annotated[Optional[int], typer.Option(help="At most this many trials (this worker).")] = None,
@@ -37,6 +41,7 @@ def auto(
 
     Example: deepslim auto base.safetensors --max-accuracy-drop 1.0 --target openvino --latency-size 224 --time-budget 600
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from deepslim.fileio import require_file
     require_file(model, "model")
     if model.suffix.lower() != ".safetensors":
@@ -45,18 +50,21 @@ def auto(
     from pipeline.search import SearchConfig, search
     cfg = SearchConfig(max_accuracy_drop=max_accuracy_drop, target=target, time_budget=time_budget, trials=trials,
                        latency_size=latency_size, finetune_epochs=finetune_epochs, storage=storage, study=study,
-                       seed=seed)
+                       seed=seed, primary_metric=primary_metric)
     from commands.common import choose_data
     from deepslim.bundle import read_header
     header = read_header(model)
+    from commands.common import check_metric_name
+    check_metric_name(primary_metric)
+    judged = header.task.with_primary(primary_metric) if header else None  # a wrong name fails before any work
     data = choose_data(dataset, header.lineage if header else [], severity=None,
-                       classes=header.classes if header else None, what=model.name, quiet=quiet)
+                       classes=header.classes if header else None, task=judged, what=model.name, quiet=quiet)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     result = search(model, data.spec, cfg, out, log=lambda m: console.print(m, highlight=False))
     typer.echo(result.report.read_text())
     if result.chosen:
-        typer.echo(_chosen_line(result.chosen, result.baseline) + f"; search {result.seconds:.0f} s; Pareto plot "
+        typer.echo(_chosen_line(result.chosen, result.baseline, judged) + f"; search {result.seconds:.0f} s; Pareto plot "
                    f"{out / 'pareto.png'}; timing {result.timing['report']}")
     else:
         from deepslim.errors import DeepSlimError
@@ -64,10 +72,16 @@ def auto(
                             f"see {result.report}.")
 
 
-def _chosen_line(chosen: dict, baseline: dict) -> str:
-    """The chosen model: its accuracy (val drop, test top-1) and its speed against the unpruned model, same run."""
+def _chosen_line(chosen: dict, baseline: dict, task=None) -> str:
+    """The chosen model: its accuracy (val drop, test primary metric) and its speed against the unpruned model,
+    same run."""
+    from commands.common import primary_label
     from deepslim.units import format_speedup
-    return (f"chosen: {chosen['copied_to']} (trial {chosen['number']}): val drop {chosen['val_drop_points']:.2f} pt, "
-            f"test top-1 {baseline['test']['top1']:.4f} -> {chosen['test']['top1']:.4f}; {chosen['latency_ms']:.3f} ms "
+    from pipeline.search_report import unit
+    p = task.primary if task is not None else "top1"
+    drop_unit = unit(task) if task is not None else "pt"
+    return (f"chosen: {chosen['copied_to']} (trial {chosen['number']}): val drop {chosen['val_drop_points']:.2f} "
+            f"{drop_unit}, test {primary_label(task)} {baseline['test'][p]:.4f} -> {chosen['test'][p]:.4f}; "
+            f"{chosen['latency_ms']:.3f} ms "
             f"at batch 1, {format_speedup(chosen['speedup'])} than the unpruned model ({baseline['latency_ms']:.3f} ms) "
             f"timed in the same run{' (inside the noise)' if chosen['within_noise'] else ''}")

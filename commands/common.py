@@ -13,6 +13,7 @@ import typer
 from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import OptimizerKind, Schedule
 from deepslim.errors import ConfigError
+from deepslim.tasks import TaskKind
 
 # --- shared options ---------------------------------------------------------------------------
 
@@ -24,17 +25,41 @@ Weights = Annotated[Optional[Path], typer.Option(
     "--weights", help="state_dict file for --arch (.pth loaded with weights_only=True, or .safetensors).")]
 ArchKwargs = Annotated[Optional[str], typer.Option(
     "--arch-kwargs", help='JSON keyword arguments for the architecture, e.g. \'{"width": 16}\'.')]
-InputSize = Annotated[Optional[int], typer.Option(
-    "--input-size", help="Input height = width in pixels (default: 16 for small_cnn, 224 otherwise).")]
-Channels = Annotated[Optional[int], typer.Option("--channels", help="Input channels (default: from the data).")]
+InputSize = Annotated[Optional[str], typer.Option(
+    "--input-size", help="Image input size N or HxW, e.g. 28x56 (default: 16 for small_cnn, the data's own size for "
+    "a path/file.py:fn architecture, 224 otherwise).", show_default=False)]
+Channels = Annotated[Optional[int], typer.Option("--channels", help="Image input channels (default: from the data).",
+                                                 show_default=False)]
+Mean = Annotated[Optional[str], typer.Option(
+    "--mean", help="Image normalisation mean: one value or one per channel, comma-separated, e.g. "
+    "0.485,0.456,0.406 (default: the data's; a bundle records its own).", show_default=False)]
+Std = Annotated[Optional[str], typer.Option(
+    "--std", help="Image normalisation std, like --mean (default: the data's).", show_default=False)]
+TaskOutput = Annotated[Optional[str], typer.Option(
+    "--task-output", help="For a model with several outputs: the one the task reads (a key of its dict output, or "
+    "output_N of a tuple); the error lists the candidates.", show_default=False)]
+PrimaryMetric = Annotated[Optional[str], typer.Option(
+    "--primary-metric", help="The metric that picks the best epoch, guards --max-accuracy-drop and ranks candidates "
+    "(default by task: top1, map, r2), e.g. mae or f1_macro; a bundle records the one it was trained with.",
+    show_default=False)]
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
 TrustCode = Annotated[bool, typer.Option(
     "--trust-code", help="Allow a model file to run the Python architecture file it names (its recorded sha256 "
     "must still match). Naming that file yourself with --arch FILE.py:fn allows just that file.")]
 Dataset = Annotated[Optional[str], typer.Option(
-    "--dataset", "-d", help="digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn "
-    "(default: the dataset recorded in the model's lineage).", show_default=False)]
+    "--dataset", "-d", help="digits, digits-c, mnist, breast-cancer, wine, diabetes, a .csv/.parquet table (with "
+    "--label-column), an ImageFolder or CIFAR-10 directory, or path/file.py:fn (default: the dataset recorded in "
+    "the model's lineage).", show_default=False)]
+LabelColumn = Annotated[Optional[str], typer.Option(
+    "--label-column", help="Table dataset (.csv/.parquet): the target column; several, comma-separated, for "
+    "multilabel or multi-target regression. Recorded with the dataset.", show_default=False)]
+FeatureColumns = Annotated[Optional[str], typer.Option(
+    "--feature-columns", help="Table dataset: the numeric columns to feed, comma-separated (default: every column "
+    "but the label and split).", show_default=False)]
+TaskOption = Annotated[Optional[TaskKind], typer.Option(
+    "--task", help="The task of the dataset's targets (default: inferred: integers -> classification, 0/1 vectors "
+    "-> multilabel, floats -> regression), e.g. regression for integer targets.", show_default=False)]
 Severity = Annotated[Optional[int], typer.Option("--severity", help="Corruption severity 1-5 for digits-c "
                                                  "(default 3).", show_default=False)]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
@@ -93,57 +118,174 @@ def trusting(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def dataset_ref(dataset: str | None, label: str | None = None, features: str | None = None,
+                task: TaskKind | str | None = None) -> str | None:
+    """``--dataset`` with ``--label-column`` / ``--feature-columns`` / ``--task`` written into its reference
+    (``data.csv?label=y``), so they are recorded with it and it reopens the same."""
+    task = getattr(task, "value", task)
+    if not (label or features or task):
+        return dataset
+    if dataset is None:
+        given = [n for n, v in (("--label-column", label), ("--feature-columns", features), ("--task", task)) if v]
+        raise ConfigError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} the --dataset; pass "
+                          "--dataset too.")
+    base = dataset.partition("?")[0]
+    if base in ("digits", "digits-c", "mnist"):
+        given = [n for n, v in (("--label-column", label), ("--feature-columns", features), ("--task", task)) if v]
+        raise ConfigError(f"{', '.join(given)} apply to tables and file datasets; {base} is a built-in image "
+                          "classification dataset.")
+    from deepslim.data import with_options
+    return with_options(dataset, label=label, features=features, task=task)
+
+
+def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    """``--mean 0.5`` or ``--mean 0.485,0.456,0.406`` as floats (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated numbers such as 0.5 or 0.485,0.456,0.406, "
+                          f"got '{text}'.") from None
+    if option == "--std" and min(values) <= 0:
+        raise ConfigError(f"--std values must be positive, got '{text}'.")
+    return values
+
+
+def parse_input_size(text: str | int | None) -> tuple[int, int] | None:
+    """``--input-size N`` or ``HxW`` as (H, W) (:func:`deepslim.signature.parse_size`)."""
+    from deepslim.signature import parse_size
+    if isinstance(text, str) and text.strip().lstrip("-").isdigit() and int(text) < 1:
+        raise ConfigError(f"--input-size must be a positive size N or HxW (e.g. 28x56), got {int(text)}.")
+    return parse_size(text)
+
+
+def _size(text: str | int | None) -> int | tuple[int, int] | None:
+    """``--input-size``: N (a square, as an int) or HxW (a tuple)."""
+    size = parse_input_size(text)
+    return None if size is None else size[0] if size[0] == size[1] else size
+
+
 def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, arch_kwargs: str | None,
-          input_size: int | None, channels: int | None, trust_pickle: bool, dataset: str | None,
-          severity: int | None, pretrained: str | None = None, seed: int | None = None):
+                input_size: str | int | None, channels: int | None, trust_pickle: bool, dataset: str | None,
+                severity: int | None, pretrained: str | None = None, seed: int | None = None,
+                mean: str | None = None, std: str | None = None, task_output: str | None = None,
+                primary_metric: str | None = None, loss: str | None = None):
     """The one model loader of the CLI: a file, or an architecture shaped for the dataset.
 
-    A bundle carries its own input spec; a pickled module and a new architecture take their input
-    statistics (and class count) from ``dataset``, which must then be given."""
+    A bundle carries its own signature and task (``--primary-metric`` may override its primary metric); a
+    pickled module and a new architecture take their input statistics (and task) from ``dataset``, which
+    must then be given; ``--mean``/``--std``/``--input-size``/``--channels`` state the image preprocessing,
+    ``--loss`` a regression's loss."""
+    return with_loss(_load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
+                           channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
+                           pretrained=pretrained, seed=seed, mean=mean, std=std, task_output=task_output,
+                           primary_metric=primary_metric), loss)
+
+
+def _load(model, *, arch, weights, arch_kwargs, input_size, channels, trust_pickle, dataset, severity, pretrained,
+          seed, mean, std, task_output, primary_metric):
     from deepslim.data import open_dataset
     from deepslim.models import load_model
     from deepslim.provenance import require_dataset
     from deepslim.training import model_for_dataset
     kwargs = parse_kwargs(arch_kwargs)
+    check_metric_name(primary_metric)
+    size, means, stds = _size(input_size), parse_floats(mean, "--mean"), parse_floats(std, "--std")
     if model is not None:
         _check_model_and_arch(model, arch, weights)
         if model.suffix.lower() == ".safetensors":
             given = [name for name, value in (("--input-size", input_size), ("--channels", channels),
-                                              ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained))
+                                              ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained),
+                                              ("--mean", mean), ("--std", std), ("--task-output", task_output))
                      if value is not None]
             if given:
                 raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
-                                  "architecture and input spec.")
-            return load_model(model)
+                                  "architecture, signature (inputs, preprocessing, outputs) and task.")
+            return with_primary(load_model(model), primary_metric)
         if not trust_pickle:  # refused (or not a model file at all) before any question of data
-            return load_model(model, trust_pickle=False, input_size=input_size, channels=channels)
+            return load_model(model, trust_pickle=False, input_size=size, channels=channels)
         data = require_dataset(dataset, severity=severity, what=f"{model.name} (a pickled module)")
         info = open_dataset(data.spec, severity=data.severity).info
-        return load_model(model, trust_pickle=trust_pickle, input_size=input_size, channels=channels,
-                          mean=info.mean, std=info.std)
+        bundle = load_model(model, trust_pickle=trust_pickle, input_size=size, channels=channels,
+                            mean=means or info.mean, std=stds or info.std)
+        return with_primary(bundle, primary_metric)
     if arch is None:
         raise ConfigError("Give a MODEL file or --arch NAME.")
     data = require_dataset(dataset, severity=severity, what=f"A new --arch {arch}")
-    return model_for_dataset(arch, data.spec, severity=data.severity, input_size=input_size,
-                             channels=channels, arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed)
+    bundle = model_for_dataset(arch, data.spec, severity=data.severity, input_size=size, channels=channels,
+                               arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed, mean=means,
+                               std=stds, output=task_output, primary_metric=primary_metric)
+    _check_stats(bundle, means, stds)
+    return bundle
+
+
+def with_loss(bundle, loss: str | None):
+    """A regression bundle trained with ``--loss`` (recorded in its task); refused for other tasks."""
+    if loss is None:
+        return bundle
+    if bundle.task.kind.value != "regression":
+        raise ConfigError(f"--loss {loss} applies to regression; this model's task is {bundle.task.kind.value} "
+                          "(its loss follows from the task).")
+    from dataclasses import replace
+    return replace(bundle, task=replace(bundle.task, loss=loss))
+
+
+def check_metric_name(name: str | None) -> None:
+    """--primary-metric names a metric deepslim measures (the task's own are checked against the model)."""
+    from deepslim.tasks import METRICS
+    if name and name not in METRICS:
+        raise ConfigError(f"--primary-metric {name} is not a metric deepslim measures; choose one of "
+                          f"{', '.join(m for m in METRICS if m != 'agreement')}.")
+
+
+def with_primary(bundle, primary_metric: str | None):
+    """``bundle`` whose task is judged by ``--primary-metric`` (the accuracy guard, the best epoch, the search)."""
+    check_metric_name(primary_metric)
+    if not primary_metric:
+        return bundle
+    from dataclasses import replace
+    return replace(bundle, task=bundle.task.with_primary(primary_metric))
+
+
+def _check_stats(bundle, mean, std) -> None:
+    """--mean/--std have one value or one per channel of the model's image input (never averaged silently)."""
+    image = bundle.signature.image
+    for option, values in (("--mean", mean), ("--std", std)):
+        if values is None:
+            continue
+        if image is None:
+            raise ConfigError(f"{option} applies to a model with one image input; this one takes "
+                              f"{bundle.signature.describe()}.")
+        if len(values) not in (1, image.channels):
+            one = "give 1 value" if image.channels == 1 else f"give 1 or {image.channels}"
+            raise ConfigError(f"{option} has {len(values)} values but the model's image input has "
+                              f"{image.channels} channel{'s' if image.channels != 1 else ''}; {one}.")
 
 
 def load_with_data(model: Path | None, *, dataset: str | None, severity: int | None, quiet: bool = False,
                    **load: Any):
-    """The model and the dataset its numbers are about (``--dataset``, else the model's recorded one), said once."""
+    """The model and the dataset its numbers are about (``--dataset``, else the model's recorded one), said once;
+    with what was assumed about its inputs (``assumed: input size 28x56 from the data ...``)."""
     bundle = load_bundle(model, dataset=dataset, severity=severity, **load)
-    data = choose_data(dataset, bundle.lineage, severity=severity, classes=bundle.classes,
+    say = _stderr(quiet)
+    for note in bundle.signature.notes if model is None else ():
+        say(f"assumed: {note}")
+    data = choose_data(dataset, bundle.lineage, severity=severity, classes=bundle.classes, task=bundle.task,
                        what=model.name if model is not None else f"--arch {load.get('arch')}", quiet=quiet)
     return bundle, data
 
 
-def choose_data(given: str | None, lineage, *, severity: int | None, classes, what: str, quiet: bool = False):
-    """Resolve the dataset (see :mod:`deepslim.provenance`), check its classes, and say what was chosen."""
+def choose_data(given: str | None, lineage, *, severity: int | None, classes, what: str, quiet: bool = False,
+                task=None):
+    """Resolve the dataset (see :mod:`deepslim.provenance`), check its classes (a classifier's), and say what
+    was chosen."""
     from deepslim.data import check_classes, open_dataset
     from deepslim.provenance import canonical_dataset, resolve_dataset
-    choice = resolve_dataset(given, lineage, severity=severity, classes=classes, what=what)
+    classifier = task is None or task.is_classification
+    choice = resolve_dataset(given, lineage, severity=severity, classes=classes if classifier else None, what=what)
     info = open_dataset(choice.spec, severity=choice.severity).info
-    if classes is not None:
+    if classes is not None and classifier and info.task_of().is_classification:
         check_classes(list(classes), info, choice.label())
     say = _stderr(quiet)
     if choice.note():
@@ -194,16 +336,41 @@ def severity_for(dataset: str, severity: int | None) -> int:
     return 3 if severity is None else severity
 
 
-def print_metrics(title: str, metrics: dict[str, Any]) -> None:
+IMAGE_METRICS = ("top1", "top5", "roc_auc_macro", "ap_macro", "samples")
+
+
+def metric_keys(task) -> list[str]:
+    """The metrics a table shows, primary first: a classifier judged by top-1 as before, else the task's own."""
+    if task is None or (task.is_classification and task.primary == "top1"):
+        return list(IMAGE_METRICS)
+    return [task.primary, *(m for m in task.metrics if m != task.primary), "samples"]
+
+
+def metric_label(name: str, task=None) -> str:
+    """The row name of a metric: its key where deepslim printed keys before (top-1 classifiers), else its label."""
+    from deepslim.tasks import metric_info
+    if task is None or (task.is_classification and task.primary == "top1"):
+        return name
+    label = "samples" if name == "samples" else metric_info(name).label
+    return f"{label} (primary)" if name == task.primary else label
+
+
+def primary_label(task) -> str:
+    """'top-1', 'R²', 'MAE': how tables name the task's primary metric."""
+    from deepslim.tasks import metric_info
+    return "top-1" if task is None else metric_info(task.primary).label
+
+
+def print_metrics(title: str, metrics: dict[str, Any], task=None) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("top1", "top5", "roc_auc_macro", "ap_macro", "samples"):
+    for key in metric_keys(task):
         if key in metrics:
             value = metrics[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(metric_label(key, task), f"{value:.4f}" if isinstance(value, float) else str(value))
     Console().print(table)
 
 

@@ -8,9 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
-                             Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume, Sched,
-                             Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             choose_data, data_line, is_main_process, load_bundle, load_with_data, trusting)
+                             FeatureColumns, Force, InputSize, LabelColumn, LabelSmoothing, Lr, Mean, Model, Momentum,
+                             Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption, TaskOutput,
+                             TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers, choose_data,
+                             dataset_ref, is_main_process, load_bundle, load_with_data, trusting, with_primary)
+from commands.compress_tables import print_distill, print_prune, print_quantize
 from compress.options import Activations, Allocation, Calibration, Importance, Method, QuantTarget, Recover
 from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import OptimizerKind, Schedule
@@ -48,6 +50,8 @@ def prune_cmd(
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, Taylor importance, sensitivity and "
         "accuracy (default: the dataset recorded in the model's lineage).", show_default=False)] = None,
+    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
+    primary_metric: PrimaryMetric = None,
     severity: Severity = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity (table + plot); "
                                               "without -o, only that.")] = False,
@@ -56,7 +60,8 @@ def prune_cmd(
     report: Annotated[Optional[Path], typer.Option(help="Directory for the sensitivity table and plot.")] = None,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Check exportability before pruning.")] = True,
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False, input_size: InputSize = None, channels: Channels = None,
+    trust_code: TrustCode = False, input_size: InputSize = None, channels: Channels = None, mean: Mean = None,
+    std: Std = None, task_output: TaskOutput = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     force: Force = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -65,6 +70,7 @@ def prune_cmd(
 
     Example: deepslim compress prune base.safetensors --speedup 2 --finetune-epochs 5 -o pruned.safetensors
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from compress.prune import PruneConfig
     layers = tuple(n.strip() for n in (ignore or "").split(",") if n.strip())
     wants_sensitivity = sensitivity or allocation is Allocation.SENSITIVITY
@@ -81,7 +87,8 @@ def prune_cmd(
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                                  seed=seed, quiet=quiet)
+                                  seed=seed, quiet=quiet, mean=mean, std=std, task_output=task_output,
+                                  primary_metric=primary_metric)
     dataset = data.spec
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
@@ -132,24 +139,6 @@ def _sensitivity(bundle, cfg, data, report: Path, allocation, console):
     return cfg
 
 
-def print_prune(bundle, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    m = bundle.lineage[-1].metrics
-    table = Table(title=f"pruned: {out} ({bundle.lineage[-1].seconds:.1f} s); {data_line(bundle.lineage[-1])}")
-    for col in ("", "before", "after", "change"):
-        table.add_column(col, justify="right")
-    from deepslim.units import format_count
-    table.add_row("MACs", format_count(m["macs_before"]), format_count(m["macs_after"]),
-                  f"{m['mac_reduction']:.2f}× fewer")
-    table.add_row("params", format_count(m["params_before"]), format_count(m["params_after"]),
-                  f"{m['params_before'] / m['params_after']:.2f}× fewer")
-    if "test" in m:
-        b, a = m["test_before"]["top1"], m["test"]["top1"]
-        table.add_row("test top-1", f"{b:.4f}", f"{a:.4f}", f"{100 * (a - b):+.2f} pt")
-    Console().print(table)
-
-
 @compress_app.command("distill")
 @trusting
 def distill_cmd(
@@ -162,7 +151,8 @@ def distill_cmd(
                           "path/file.py:build_fn (built at the teacher's input size).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors).",
                                          show_default=False)],
-    dataset: Dataset = None, severity: Severity = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    task: TaskOption = None, primary_metric: PrimaryMetric = None, severity: Severity = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the KD term (> 0).")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to cross-entropy with the "
                                          "labels.")] = 0.5,
@@ -172,8 +162,8 @@ def distill_cmd(
     feature_weight: Annotated[float, typer.Option(help="Weight of the feature MSE term.")] = 1.0,
     teacher_backend: Annotated[Optional[str], typer.Option(
         help="Runtime of an exported teacher: onnxruntime, openvino or tensorrt (default: by file type).")] = None,
-    arch_kwargs: ArchKwargs = None, input_size: InputSize = None, channels: Channels = None,
-    trust_pickle: TrustPickle = False, trust_code: TrustCode = False,
+    arch_kwargs: ArchKwargs = None, input_size: InputSize = None, channels: Channels = None, mean: Mean = None,
+    std: Std = None, task_output: TaskOutput = None, trust_pickle: TrustPickle = False, trust_code: TrustCode = False,
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
     warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
@@ -187,6 +177,7 @@ def distill_cmd(
 
     Example: deepslim compress distill --teacher base.safetensors --student pruned.safetensors -o student.safetensors
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from compress.distill import DistillConfig, parse_feature_pairs
     from deepslim.config import TrainConfig
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -205,20 +196,12 @@ def distill_cmd(
     from deepslim.models import check_saveable, save_model
     teacher_model = _load_teacher(teacher, teacher_backend, trust_pickle, dataset, severity)
     data = choose_data(dataset, _lineage(teacher_model), severity=severity, classes=teacher_model.classes,
-                       what=f"The teacher {teacher.name}", quiet=quiet)
+                       task=teacher_model.task, what=f"The teacher {teacher.name}", quiet=quiet)
     dataset, severity_value = data.spec, data.severity
-    if student_path is not None:
-        student_bundle = load_bundle(student_path, arch=None, weights=None, arch_kwargs=arch_kwargs,
-                                     input_size=input_size, channels=channels, trust_pickle=trust_pickle,
-                                     dataset=dataset, severity=data.severity_option)
-    else:
-        from deepslim.models import torchvision_names
-        chans, size = teacher_model.input_spec.shape[:2]
-        if channels is None and student not in torchvision_names():  # torchvision models take 3 channels
-            channels = chans
-        student_bundle = load_bundle(None, arch=student, weights=None, arch_kwargs=arch_kwargs,
-                                     input_size=input_size or size, channels=channels,
-                                     trust_pickle=False, dataset=dataset, severity=data.severity_option, seed=seed)
+    student_bundle = _student(student, student_path, teacher_model, data, arch_kwargs=arch_kwargs,
+                              input_size=input_size, channels=channels, mean=mean, std=std, task_output=task_output,
+                              trust_pickle=trust_pickle, seed=seed)
+    student_bundle = with_primary(student_bundle, primary_metric)
     check_saveable(student_bundle)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet or not is_main_process())
@@ -231,6 +214,25 @@ def distill_cmd(
     save_model(result, out, force=force)
     ckpt.unlink(missing_ok=True)
     print_distill(result, out)
+
+
+def _student(student: str, path: Path | None, teacher, data, *, input_size, channels, seed, **load):
+    """The student: a bundle file as it is, or an architecture built for the data at the teacher's image input
+    (its size and, but for torchvision models, its channels) unless --input-size / --channels say otherwise."""
+    if path is not None:
+        return load_bundle(path, arch=None, weights=None, input_size=input_size, channels=channels,
+                           dataset=data.spec, severity=data.severity_option, **load)
+    image = teacher.signature.image if teacher.signature.single_image else None
+    if image is not None:
+        from deepslim.models import torchvision_names
+        if channels is None and student not in torchvision_names():  # torchvision models take 3 channels
+            channels = image.channels
+        if input_size is None:
+            h, w = image.size
+            input_size = str(h) if h == w else f"{h}x{w}"
+    load = {**load, "trust_pickle": False}
+    return load_bundle(None, arch=student, weights=None, input_size=input_size, channels=channels,
+                       dataset=data.spec, severity=data.severity_option, seed=seed, **load)
 
 
 def _is_model_file(student: str) -> bool:
@@ -257,20 +259,6 @@ def _load_teacher(path: Path, backend: str | None, trust_pickle: bool, dataset: 
                        trust_pickle=trust_pickle, dataset=dataset, severity=severity)
 
 
-def print_distill(bundle, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    record = bundle.lineage[-1]
-    m = record.metrics
-    table = Table(title=f"distilled: {out} ({record.seconds:.1f} s, teacher forward {m['teacher_seconds']:.1f} s); "
-                        f"{data_line(record)}")
-    for col in ("test split", "top1", "top5", "roc_auc_macro"):
-        table.add_column(col, justify="right")
-    for name, key in (("teacher", "teacher_test"), ("student before", "test_before"), ("student after", "test")):
-        table.add_row(name, *(f"{m[key][k]:.4f}" if k in m[key] else "-" for k in ("top1", "top5", "roc_auc_macro")))
-    Console().print(table)
-
-
 @compress_app.command("quantize")
 @trusting
 def quantize_cmd(
@@ -282,7 +270,8 @@ def quantize_cmd(
                                            "fine-tuning; dynamic: onnxruntime int8 weights; fp16.")] = Method.PTQ,
     target: Annotated[QuantTarget, typer.Option(help="The runtime the artifact is for (sets its format).")]
     = QuantTarget.ONNXRUNTIME,
-    dataset: Dataset = None, severity: Severity = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    task: TaskOption = None, primary_metric: PrimaryMetric = None, severity: Severity = None,
     calibration: Annotated[Optional[Calibration], typer.Option(
         help="Activation range estimation (default: the library's own: onnxruntime minmax, NNCF's preset).")]
     = None,
@@ -294,9 +283,11 @@ def quantize_cmd(
         help="Activation int8 type: auto = u8 for onnxruntime CPUs (7-bit weights without VNNI), symmetric s8 "
              "for TensorRT.")] = Activations.AUTO,
     max_accuracy_drop: Annotated[Optional[float], typer.Option(
-        help="Top-1 points the quantized model may lose on the val split; the most sensitive layers stay fp32 "
-             "until it fits.")] = None,
-    input_size: InputSize = None,
+        help="How much of the primary metric (top-1 by default; --primary-metric) the quantized model may lose on "
+             "the val split, in points (percent of the baseline for mae/rmse/loss); the most sensitive layers "
+             "stay fp32 until it fits.")] = None,
+    input_size: Annotated[Optional[int], typer.Option(
+        "--input-size", help="Quantize at another resolution N than the model was trained at.")] = None,
     qat_epochs: Annotated[int, typer.Option(help="qat: fine-tuning epochs.")] = 3,
     qat_lr: Annotated[float, typer.Option(help="qat: learning rate (SGD, cosine).")] = 0.005,
     recover: Annotated[Recover, typer.Option(help="qat: cross-entropy, or KD from the fp32 model.")]
@@ -311,6 +302,7 @@ def quantize_cmd(
 
     Example: deepslim compress quantize base.safetensors --method ptq --target openvino -o base_int8.xml
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from deepslim.distributed import launched
     if launched():
         raise ConfigError("deepslim compress quantize runs in one process (calibration and timing are not "
@@ -330,51 +322,21 @@ def quantize_cmd(
     if model.suffix.lower() == ".onnx":
         if method is Method.QAT:
             raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")
+        if primary_metric:
+            raise ConfigError("--primary-metric applies to a bundle, whose task can be judged by another metric; an "
+                              "ONNX file keeps the task it was exported with.")
         from benchmarks.runners import read_meta
         source, meta = model, read_meta(model)
-        lineage, classes = meta.lineage, meta.classes
+        lineage, classes, model_task = meta.lineage, meta.classes, meta.task
     else:
         source = load_bundle(model, arch=None, weights=None, arch_kwargs=None, input_size=None, channels=None,
-                             trust_pickle=False, dataset=dataset, severity=severity)
-        lineage, classes = source.lineage, source.classes
-    data = choose_data(dataset, lineage, severity=severity, classes=classes, what=model.name, quiet=quiet)
+                             trust_pickle=False, dataset=dataset, severity=severity, primary_metric=primary_metric)
+        lineage, classes, model_task = source.lineage, source.classes, source.task
+    data = choose_data(dataset, lineage, severity=severity, classes=classes, task=model_task, what=model.name,
+                       quiet=quiet)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     from compress.quantize import quantize
     result = quantize(source, out, cfg, data.spec, severity=data.severity, progress=not quiet,
                       log=lambda m: console.print(m, highlight=False))
-    print_quantize(result)
-
-
-def print_quantize(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from deepslim.units import format_speedup
-    m, cfg = result.record.metrics, result.record.config
-    table = Table(title=f"{cfg['method']} for {cfg['target']}: {result.artifact} ({result.record.seconds:.1f} s); "
-                        f"{data_line(result.record).replace('test split', 'val and test splits')}")
-    for col in ("", "fp32", "quantized", "change"):
-        table.add_column(col, justify="right")
-    for split in ("val", "test"):
-        a, b = m["fp32"][split]["top1"], m["quantized"][split]["top1"]
-        table.add_row(f"{split} top-1", f"{a:.4f}", f"{b:.4f}", f"{100 * (b - a):+.2f} pt")
-    table.add_row("test agreement", "", f"{m['quantized']['test']['agreement']:.4f}", "")
-    if "latency" in m:
-        lat = m["latency"]
-        table.add_row("p50 batch 1", f"{lat['fp32_p50_ms']:.3f} ms", f"{lat['quantized_p50_ms']:.3f} ms",
-                      format_speedup(lat["speedup"]) + (" (within noise)" if lat["within_noise"] else ""))
-    console = Console()
-    console.print(table)
-    if m.get("fp32_layers"):
-        names = m.get("fp32_modules") or m["fp32_layers"]  # the PyTorch module names where known
-        console.print(f"kept in fp32 by the accuracy guard: {', '.join(names)}", highlight=False)
-    if m.get("layer_errors"):
-        errors = Table(title="per-layer quantization error (SQNR vs fp32, dB; worst first)")
-        for col in ("layer", "op", "input", "output", "lost", "weight"):
-            errors.add_column(col, justify="left" if col in ("layer", "op") else "right")
-        for row in m["layer_errors"][:8]:
-            errors.add_row(row["layer"], row["op"], *(f"{row[k]:.1f}" if row[k] is not None else "-"
-                                                      for k in ("input_sqnr_db", "output_sqnr_db", "lost_db",
-                                                                "weight_sqnr_db")))
-        console.print(errors)
+    print_quantize(result, model_task)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Arch, ArchKwargs, Force, Model, Severity, TrustCode, TrustPickle, Weights, load_bundle,
+from commands.common import (Arch, ArchKwargs, Channels, FeatureColumns, Force, LabelColumn, Mean, Model, Severity,
+                             Std, TaskOption, TaskOutput, TrustCode, TrustPickle, Weights, dataset_ref, load_bundle,
                              parse_batches, print_bench, trusting)
 from deepslim.errors import ConfigError
 from export.options import Exporter, OVSource, Precision, Target
@@ -20,8 +21,9 @@ def export_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="model.onnx | model.xml | model.engine")] = None,
     precision: Annotated[Precision, typer.Option(help="fp32; fp16 (ONNX/TensorRT: fp16 graph, OpenVINO: fp16 "
                                                           "weights); int8 (TensorRT, from a Q/DQ ONNX).")] = Precision.FP32,
-    input_size: Annotated[Optional[int], typer.Option(
-        "--input-size", help="Export at another resolution than the model was trained at.")] = None,
+    input_size: Annotated[Optional[str], typer.Option(
+        "--input-size", help="Export at another resolution than the model was trained at (N); with --arch, the "
+        "image input size N or HxW the model is built at.", show_default=False)] = None,
     exporter: Annotated[Exporter, typer.Option(help="ONNX exporter: dynamo, or the TorchScript-based legacy one.")]
     = Exporter.DYNAMO,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Clean the ONNX graph with onnxslim.")] = True,
@@ -34,11 +36,13 @@ def export_cmd(
                                                 "exit (works without TensorRT).")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Parity inputs from this dataset's test "
                                                    "split (default: the model's own dataset from its lineage, else seeded random inputs).")] = None,
+    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
     parity_samples: Annotated[int, typer.Option(help="Inputs compared by the parity check.")] = 64,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with the source model.")] = True,
     check: Annotated[bool, typer.Option("--check", help="Only say whether MODEL exports to each target, and which "
                                         "ops fail.")] = False,
-    arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
+    arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, channels: Channels = None,
+    mean: Mean = None, std: Std = None, task_output: TaskOutput = None, trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False, force: Force = False,
 ) -> None:
     """Export a model to ONNX, OpenVINO IR or a TensorRT engine, then check parity with the source.
@@ -46,12 +50,16 @@ def export_cmd(
     Example: deepslim export base.safetensors --target openvino --dataset digits -o base.xml
     """
     import export as ex
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    build = dict(arch=arch, weights=weights, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle, dataset=dataset,
+                 channels=channels, mean=mean, std=std, task_output=task_output,
+                 input_size=input_size if arch is not None else None)
+    size = None if arch is not None else _export_size(input_size)
     if check:
-        return _export_check(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
-                             trust_pickle=trust_pickle, dataset=dataset)
+        return _export_check(model, size, **build)
     if target is None or output is None:
         raise ConfigError("Give --target onnx|openvino|tensorrt and -o OUTPUT (or --check).")
-    onnx_config = ex.OnnxConfig(exporter=exporter.value, simplify=simplify, input_size=input_size)
+    onnx_config = ex.OnnxConfig(exporter=exporter.value, simplify=simplify, input_size=size)
     trt_config = ex.TensorRTConfig(precision=precision.value, batches=parse_batches(batch), workspace_mib=workspace,
                                    timing_cache=timing_cache)
     if print_trtexec:
@@ -62,8 +70,7 @@ def export_cmd(
     if is_onnx:
         source = model
     else:
-        source = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                       trust_pickle=trust_pickle, dataset=dataset, severity=None)
+        source = load_bundle(model, severity=None, **build)
     result = ex.export_model(source, target.value, out, precision=precision.value, onnx_config=onnx_config,
                              ov_via=ov_via.value, tensorrt_config=trt_config, verify=verify_config, force=force)
     typer.echo(f"wrote {result.artifact}" + "".join(f", {p}" for p in result.extra_files))
@@ -83,14 +90,23 @@ def _check_outputs(output: Path, target: Target, from_onnx: bool, force: bool, i
     return files[0]
 
 
-def _export_check(model, *, arch, weights, arch_kwargs, input_size, trust_pickle, dataset) -> None:
+def _export_size(text: str | None) -> int | None:
+    """The resolution an existing model is exported at: N (its image input is resized to N x N)."""
+    from commands.common import parse_input_size
+    size = parse_input_size(text)
+    if size is not None and size[0] != size[1]:
+        raise ConfigError(f"--input-size {text}: an existing model is exported at a square size N; a non-square model "
+                          "keeps the size it was built at (give HxW with --arch to build it so).")
+    return None if size is None else size[0]
+
+
+def _export_check(model, input_size: int | None, **build) -> None:
     from rich.console import Console
     from rich.table import Table
     from export import check_exportable
-    bundle = load_bundle(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=None, channels=None,
-                   trust_pickle=trust_pickle, dataset=dataset, severity=None)
+    bundle = load_bundle(model, severity=None, **build)
     results = check_exportable(bundle, input_size=input_size)
-    table = Table(title=f"exportability of {model or arch}")
+    table = Table(title=f"exportability of {model or build['arch']}")
     for col in ("target", "status", "detail", "failing ops"):
         table.add_column(col)
     for r in results:
@@ -127,6 +143,7 @@ def bench(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Accuracy on this dataset's split "
                                                    "(default: the one the models' lineage records).",
                                                    show_default=False)] = None,
+    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
     split: Annotated[str, typer.Option(help="Evaluation split.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     severity: Severity = None,
@@ -149,6 +166,7 @@ def bench(
 
     Example: deepslim bench base.safetensors --backend torch,onnxruntime,openvino --batch 1,8 --report runs/bench
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from benchmarks import LatencyConfig, RunnerOptions, bench as run_bench, load_metric, write_report
     latency = LatencyConfig(batches=parse_batches(batch), rounds=rounds, duration=duration, iterations=iterations,
                             warmup=warmup)

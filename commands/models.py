@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
-                             Epochs, Force, InputSize, LabelSmoothing, Lr, Model, Momentum, Optim, Quiet, Resume,
-                             Sched, Seed, Severity, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
-                             is_main_process, load_with_data, print_metrics, trusting)
+                             Epochs, FeatureColumns, Force, InputSize, LabelColumn, LabelSmoothing, Lr, Mean, Model,
+                             Momentum, Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption,
+                             TaskOutput, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
+                             dataset_ref, is_main_process, load_with_data, print_metrics, trusting)
 from deepslim.config import Augment as AugmentPolicy
 from deepslim.config import Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.errors import ConfigError
+
+
+class RegressionLoss(str, Enum):
+    MSE = "mse"
+    HUBER = "huber"
 
 
 @trusting
@@ -24,8 +31,13 @@ def train(
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
-    input_size: InputSize = None, channels: Channels = None,
-    dataset: Dataset = None, severity: Severity = None,
+    input_size: InputSize = None, channels: Channels = None, mean: Mean = None, std: Std = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    task: TaskOption = None, severity: Severity = None, task_output: TaskOutput = None,
+    primary_metric: PrimaryMetric = None,
+    loss: Annotated[Optional[RegressionLoss], typer.Option(
+        "--loss", help="Regression loss (on targets standardised with the train split's mean and std).",
+        show_default=False)] = None,
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
     warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
@@ -39,7 +51,10 @@ def train(
     """Train (or fine-tune) a model and save it as a bundle with its lineage.
 
     Example: deepslim train --arch resnet18 --dataset digits --input-size 32 -o base.safetensors
+
+    A table: deepslim train --arch mlp --dataset data.csv --label-column y -o mlp.safetensors
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                       label_smoothing=label_smoothing, augment=augment, init=init, freeze_backbone=freeze_backbone,
@@ -53,7 +68,9 @@ def train(
     from deepslim.training import train as run_train
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                                  pretrained=pretrained, seed=seed, quiet=quiet)
+                                  pretrained=pretrained, seed=seed, quiet=quiet, mean=mean, std=std,
+                                  task_output=task_output, primary_metric=primary_metric,
+                                  loss=loss.value if loss else None)
     check_saveable(bundle)
     ckpt = out.with_name(out.name + ".ckpt")
     trained = run_train(bundle, data.spec, cfg, severity=data.severity, checkpoint=ckpt, resume=resume,
@@ -64,36 +81,41 @@ def train(
     ckpt.unlink(missing_ok=True)
     record = trained.lineage[-1]
     print_metrics(f"{out}: test split of {data.label()} (best epoch {record.metrics['best_epoch']}, "
-                   f"{record.seconds:.1f} s)", record.metrics["test"])
+                   f"{record.seconds:.1f} s)", record.metrics["test"], trained.task)
 
 
 @trusting
 def evaluate(
     model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
-    input_size: InputSize = None, channels: Channels = None, trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False, dataset: Dataset = None, severity: Severity = None,
+    input_size: InputSize = None, channels: Channels = None, mean: Mean = None, std: Std = None,
+    task_output: TaskOutput = None, trust_pickle: TrustPickle = False,
+    trust_code: TrustCode = False, dataset: Dataset = None, label_column: LabelColumn = None,
+    feature_columns: FeatureColumns = None, task: TaskOption = None, severity: Severity = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = 256,
     device: Device = "auto", as_json: AsJson = False,
 ) -> None:
-    """Print top-1, top-5, macro ROC-AUC and macro average precision on a dataset split.
+    """Print the task's metrics on a dataset split: top-1, top-5, macro ROC-AUC and AP for a classifier; mAP and
+    F1 for multilabel; R², MAE and RMSE for a regression.
 
     Example: deepslim eval base.safetensors --dataset digits
     """
+    dataset = dataset_ref(dataset, label_column, feature_columns, task)
     from deepslim.evaluation import evaluate as run_eval
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                                  quiet=as_json)
+                                  quiet=as_json, mean=mean, std=std, task_output=task_output)
     result = run_eval(bundle, data.spec, split=split, limit=limit, batch_size=batch_size, severity=data.severity,
                       device=device)
     if as_json:
         typer.echo(json.dumps({"model": str(model or arch), "dataset": result.dataset, "split": split,
-                               "recorded_dataset": data.recorded, "metrics": result.metrics}, indent=2))
+                               "recorded_dataset": data.recorded, "task": bundle.task.kind.value,
+                               "primary": bundle.task.primary, "metrics": result.metrics}, indent=2))
     else:
-        print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics)
+        print_metrics(f"{model or arch} on {result.dataset} ({split})", result.metrics, bundle.task)
 
 
 @trusting
@@ -103,8 +125,8 @@ def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or 
                                               "shapes (the names --feature-pairs and --ignore take).")] = False,
          trust_code: TrustCode = False,
          ) -> None:
-    """Show a bundle's header (architecture, input spec, classes, structural changes, lineage), or the
-    metadata an exported artifact carries."""
+    """Show a bundle's header (architecture, signature: inputs with kinds and shapes and outputs, task, structural
+    changes, lineage), or the metadata an exported artifact carries."""
     if model.suffix.lower() in (".onnx", ".xml", ".engine", ".plan"):
         if layers:
             raise ConfigError("--layers reads bundles; an exported artifact has no named PyTorch layers.")
@@ -122,13 +144,39 @@ def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or 
     from rich.console import Console
     console = Console()
     console.print(f"[bold]{model}[/]  format v{data['format_version']}")
-    console.print(f"arch      {header.arch.source.value}:{header.arch.name} {header.arch.kwargs}")
-    console.print(f"input     {header.input_spec.shape} {header.input_spec.channel_order} "
-                  f"mean={header.input_spec.mean} std={header.input_spec.std}")
-    console.print(f"classes   {len(header.classes)}: {', '.join(header.classes[:12])}"
-                  f"{' ...' if len(header.classes) > 12 else ''}")
+    console.print(f"arch      {header.arch.source.value}:{header.arch.name} {header.arch.kwargs}", highlight=False)
+    _print_model(console, header.signature, header.task)
     console.print(f"structure {len(header.structure.get('modules', {}))} modules changed")
     _print_lineage(console, header.lineage)
+
+
+def _print_model(console, signature, task) -> None:
+    """The signature (each input: kind, shape, dtype, preprocessing; the outputs and the one the task reads) and
+    the task (kind, names, primary metric)."""
+    for i, spec in enumerate(signature.inputs):
+        shape = "x".join(map(str, spec.shape))
+        prep = f" {spec.channel_order}" if spec.channel_order else ""
+        if spec.mean:
+            prep += f" mean={_short(spec.mean)} std={_short(spec.std)}"
+        console.print(f"{'input' if i == 0 else '':<9} {spec.name}: {spec.kind.value} {shape} {spec.dtype}{prep}",
+                      highlight=False)
+    outputs = ", ".join(f"{o} (task output)" if o == signature.task_output and len(signature.outputs) > 1 else o
+                        for o in signature.outputs)
+    console.print(f"outputs   {outputs} ({signature.output_layout})", highlight=False)
+    what = {"classification": "classes", "multilabel": "labels"}.get(task.kind.value, "targets")
+    names = ", ".join(task.names[:12]) + (" ..." if len(task.names) > 12 else "")
+    console.print(f"task      {task.kind.value}, {task.width} {what}: {names}", highlight=False)
+    from deepslim.tasks import metric_info
+    info = metric_info(task.primary)
+    console.print(f"primary   {task.primary} ({info.label}, {'higher' if info.higher_is_better else 'lower'} is "
+                  f"better){f'; loss {task.loss}' if task.loss else ''}", highlight=False)
+    for note in signature.notes:
+        console.print(f"assumed   {note}", highlight=False)
+
+
+def _short(values) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:4])
+    return f"({shown}{', ...' if len(values) > 4 else ''})"
 
 
 def _layers(path: Path, as_json: bool) -> None:
@@ -157,11 +205,9 @@ def _artifact_info(path: Path, as_json: bool) -> None:
         return
     from rich.console import Console
     console = Console()
-    spec = meta.input_spec
     console.print(f"[bold]{path}[/]")
     console.print(f"export    {', '.join(f'{k}={v}' for k, v in sorted(meta.export.items()))}", highlight=False)
-    console.print(f"input     {spec.shape} {spec.channel_order} mean={spec.mean} std={spec.std}")
-    console.print(f"classes   {len(meta.classes)}: {', '.join(meta.classes[:12])}{' ...' if len(meta.classes) > 12 else ''}")
+    _print_model(console, meta.signature, meta.task)
     _print_lineage(console, meta.lineage)
 
 

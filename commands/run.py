@@ -31,7 +31,8 @@ def run(
     notes = feasibility(spec)
     if check:
         if spec.model.path is None or (recipe.parent / spec.model.path).exists():  # a missing model is run's error
-            recipe_dataset(spec, recipe.parent)
+            from deepslim.data import open_dataset
+            open_dataset(recipe_dataset(spec, recipe.parent))  # a table's columns, a folder's files: checked now
         typer.echo(f"{recipe}: valid ({len(spec.stages)} stages{', bench' if spec.bench else ''})")
         for note in notes:
             typer.echo(f"note: {note}")
@@ -57,13 +58,19 @@ def recipe_code_files(spec, base: Path) -> list[Path]:
 def print_run(result, *, report: bool = True) -> None:
     from rich.console import Console
     from rich.table import Table
+    from deepslim.tasks import metric_info
     table = Table(title=f"deepslim run: {result.run_dir}")
-    for col in ("stage", "status", "seconds", "test top-1", "artifacts"):
-        table.add_column(col, justify="right" if col in ("seconds", "test top-1") else "left")
+    primaries = {s.metrics.get("primary", "top1") for s in result.stages if s.metrics.get("test")}
+    same = len(primaries) <= 1
+    score = f"test {metric_info(next(iter(primaries), 'top1')).label}" if same else "test (primary metric)"
+    for col in ("stage", "status", "seconds", score, "artifacts"):
+        table.add_column(col, justify="right" if col in ("seconds", score) else "left")
     for s in result.stages:
-        top1 = s.metrics.get("test", {}).get("top1")
-        table.add_row(f"{s.index} {s.kind}", "kept" if s.cached else "ran", f"{s.seconds:.1f}",
-                      f"{top1:.4f}" if top1 is not None else "-", ", ".join(p.name for p in s.outputs))
+        primary = s.metrics.get("primary", "top1")
+        value = s.metrics.get("test", {}).get(primary)
+        cell = "-" if value is None else f"{value:.4f}" if same else f"{primary} {value:.4f}"
+        table.add_row(f"{s.index} {s.kind}", "kept" if s.cached else "ran", f"{s.seconds:.1f}", cell,
+                      ", ".join(p.name for p in s.outputs))
     Console().print(table)
     if result.report and report:
         import json
@@ -78,15 +85,18 @@ def print_report(report: dict) -> None:
     from benchmarks.report import short_path, speed_cell, title_line
     from deepslim.units import format_size
     batches = report["config"]["batches"]
+    primary = report["config"].get("primary_metric", "top1")
+    from deepslim.tasks import metric_info
+    label = report["config"].get("primary_label") or metric_info(primary).label
     table = Table(title=f"bench: {title_line(report)} (speed = baseline p50 / this p50: vs the first row / vs the "
                   "first row on the same backend)")
-    for col in ("artifact", "backend", "prec.", "input", "top-1", "size",
+    for col in ("artifact", "backend", "prec.", "input", label, "size",
                 *[f"b{b} p50 ms" for b in batches], *[f"b{b} speed" for b in batches]):
         table.add_column(col, justify="left" if col in ("artifact", "backend") else "right", overflow="fold")
     firsts: dict[str, int] = {}
     for i, e in enumerate(report["entries"]):
         first_on_backend = firsts.setdefault(e["backend"] + str(bool(e.get("runner", {}).get("compile"))), i) == i
-        top1 = e["accuracy"].get("top1")
+        top1 = e["accuracy"].get(primary)
         lat = [e["latency"][str(b)] for b in batches]
         table.add_row(short_path(e["artifact"]), e["backend"], e["precision"], "x".join(map(str, e["input_shape"][1:])),
                       f"{top1:.3f}" if top1 is not None else "-", format_size(e["size_bytes"]),

@@ -7,6 +7,10 @@ the recorded one is allowed and said. A model file's word never makes deepslim r
 recorded ``file.py:fn`` dataset must be named by the user, and a recorded directory is used only
 when it is still there with the model's classes.
 
+A reference may carry options after ``?`` (``data.csv?label=y&task=regression``, see
+:func:`deepslim.data.with_options`): they are part of the dataset and are recorded, compared and
+reopened with it (sorted by key, so one dataset has one name).
+
 Torch-free, so the CLI can resolve the dataset before importing the heavy stages.
 """
 
@@ -22,9 +26,26 @@ from deepslim.errors import ConfigError, DatasetError
 from deepslim.spec import StageRecord
 from deepslim.trust import is_code_spec, spec_file
 
-BUILTIN = ("digits", "digits-c")
-DATASET_HELP = "digits, digits-c, an ImageFolder or CIFAR-10 directory, or path/file.py:fn"
+BUILTIN = ("digits", "digits-c", "mnist", "breast-cancer", "wine", "diabetes")
+DATASET_HELP = ("digits, digits-c, mnist, breast-cancer, wine, diabetes, a .csv/.parquet table (with --label-column), "
+                "an ImageFolder or CIFAR-10 directory, or path/file.py:fn")
 _SEVERITY = re.compile(r"^digits-c \(severity (\d)\)$")
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+def split_reference(spec: str) -> tuple[str, str]:
+    """``data.csv?task=regression&label=y`` -> (``data.csv``, ``?label=y&task=regression``): the options sorted
+    by key (what :func:`deepslim.data.with_options` writes); they are checked where the dataset opens."""
+    base, sep, query = spec.partition("?")
+    parts = sorted(filter(None, query.split("&")), key=lambda part: part.partition("=")[0])
+    return base, ("?" + "&".join(parts)) if sep and parts else ""
+
+
+def is_table(path: Path) -> bool:
+    """A .csv/.parquet file, or a folder of train/val/test tables (read from names only)."""
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return True
+    return path.is_dir() and any((path / f"train{s}").is_file() for s in TABLE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -57,13 +78,15 @@ class DataChoice:
 
 
 def canonical_dataset(spec: str) -> str:
-    """The dataset as it is recorded: built-in names as they are, a directory or a code file by absolute path."""
-    if spec in BUILTIN or _SEVERITY.match(spec):
-        return spec
-    if is_code_spec(spec):
-        file = spec_file(spec)
-        return f"{Path(file).resolve()}{spec[len(file):]}"
-    return str(Path(spec).resolve())
+    """The dataset as it is recorded: built-in names as they are, a directory, table or code file by absolute
+    path; its ``?`` options kept (sorted)."""
+    base, query = split_reference(spec)
+    if base in BUILTIN or _SEVERITY.match(base):
+        return base + query
+    if is_code_spec(base):
+        file = spec_file(base)
+        return f"{Path(file).resolve()}{base[len(file):]}{query}"
+    return str(Path(base).resolve()) + query
 
 
 def recorded_name(spec: str, severity: int = 3) -> str:
@@ -87,17 +110,20 @@ def recorded_dataset(lineage: Sequence[StageRecord]) -> tuple[str, int] | None:
 
 def usable_recorded(name: str, classes: Sequence[str] | None) -> str | None:
     """Why a recorded dataset cannot be used from a model file's word (None: it can)."""
-    if name in BUILTIN:
+    base, _ = split_reference(name)
+    if base in BUILTIN:
         return None
-    if is_code_spec(name):
+    if is_code_spec(base):
         return (f"the model's dataset {name} is Python code, which a model file cannot make deepslim run; "
                 f"pass --dataset {name} to use it")
-    if not Path(name).is_absolute():
+    if not Path(base).is_absolute():
         return (f"the model records its dataset as the relative path {name} (written before deepslim recorded "
                 "absolute paths), which may name another folder from here")
-    if not Path(name).is_dir():
+    if is_table(Path(base)):  # its columns are checked where it opens (the model's task against the data's)
+        return None if Path(base).exists() else f"the model's dataset {base} is not here"
+    if not Path(base).is_dir():
         return f"the model's dataset {name} is not here"
-    if not folder_of(Path(name), classes):
+    if not folder_of(Path(base), classes):
         return f"the model's dataset {name} no longer has the model's classes"
     return None
 

@@ -10,6 +10,18 @@
       - {stage: export, targets: [onnx, openvino]}
     bench: {backends: [torch, onnxruntime, openvino], batches: [1]}
 
+Any model kind: a table names its label column (or writes the options into the reference,
+``dataset: data.csv?label=y``), and the task and the metric that judges it may be stated:
+
+    name: wine-mlp
+    dataset: wine.csv
+    label_column: target          # also feature_columns: [a, b], task: regression
+    primary_metric: f1_macro      # default by task: top1, map, r2 (mae: lower is better)
+    model: {arch: mlp, arch_kwargs: {hidden: [64, 32]}}
+
+``model`` may state an image model's preprocessing (``input_size: 28x56``, ``channels``, ``mean``,
+``std``) and, for a model with several outputs, ``output``: the one the task reads.
+
 Everything is checked before any work: field types and allowed values (pydantic; the error
 names the field path), files that must exist, the order of stages (what each one produces
 must be what the next one takes), and whether the backends it needs are installed.
@@ -27,6 +39,8 @@ from compress.options import Calibration, Importance, Method, QuantTarget, Recov
 from deepslim.errors import ConfigError, InputFileError
 
 PositiveInt = Annotated[int, Field(ge=1)]
+Size = Union[PositiveInt, Annotated[str, Field(pattern=r"^[1-9][0-9]*(x[1-9][0-9]*)?$")]]  # 32 or "28x56"
+TaskName = Literal["classification", "multilabel", "regression"]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
@@ -40,16 +54,31 @@ class ModelSpec(_Strict):
 
     path: str | None = None
     arch: str | None = None
-    input_size: PositiveInt | None = None
+    input_size: Size | None = None
     arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    channels: PositiveInt | None = None
+    mean: list[float] | None = Field(default=None, min_length=1)
+    std: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
+    output: str | None = None  # the output the task reads, for a model with several
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.path is None) == (self.arch is None):
             raise ValueError("give exactly one of path and arch")
-        if self.path is not None and (self.input_size is not None or self.arch_kwargs):
-            raise ValueError("input_size and arch_kwargs apply to arch, not to a model file")
+        given = [name for name in ("input_size", "channels", "mean", "std", "output")
+                 if getattr(self, name) is not None]
+        if self.path is not None and (given or self.arch_kwargs):
+            raise ValueError(f"{', '.join(given or ['arch_kwargs'])} apply to arch, not to a model file (which "
+                             "records its own)")
         return self
+
+    @property
+    def size(self) -> int | tuple[int, int] | None:
+        """``input_size`` as the model builders take it: N, or (H, W)."""
+        if self.input_size is None or isinstance(self.input_size, int):
+            return self.input_size
+        h, _, w = self.input_size.partition("x")
+        return int(h) if not w or h == w else (int(h), int(w))
 
 
 class TrainStage(_Strict):
@@ -59,6 +88,8 @@ class TrainStage(_Strict):
     lr: Annotated[float, Field(gt=0)] | None = None
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     augment: bool = True
+    loss: Literal["mse", "huber"] | None = None  # regression only
+    optimizer: Literal["sgd", "adamw"] | None = None  # None: the train loop's default (SGD)
 
 
 class PruneStage(_Strict):
@@ -128,10 +159,33 @@ class BenchSpec(_Strict):
 class Recipe(_Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     dataset: str | None = None  # None: the dataset model.path records in its lineage
+    label_column: str | list[str] | None = None      # a table's target column(s)
+    feature_columns: str | list[str] | None = None   # a table's feature columns (default: all but the label)
+    task: TaskName | None = None                     # default: inferred from the targets
+    primary_metric: str | None = None                # what the guards, best epoch and search read
     seed: int = 0
     model: ModelSpec
     stages: list[Stage] = Field(default_factory=list)
     bench: BenchSpec | None = Field(default_factory=BenchSpec)
+
+    @model_validator(mode="after")
+    def _data_options(self) -> Recipe:
+        given = [n for n in ("label_column", "feature_columns", "task") if getattr(self, n) is not None]
+        if given and self.dataset is None:
+            raise ValueError(f"{', '.join(given)} describe the dataset; give dataset too")
+        if self.primary_metric is not None:
+            from deepslim.tasks import METRICS
+            if self.primary_metric not in METRICS:
+                raise ValueError(f"primary_metric '{self.primary_metric}' is not one of {', '.join(METRICS)}")
+            if self.model.path is not None and self.model.path.lower().endswith(".onnx"):
+                raise ValueError("primary_metric applies to a PyTorch model; an ONNX model.path keeps its task")
+        return self
+
+    def dataset_options(self) -> dict[str, str | None]:
+        """label / features / task as a dataset reference's options (:func:`deepslim.data.with_options`)."""
+        def joined(value: str | list[str] | None) -> str | None:
+            return ",".join(value) if isinstance(value, list) else value
+        return {"label": joined(self.label_column), "features": joined(self.feature_columns), "task": self.task}
 
     @model_validator(mode="after")
     def _formats_chain(self) -> Recipe:
@@ -211,19 +265,28 @@ def resolve_arch(arch: str, base: Path) -> str:
 
 
 def resolve_dataset_spec(dataset: str, base: Path) -> str:
-    """A recipe's ``dataset``: built-in names as they are; a directory or ``file.py:fn`` relative to the recipe."""
-    if dataset in ("digits", "digits-c"):
-        return dataset
-    head, sep, fn = dataset.rpartition(":")
+    """A recipe's ``dataset``: built-in names as they are; a directory, table or ``file.py:fn`` relative to the
+    recipe; its ``?`` options kept."""
+    from deepslim.provenance import BUILTIN, split_reference
+    name, query = split_reference(dataset)
+    if name in BUILTIN:
+        return name + query
+    head, sep, fn = name.rpartition(":")
     if sep and head.endswith(".py"):
-        return f"{resolve(head, base).resolve()}:{fn}"
-    return str(resolve(dataset, base).resolve())
+        return f"{resolve(head, base).resolve()}:{fn}{query}"
+    return str(resolve(name, base).resolve()) + query
 
 
 def recipe_dataset(recipe: Recipe, base: Path) -> str:
-    """The dataset every stage of ``recipe`` uses: its ``dataset``, else the one its ``model.path`` records."""
+    """The dataset every stage of ``recipe`` uses: its ``dataset`` (with label_column, feature_columns and task
+    written into the reference), else the one its ``model.path`` records."""
     if recipe.dataset is not None:
-        return resolve_dataset_spec(recipe.dataset, base)
+        spec = resolve_dataset_spec(recipe.dataset, base)
+        options = recipe.dataset_options()
+        if not any(options.values()):
+            return spec
+        from deepslim.data import with_options
+        return with_options(spec, **options)
     from deepslim.provenance import resolve_dataset
     if recipe.model.path is None:
         raise ConfigError(f"The recipe builds a new model (model.arch {recipe.model.arch}), so it needs a `dataset:` "

@@ -65,7 +65,8 @@ def run_recipe(recipe: Recipe, run_dir: str | Path, *, base: Path = Path("."), p
     dataset_spec = recipe_dataset(recipe, base)
     if recipe.dataset is None:
         say(f"dataset: {dataset_spec} (the one the recipe's model records)")
-    recipe = recipe.model_copy(update={"dataset": dataset_spec})
+    recipe = recipe.model_copy(update={"dataset": dataset_spec, "label_column": None, "feature_columns": None,
+                                       "task": None})  # the options now live in the dataset reference
     notes = feasibility(recipe)
     for note in notes:
         say(f"note: {note}")
@@ -122,8 +123,9 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
         from deepslim.config import TrainConfig
         from deepslim.training import train
         cfg = TrainConfig(epochs=step.epochs, batch_size=step.batch_size, lr=step.lr,
-                          label_smoothing=step.label_smoothing, augment=step.augment, seed=recipe.seed)
-        out = train(load_model(current), recipe.dataset, cfg, progress=progress)
+                          label_smoothing=step.label_smoothing, augment=step.augment, seed=recipe.seed,
+                          **({"optimizer": step.optimizer} if step.optimizer else {}))
+        out = train(_with_loss(load_model(current), step.loss), recipe.dataset, cfg, progress=progress)
         return [save_model(out, stage_dir / "model.safetensors", force=True)], _test(out)
     if isinstance(step, PruneStage):
         from compress.prune import PruneConfig, prune
@@ -153,7 +155,8 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
                           log=say)
         m = result.record.metrics
         return [result.artifact, *result.extra_files], {"test": m["quantized"]["test"],
-                                                        "test_drop_points": m["test_drop_points"]}
+                                                        "test_drop_points": m["test_drop_points"],
+                                                        "primary": m.get("primary", "top1")}
     return _export(step, current, stage_dir, recipe, say), {}
 
 
@@ -163,14 +166,35 @@ def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path
         source = resolve(spec.path, base)
         out = stage_dir / Path(spec.path).name
         if source.suffix.lower() == ".safetensors":
-            return [save_model(load_model(source), out, force=True)], {}
+            return [save_model(_judged(load_model(source), recipe.primary_metric), out, force=True)], {}
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)
         return [out], {}
     from deepslim.training import model_for_dataset
-    bundle = model_for_dataset(resolve_arch(spec.arch, base), recipe.dataset, input_size=spec.input_size, arch_kwargs=spec.arch_kwargs,
-                               seed=recipe.seed)
+    bundle = model_for_dataset(resolve_arch(spec.arch, base), recipe.dataset, input_size=spec.size,
+                               arch_kwargs=spec.arch_kwargs, seed=recipe.seed, channels=spec.channels,
+                               mean=tuple(spec.mean) if spec.mean else None, std=tuple(spec.std) if spec.std else None,
+                               output=spec.output, primary_metric=recipe.primary_metric)
     return [save_model(bundle, stage_dir / "model.safetensors", force=True)], {}
+
+
+def _judged(bundle, primary_metric: str | None):
+    """``bundle`` judged by the recipe's ``primary_metric`` (recorded in its task, so every later stage reads it)."""
+    if not primary_metric:
+        return bundle
+    from dataclasses import replace
+    return replace(bundle, task=bundle.task.with_primary(primary_metric))
+
+
+def _with_loss(bundle, loss: str | None):
+    """A regression bundle trained with the train stage's ``loss``; refused for other tasks."""
+    if loss is None:
+        return bundle
+    if bundle.task.kind.value != "regression":
+        raise ConfigError(f"The train stage's loss {loss} applies to regression; the model's task is "
+                          f"{bundle.task.kind.value}.")
+    from dataclasses import replace
+    return replace(bundle, task=replace(bundle.task, loss=loss))
 
 
 def _export(step: ExportStage, current: Path, stage_dir: Path, recipe: Recipe, say: Say) -> list[Path]:
@@ -191,7 +215,7 @@ def _export(step: ExportStage, current: Path, stage_dir: Path, recipe: Recipe, s
 
 def _test(bundle) -> dict[str, Any]:
     test = bundle.lineage[-1].metrics.get("test")
-    return {"test": test} if test else {}
+    return {"test": test, "primary": bundle.task.primary} if test else {}
 
 
 # --- the bench over every stage's artifact ---------------------------------------------------
@@ -298,8 +322,12 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
                                               for p in entry["outputs"])
 
 
+_LATER_FIELDS = ("channels", "mean", "std", "output", "loss", "optimizer")  # added for #13; unset, they leave the key as before
+
+
 def _config(step) -> dict[str, Any]:
-    return step.model_dump(mode="json")
+    config = step.model_dump(mode="json")
+    return {k: v for k, v in config.items() if not (k in _LATER_FIELDS and v is None)}
 
 
 def _inputs(step, current: Path | None, original: Path | None, dataset: dict[str, str],
@@ -359,4 +387,6 @@ def _changes(entry: dict[str, Any] | None, key: str, config: dict[str, Any], inp
 
 def _key(recipe: Recipe, step, inputs: dict[str, str]) -> str:
     payload = {"config": _config(step), "inputs": inputs, "dataset": recipe.dataset, "seed": recipe.seed}
+    if recipe.primary_metric:  # only when set, so the keys of runs before it stay the same
+        payload["primary_metric"] = recipe.primary_metric
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

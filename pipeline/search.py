@@ -2,9 +2,12 @@
 
 Each trial picks a MAC speedup (1 = no pruning), an importance criterion, the recovery
 (fine-tune or KD from the original) and a quantization method. It is screened cheaply first:
-the MAC count, then a short fine-tune and the val top-1; a candidate already far outside the
+the MAC count, then a short fine-tune and the val score; a candidate already far outside the
 accuracy budget is pruned there. Only promising ones are fine-tuned fully, quantized and
-timed on the target's runner (batch 1, at ``latency_size``). Objectives: val top-1 drop,
+timed on the target's runner (batch 1, at ``latency_size``). The accuracy is the task's primary
+metric (top-1, mAP, R², or ``primary_metric``), its drop direction-aware and in its unit
+(:meth:`deepslim.tasks.Task.drop`: points, or percent of the baseline for mae/rmse/loss).
+Objectives: val drop,
 latency, size, a multi-objective Optuna study (NSGA-II), so the result is a Pareto front. The
 accuracy of a candidate is that of the artifact that ships (the int8 model, or the fp32 export,
 checked for parity against the bundle). The demo's fixed recipe (2x, KD, int8) is the first
@@ -26,7 +29,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ RETIMED = 5  # candidates timed again together with the baseline at the end
 
 @dataclass(frozen=True)
 class SearchConfig:
-    max_accuracy_drop: float = 1.0       # val top-1 points
+    max_accuracy_drop: float = 1.0       # val drop of the primary metric (points; % of the baseline for mae...)
     target: QuantTarget = QuantTarget.OPENVINO
     time_budget: float = 600.0           # seconds for this worker's share of the search
     trials: int | None = None            # at most this many trials (this worker); None: until the time budget
@@ -53,6 +56,7 @@ class SearchConfig:
     storage: str | None = None           # Optuna storage URL shared by workers
     study: str = "deepslim-auto"
     seed: int = 0
+    primary_metric: str | None = None    # judge by this metric instead of the task's own primary one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", QuantTarget(self.target))
@@ -88,20 +92,29 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
     import optuna
 
     from deepslim.evaluation import evaluate
-    from deepslim.models import load_model
     say = log or (lambda _msg: None)
     start = time.perf_counter()
     out = Path(out_dir)
-    base_val = evaluate(load_model(model), dataset, split="val").metrics["top1"]  # a model that cannot load writes nothing
+    bundle = load_judged(model, cfg)
+    base_val = evaluate(bundle, dataset, split="val").metrics  # a model that cannot load writes nothing
+    task = bundle.task
     (out / "trials").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in search.md
     study = _open_study(cfg)
     if not study.trials:
         study.enqueue_trial(FIXED_RECIPE)
     deadline = time.monotonic() + cfg.time_budget
-    objective = _Objective(model, dataset, cfg, out, base_val, deadline, say)
+    objective = _Objective(model, dataset, cfg, out, base_val, deadline, say, task)
     study.optimize(objective, n_trials=cfg.trials, timeout=cfg.time_budget, catch=(Exception,))
-    return _finish(study, cfg, out, Path(model), dataset, {"val_top1": base_val}, start, say)
+    baseline = {"primary": task.primary, f"val_{task.primary}": base_val[task.primary]}
+    return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task)
+
+
+def load_judged(model: Path, cfg: SearchConfig):
+    """The bundle at ``model``, judged by ``cfg.primary_metric`` when it is set."""
+    from deepslim.models import load_model
+    bundle = load_model(model)
+    return replace(bundle, task=bundle.task.with_primary(cfg.primary_metric)) if cfg.primary_metric else bundle
 
 
 def _open_study(cfg: SearchConfig):
@@ -123,10 +136,11 @@ def _open_study(cfg: SearchConfig):
 
 
 class _Objective:
-    def __init__(self, model: Path, dataset: str, cfg: SearchConfig, out: Path, base_val: float, deadline: float,
-                 say: Say) -> None:
+    def __init__(self, model: Path, dataset: str, cfg: SearchConfig, out: Path, base_val: dict[str, Any],
+                 deadline: float, say: Say, task) -> None:
         self.model, self.dataset, self.cfg, self.out = model, dataset, cfg, out
-        self.base_val, self.deadline, self.say = base_val, deadline, say
+        self.base_val, self.deadline, self.say, self.task = base_val, deadline, say, task
+        self.unit = "pt" if task.drop_unit() == "points" else "%"
         self.durations: list[float] = []
 
     def __call__(self, trial) -> tuple[float, float, float]:
@@ -141,7 +155,7 @@ class _Objective:
 
         from compress.prune import PruneConfig, prune
         from deepslim.evaluation import evaluate
-        from deepslim.models import load_model, save_model
+        from deepslim.models import save_model
         cfg = self.cfg
         speedup = trial.suggest_categorical("speedup", list(SPEEDUPS))
         importance = trial.suggest_categorical("importance", list(IMPORTANCES))
@@ -164,17 +178,17 @@ class _Objective:
         if tdir.exists():
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True)
-        bundle = load_model(self.model)
+        bundle = load_judged(self.model, cfg)
         if speedup > 1:
             screen = PruneConfig(speedup=speedup, importance=importance, finetune_epochs=cfg.screen_epochs,
                                  recover=recover, round_to=None, seed=cfg.seed)
             pruned = prune(bundle, screen, dataset=self.dataset, progress=False)
             trial.set_user_attr("macs", pruned.lineage[-1].metrics["macs_after"])
-            screen_drop = 100 * (self.base_val - evaluate(pruned, self.dataset, split="val").metrics["top1"])
+            screen_drop = self.task.drop(self.base_val, evaluate(pruned, self.dataset, split="val").metrics)
             trial.set_user_attr("screen_drop_points", round(screen_drop, 3))
             if screen_drop > cfg.max_accuracy_drop + 3.0 or time.monotonic() > self.deadline:
                 self.say(f"trial {trial.number}: {speedup}x {importance} {recover}: screened out "
-                         f"(val drop {screen_drop:.2f} pt after {cfg.screen_epochs} epoch)")
+                         f"(val drop {screen_drop:.2f} {self.unit} after {cfg.screen_epochs} epoch)")
                 raise optuna.TrialPruned()
             if cfg.finetune_epochs > cfg.screen_epochs:
                 pruned = self._finetune(pruned, bundle, recover, cfg.finetune_epochs - cfg.screen_epochs)
@@ -184,7 +198,7 @@ class _Objective:
         for key, value in measured.items():
             trial.set_user_attr(key, value)
         drop, latency, size = measured["val_drop_points"], measured["latency_ms"], measured["size_bytes"]
-        self.say(f"trial {trial.number}: {speedup}x {importance} {recover} {method}: val drop {drop:.2f} pt, "
+        self.say(f"trial {trial.number}: {speedup}x {importance} {recover} {method}: val drop {drop:.2f} {self.unit}, "
                  f"{latency:.3f} ms, {size / 2**20:.1f} MiB")
         return drop, latency, float(size)
 
@@ -200,25 +214,26 @@ class _Objective:
         from deepslim.data import open_dataset
         from deepslim.training import fit
         source = open_dataset(self.dataset)
-        spec = pruned.input_spec
-        loss = kd_finetune_loss(original.model, 4.0, 0.5) if recover == "kd" else None
-        fit(pruned.model, source.split("train", spec, augment=True), source.split("val", spec),
-            TrainConfig(epochs=epochs, lr=0.01, seed=self.cfg.seed, warmup_epochs=0), loss_fn=loss, progress=False)
+        spec, task = pruned.signature, pruned.task
+        loss = kd_finetune_loss(original.model, 4.0, 0.5, task=task, signature=spec) if recover == "kd" else None
+        fit(pruned.model, source.split("train", spec, augment=True, task=task), source.split("val", spec, task=task),
+            TrainConfig(epochs=epochs, lr=0.01, seed=self.cfg.seed, warmup_epochs=0), loss_fn=loss, progress=False,
+            task=task, signature=spec)
         pruned.model.cpu().eval()
         return pruned
 
     def _measure(self, path: Path, method: str, tdir: Path) -> dict[str, Any]:
         """Val drop of the artifact that ships, and p50 at batch 1 on the target's runner at ``latency_size``."""
         from benchmarks.bench import artifact_size
-        artifact, val_top1, parity = self._ship(path, method, tdir)
+        artifact, val, parity = self._ship(path, method, tdir)
         timed = self._timed(path, method, tdir, artifact)
         latency = _p50(timed, _backend(self.cfg), self.cfg.latency_size if _backend(self.cfg) == "openvino" else None)
         return {"artifact": str(artifact), "timed": str(timed), "latency_ms": latency,
-                "size_bytes": artifact_size(artifact), "val_top1": val_top1,
-                "val_drop_points": round(100 * (self.base_val - val_top1), 3), "parity": parity}
+                "size_bytes": artifact_size(artifact), f"val_{self.task.primary}": val[self.task.primary],
+                "val_drop_points": round(self.task.drop(self.base_val, val), 3), "parity": parity}
 
-    def _ship(self, path: Path, method: str, tdir: Path) -> tuple[Path, float, dict[str, Any] | None]:
-        """The artifact that ships, its val top-1 measured on it, and (fp32 exports) its parity with the bundle."""
+    def _ship(self, path: Path, method: str, tdir: Path) -> tuple[Path, dict[str, Any], dict[str, Any] | None]:
+        """The artifact that ships, its val metrics measured on it, and (fp32 exports) its parity with the bundle."""
         from compress.quantize import QuantizeConfig, quantize
         from deepslim.models import load_model
         from export import VerifyConfig, export_model
@@ -228,12 +243,12 @@ class _Objective:
             result = quantize(load_model(path), tdir / f"model_int8{suffix}",
                               QuantizeConfig(target=cfg.target, latency=False, seed=cfg.seed), self.dataset,
                               progress=False)
-            return result.artifact, result.record.metrics["quantized"]["val"]["top1"], None
+            return result.artifact, result.record.metrics["quantized"]["val"], None
         target = "openvino" if suffix == ".xml" else "onnx"
         exported = export_model(load_model(path), target, tdir / f"model{suffix}",
                                 verify=VerifyConfig(dataset=self.dataset), force=True)
-        val_top1 = artifact_metrics(exported.artifact, _backend(cfg), self.dataset, "val")[0]["top1"]
-        return exported.artifact, val_top1, exported.parity.to_json()
+        val = artifact_metrics(exported.artifact, _backend(cfg), self.dataset, "val")[0]
+        return exported.artifact, val, exported.parity.to_json()
 
     def _timed(self, path: Path, method: str, tdir: Path, artifact: Path) -> Path:
         """The artifact itself, or (ONNX at another ``latency_size``) a copy made at that size for timing only."""
@@ -261,11 +276,13 @@ def _suffix(cfg: SearchConfig) -> str:
 
 
 def artifact_metrics(artifact: Path, backend: str, dataset: str, split: str, reference=None):
-    """Metrics (and logits) of any artifact on a split, by the benchmarks harness that `deepslim bench` uses."""
+    """Metrics (and outputs) of any artifact on a split, by the benchmarks harness that `deepslim bench` uses
+    (the metrics of the artifact's task)."""
     from benchmarks.accuracy import predict, score
     from benchmarks.runners import RunnerOptions, open_runner
-    logits, labels = predict(open_runner(artifact, backend, RunnerOptions()), dataset, split=split)
-    return score(logits, labels, reference=reference), logits
+    runner = open_runner(artifact, backend, RunnerOptions())
+    logits, labels = predict(runner, dataset, split=split)
+    return score(logits, labels, task=runner.meta.task, reference=reference), logits
 
 
 def _p50(artifact: Path, backend: str, input_size: int | None) -> float:
@@ -277,10 +294,12 @@ def _p50(artifact: Path, backend: str, input_size: int | None) -> float:
 
 
 def _finish(study, cfg: SearchConfig, out: Path, model: Path, dataset: str, baseline: dict[str, Any], start: float,
-            say: Say) -> SearchResult:
+            say: Say, task) -> SearchResult:
+    from deepslim.tasks import metric_info
+    from pipeline.search_report import moved, unit, write_report
     import optuna
     done = [t for t in study.trials if t.state is optuna.trial.TrialState.COMPLETE]
-    rows = [_row(t) for t in study.trials]
+    rows = [_row(t, task.primary) for t in study.trials]
     pareto_numbers = {t.number for t in study.best_trials} if done else set()
     pareto = [r for r in rows if r["number"] in pareto_numbers]
     feasible = [r for r in rows if r["state"] == "COMPLETE" and r["val_drop_points"] <= cfg.max_accuracy_drop + 1e-9]
@@ -288,15 +307,18 @@ def _finish(study, cfg: SearchConfig, out: Path, model: Path, dataset: str, base
     chosen, timing, notes = None, None, []
     if contenders:
         timing = _time_together(model, contenders, cfg, dataset, out, baseline, say)
-        chosen = _ship_chosen(min(contenders, key=lambda r: r["latency_ms"]), model, cfg, dataset, out, baseline)
-        say(f"chosen: trial {chosen['number']} ({chosen['params']}), val drop {chosen['val_drop_points']:.2f} pt, "
-            f"test top-1 {chosen['test']['top1']:.4f}, {chosen['latency_ms']:.3f} ms ({chosen['speedup']:.2f}x the "
+        chosen = _ship_chosen(min(contenders, key=lambda r: r["latency_ms"]), model, cfg, dataset, out, baseline,
+                              task)
+        say(f"chosen: trial {chosen['number']} ({chosen['params']}), val drop {chosen['val_drop_points']:.2f} "
+            f"{unit(task)}, test {metric_info(task.primary).label} {chosen['test'][task.primary]:.4f} "
+            f"({moved(task, baseline['test'], chosen['test'])}), {chosen['latency_ms']:.3f} ms "
+            f"({chosen['speedup']:.2f}x the "
             f"unpruned model's speed in the same run) -> {chosen['copied_to']}")
     else:
         notes.append(f"no candidate met --max-accuracy-drop {cfg.max_accuracy_drop:g}")
     result = SearchResult(chosen, pareto, rows, baseline, out / "search.md", round(time.perf_counter() - start, 1),
                           notes, timing)
-    _write(result, cfg, out)
+    write_report(result, cfg, out, task)
     return result
 
 
@@ -348,7 +370,7 @@ def _baseline_artifact(model: Path, cfg: SearchConfig, dataset: str, bdir: Path)
 
 
 def _ship_chosen(row: dict[str, Any], model: Path, cfg: SearchConfig, dataset: str, out: Path,
-                 baseline: dict[str, Any]) -> dict[str, Any]:
+                 baseline: dict[str, Any], task) -> dict[str, Any]:
     """Copy the chosen artifact to ``out/best.*`` and score it, and the unpruned model, on the test split."""
     artifact = Path(row["artifact"])
     best = out / f"best{artifact.suffix}"
@@ -359,92 +381,16 @@ def _ship_chosen(row: dict[str, Any], model: Path, cfg: SearchConfig, dataset: s
             shutil.copyfile(artifact.with_suffix(".bin"), tmp)
     baseline["test"], reference = artifact_metrics(model, "torch", dataset, "test")
     test, _ = artifact_metrics(best, _backend(cfg), dataset, "test", reference=reference)
-    row.update(test=test, test_drop_points=round(100 * (baseline["test"]["top1"] - test["top1"]), 3))
+    row.update(test=test, test_drop_points=round(task.drop(baseline["test"], test), 3))
     return {**row, "copied_to": str(best)}
 
 
-def _row(trial) -> dict[str, Any]:
+def _row(trial, primary: str) -> dict[str, Any]:
     attrs = trial.user_attrs
     return {"number": trial.number, "state": trial.state.name, "params": trial.params,
-            "val_top1": attrs.get("val_top1"), "val_drop_points": attrs.get("val_drop_points"),
+            f"val_{primary}": attrs.get(f"val_{primary}"), "val_drop_points": attrs.get("val_drop_points"),
             "search_latency_ms": attrs.get("latency_ms"), "latency_ms": None, "speedup": None,
             "size_bytes": attrs.get("size_bytes"), "macs": attrs.get("macs"), "artifact": attrs.get("artifact"),
             "timed": attrs.get("timed", attrs.get("artifact")), "parity": attrs.get("parity"),
             "screen_drop_points": attrs.get("screen_drop_points"), "same_as": attrs.get("same_as"),
             "error": (trial.system_attrs.get("fail_reason") or "").splitlines()[-1:] or None}
-
-
-def _write(result: SearchResult, cfg: SearchConfig, out: Path) -> None:
-    data = {"config": {**asdict(cfg), "target": cfg.target.value}, "chosen": result.chosen, "pareto": result.pareto,
-            "trials": result.trials, "baseline": result.baseline, "timing": result.timing, "seconds": result.seconds,
-            "notes": result.notes}
-    with atomic_path(out / "search.json") as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-    pareto = {r["number"] for r in result.pareto}
-    chosen = result.chosen["number"] if result.chosen else None
-    lines = [f"# deepslim auto: {cfg.target.value}, val top-1 drop budget {cfg.max_accuracy_drop:g} pt", "",
-             "| trial | state | speedup | importance | recover | method | val drop (pt) | p50 ms alone | "
-             "p50 ms together | vs unpruned | size MiB | |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result.trials:
-        p = r["params"]
-        mark = "**chosen**" if r["number"] == chosen else ("Pareto" if r["number"] in pareto else "")
-        lines.append(f"| {r['number']} | {r['state'].lower()} | {p.get('speedup')} | {p.get('importance')} | "
-                     f"{p.get('recover')} | {p.get('method')} | {_f(r['val_drop_points'])} | "
-                     f"{_f(r['search_latency_ms'], 3)} | {_f(r['latency_ms'], 3)} | "
-                     f"{_speedup(r)} | "
-                     f"{_f(r['size_bytes'] / 2**20 if r['size_bytes'] else None, 1)} | {mark} |")
-    failed = [f"- trial {r['number']} failed: {r['error'][0]}" for r in result.trials if r["state"] == "FAIL" and r["error"]]
-    lines += ["", *_summary(result), *[f"- {n}" for n in result.notes], *failed, ""]
-    with atomic_path(out / "search.md") as tmp:
-        tmp.write_text("\n".join(lines))
-    _plot(result, out, chosen, pareto)
-
-
-def _summary(result: SearchResult) -> list[str]:
-    """The lines under the table: where "together" was measured, and the chosen model on the test split."""
-    if not result.chosen or not result.timing:
-        return []
-    c, b, t = result.chosen, result.baseline, result.timing
-    return [f"- p50 ms together: one interleaved run ({t['created']}, {t['report']}) of the unpruned model "
-            f"({b['latency_ms']:.3f} ms) and the fastest candidates within the budget on {t['backend']}, batch 1; "
-            "\"vs unpruned\" is the ratio measured in that run (~: inside the noise, the spreads of the round medians "
-            "overlap); \"alone\" is each trial's own timing during the search",
-            f"- chosen, trial {c['number']}: test top-1 {b['test']['top1']:.4f} (unpruned) -> {c['test']['top1']:.4f} "
-            f"({100 * (c['test']['top1'] - b['test']['top1']):+.2f} pt), agreement with the unpruned model "
-            f"{c['test']['agreement']:.4f}"]
-
-
-def _speedup(row: dict[str, Any]) -> str:
-    if row["speedup"] is None:
-        return "-"
-    return f"{row['speedup']:.2f}x" + (" ~" if row["within_noise"] else "")
-
-
-def _f(value, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _plot(result: SearchResult, out: Path, chosen, pareto: set[int]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    done = [r for r in result.trials if r["state"] == "COMPLETE"]
-    if not done:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([r["search_latency_ms"] for r in done], [r["val_drop_points"] for r in done], c="lightgray",
-               label="trials")
-    front = sorted((r for r in done if r["number"] in pareto), key=lambda r: r["search_latency_ms"])
-    ax.plot([r["search_latency_ms"] for r in front], [r["val_drop_points"] for r in front], "o-", label="Pareto front")
-    for r in done:
-        if r["number"] == chosen:
-            ax.scatter([r["search_latency_ms"]], [r["val_drop_points"]], s=160, facecolors="none", edgecolors="red",
-                       label="chosen")
-    ax.set_xlabel("p50 latency, batch 1, timed alone during the search (ms)")
-    ax.set_ylabel("val top-1 drop (points)")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(out / "pareto.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
