@@ -90,22 +90,21 @@ def _check_outputs(output: Path, target: Target, from_onnx: bool, force: bool, i
     return files[0]
 
 
-def _export_size(text: str | None) -> int | None:
-    """The resolution an existing model is exported at: N (its image input is resized to N x N)."""
+def _export_size(text: str | None) -> int | tuple[int, int] | None:
+    """The resolution an existing one-image model is exported at: N (N x N) or (H, W)."""
     from commands.common import parse_input_size
     size = parse_input_size(text)
-    if size is not None and size[0] != size[1]:
-        raise ConfigError(f"--input-size {text}: an existing model is exported at a square size N; a non-square model "
-                          "keeps the size it was built at (give HxW with --arch to build it so).")
-    return None if size is None else size[0]
+    if size is None:
+        return None
+    return size[0] if size[0] == size[1] else size
 
 
-def _export_check(model, input_size: int | None, **build) -> None:
+def _export_check(model, export_size: int | tuple[int, int] | None, **build) -> None:
     from rich.console import Console
     from rich.table import Table
     from export import check_exportable
     bundle = load_bundle(model, severity=None, **build)
-    results = check_exportable(bundle, input_size=input_size)
+    results = check_exportable(bundle, input_size=export_size)
     table = Table(title=f"exportability of {model or build['arch']}")
     for col in ("target", "status", "detail", "failing ops"):
         table.add_column(col)
@@ -157,8 +156,9 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Warm-up iterations per artifact and batch.")] = 10,
     threads: Annotated[Optional[int], typer.Option(help="Threads per backend (default: usable cores).")] = None,
     device: Annotated[str, typer.Option(help="cpu, or cuda for torch/onnxruntime.")] = "cpu",
-    input_size: Annotated[Optional[int], typer.Option(
-        "--input-size", help="Run bundles and OpenVINO IRs at this resolution (bundles are exported at it).")] = None,
+    input_size: Annotated[Optional[str], typer.Option(
+        "--input-size", help="Run one-image bundles and OpenVINO IRs at this resolution, N or HxW (bundles are "
+        "exported at it).")] = None,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the torch runner.")] = False,
     trust_code: TrustCode = False, force: Force = False,
 ) -> None:

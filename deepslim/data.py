@@ -97,6 +97,8 @@ def with_options(spec: str, **options: str | None) -> str:
 def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
     """Open a dataset by name (:data:`BUILTIN_DATASETS`), directory, table file, or ``path/file.py:fn``."""
     base, options = split_options(spec)
+    if options and base in ("digits", "digits-c", "mnist"):
+        raise ConfigError(f"Dataset options ({', '.join(options)}) apply to tables and file datasets, not {base}.")
     if base in ("digits", "digits-c"):
         if base == "digits-c" and not 1 <= severity <= 5:
             raise ConfigError(f"--severity must be between 1 and 5, got {severity}.")

@@ -138,7 +138,8 @@ def probe_outputs(model: nn.Module, signature: Signature, task: Task, *, choice:
         with torch.no_grad():
             out = call(model, example_inputs(signature, 2))
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        raise ModelError(f"The model fails on example inputs ({signature.describe()}): {first_line(exc)}.") from exc
+        hint = "; check --input-size and --channels" if signature.image is not None else ""
+        raise ModelError(f"The model fails on example inputs ({signature.describe()}): {first_line(exc)}{hint}.") from exc
     finally:
         model.train(was)
     layout, names = output_layout(out)

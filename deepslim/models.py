@@ -195,7 +195,7 @@ def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channe
     n = _guess_num_classes(obj)
     image = InputSpec.create(chans, size, mean or IMAGENET_MEAN, std or IMAGENET_STD)
     names = forward_names(obj)
-    signature = Signature((TensorSpec.from_input_spec(image, names[0] if names else "input"),))
+    signature = Signature((TensorSpec.from_input_spec(image, names[0] if names else "input"),), ("logits",), "logits")
     task = Task.classification([str(i) for i in range(n)])
     return ModelBundle(obj.eval(), spec, probe_outputs(obj, signature, task), task, path=path)
 

@@ -45,7 +45,7 @@ console = Console(stderr=True)
 class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_top1: float = -1.0  # the best val score: the task's primary metric (negated when lower is better)
+    best_val_top1: float = float("-inf")  # the best val score: the task's primary metric (negated when lower is better)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)  # what the loop decided on its own, in words
 

@@ -143,7 +143,7 @@ def _(ws: Workspace):
 def _(ws: Workspace):
     # the pickled SmallCNN takes 1 channel; forcing 3 makes its first layer fail on the data
     return (["eval", ws.pickled_module(), "--trust-pickle", "--input-size", "8", "--channels", "3", "--limit", "4"],
-            ["fails on inputs of shape (4, 3, 8, 8)", "--channels"])
+            ["fails on example inputs (x: image 3x8x8", "--channels"])
 
 
 # eval: --weights
@@ -240,7 +240,7 @@ def _(ws: Workspace):
 @case("eval-dataset-function-returns-bare-numbers")
 def _(ws: Workspace):
     ws.write("data.py", "def make(split):\n    return [1, 2, 3]\n")
-    return ["eval", ws.bundle(), "--dataset", "data.py:make"], ["data.py", "(image, label)"]
+    return ["eval", ws.bundle(), "--dataset", "data.py:make"], ["data.py", "(inputs, target) pairs"]
 
 
 @case("eval-dataset-file-import-error-multiline-message")

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 
 def build(num_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(8 * 8, 16)  # the data's channels (1 for digits), nn.ReLU(), nn.Linear(16, num_classes))
 """
 
 
