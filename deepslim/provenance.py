@@ -156,7 +156,8 @@ def resolve_dataset(given: str | None, lineage: Sequence[StageRecord] = (), *, s
     name, recorded_severity = recorded
     why = usable_recorded(name, classes)
     if why is not None:
-        raise DatasetError(f"{why[0].upper()}{why[1:]}; pass --dataset.")
+        tail = "" if "--dataset" in why else "; pass --dataset"
+        raise DatasetError(f"{why[0].upper()}{why[1:]}{tail}.")
     if severity is not None and name != "digits-c":
         raise ConfigError(f"--severity applies to digits-c only, and the model's dataset is {name}.")
     return DataChoice(name, recorded_severity if severity is None else severity, "the model's own dataset",
