@@ -106,7 +106,9 @@ def check_compatible(bundle: ModelBundle, info, dataset: str) -> None:
     else:
         task = info.task_of()
         width, kind = task.width, task.kind
-        if kind is not bundle.task.kind and not _retargetable(bundle, task):
+        if kind is not bundle.task.kind:
+            if _retargetable(bundle, task):
+                return  # integer targets read as numbers: the model's own task decides
             raise DatasetError(f"{name} solves a {bundle.task.kind.value} task but dataset '{dataset}' has "
                                f"{kind.value} targets.")
     if bundle.num_classes != width:

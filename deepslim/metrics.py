@@ -57,13 +57,13 @@ def task_metrics(task, outputs: np.ndarray, targets: np.ndarray, *,
     targets = np.asarray(targets)
     if task.kind is TaskKind.CLASSIFICATION:
         out = classification_metrics(outputs, targets, reference_logits=reference)
-        out["f1_macro"] = float(f1_score(targets, outputs.argmax(axis=1), average="macro",
-                                         labels=np.arange(outputs.shape[1]), zero_division=0))
+        # over the classes present in the targets or the predictions: a class a small split lacks is not an F1 of 0
+        out["f1_macro"] = float(f1_score(targets, outputs.argmax(axis=1), average="macro", zero_division=0))
         out["loss"] = cross_entropy(outputs, targets)
         return out
     if task.kind is TaskKind.MULTILABEL:
         return multilabel_metrics(outputs, targets, reference=reference)
-    return regression_metrics(outputs, targets, loss=task.loss)
+    return regression_metrics(outputs, targets, loss=task.loss, offset=task.offset, scale=task.scale)
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -87,7 +87,9 @@ def multilabel_metrics(logits: np.ndarray, targets: np.ndarray, *, reference: np
     if present.any():
         out["map"] = float(average_precision_score(targets[:, present], probs[:, present], average="macro"))
     out["f1_micro"] = float(f1_score(targets, decided, average="micro", zero_division=0))
-    out["f1_macro"] = float(f1_score(targets, decided, average="macro", zero_division=0))
+    seen = np.flatnonzero(targets.any(axis=0) | decided.any(axis=0))  # labels a split never has are not an F1 of 0
+    if seen.size:
+        out["f1_macro"] = float(f1_score(targets, decided, average="macro", labels=seen, zero_division=0))
     out["subset_accuracy"] = float(accuracy_score(targets, decided))
     loss = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
     out["loss"] = float(loss.mean())
@@ -96,11 +98,15 @@ def multilabel_metrics(logits: np.ndarray, targets: np.ndarray, *, reference: np
     return out
 
 
-def regression_metrics(predictions: np.ndarray, targets: np.ndarray, *, loss: str = "mse") -> dict[str, float]:
-    """MAE, RMSE and R² (averaged uniformly over targets) and the training loss (MSE or Huber with delta 1)."""
+def regression_metrics(predictions: np.ndarray, targets: np.ndarray, *, loss: str = "mse",
+                       offset: tuple[float, ...] = (), scale: tuple[float, ...] = ()) -> dict[str, float]:
+    """MAE, RMSE and R² (averaged uniformly over targets, in the targets' units) and the training loss (MSE or
+    Huber with delta 1), in the standard units the loss trains in when the task records ``scale``."""
     targets = targets.astype(np.float64)
     predictions = predictions.reshape(targets.shape)
     err = predictions - targets
+    if scale:
+        err = err.reshape(len(err), -1) / np.asarray(scale, dtype=np.float64)
     if loss == "huber":
         a = np.abs(err)
         value = float(np.mean(np.where(a <= 1.0, 0.5 * err ** 2, a - 0.5)))

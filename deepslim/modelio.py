@@ -81,33 +81,42 @@ def task_output(out: Any, signature: Signature) -> torch.Tensor:
     return out[signature.task_index]
 
 
-def forward_names(model: nn.Module) -> tuple[str, ...] | None:
-    """The names of ``forward``'s positional parameters (None when it takes ``*args``)."""
+def forward_parameters(model: nn.Module) -> tuple[tuple[str, ...], int] | None:
+    """``forward``'s positional parameter names and how many of them are required (None for ``*args``)."""
     params = list(inspect.signature(model.forward).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return None
     positional = [p for p in params if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    required = [p.name for p in positional if p.default is inspect.Parameter.empty]
-    return tuple(required or [p.name for p in positional[:1]])
+    required = sum(p.default is inspect.Parameter.empty for p in positional)
+    return tuple(p.name for p in positional), max(required, 1 if positional else 0)
+
+
+def forward_names(model: nn.Module) -> tuple[str, ...] | None:
+    """The names of ``forward``'s required positional parameters (the first one when all have defaults)."""
+    found = forward_parameters(model)
+    return None if found is None else found[0][:found[1]]
 
 
 def bind_inputs(model: nn.Module, proposed: tuple[TensorSpec, ...], *, by_name: bool) -> tuple[TensorSpec, ...]:
-    """``proposed`` renamed after ``forward``'s parameters (by position, or checked by name for dict data)."""
-    names = forward_names(model)
-    if names is None:
+    """``proposed`` renamed after ``forward``'s parameters: by position (the data gives at least the required
+    ones, at most all), or checked by name for dict data (every required one, none it does not take)."""
+    found = forward_parameters(model)
+    if found is None:
         return proposed
+    names, required = found
     if by_name:
-        wanted = set(names)
-        given = {p.name for p in proposed}
-        if wanted != given:
+        given = [p.name for p in proposed]
+        missing, unknown = [n for n in names[:required] if n not in given], [g for g in given if g not in names]
+        if missing or unknown:
             raise ConfigError(f"The dataset's inputs {sorted(given)} do not match the model's forward parameters "
-                              f"{list(names)}.")
+                              f"{list(names)}" + (f" (missing {missing})" if missing else "") + ".")
         order = {p.name: p for p in proposed}
-        return tuple(order[n] for n in names)
-    if len(names) != len(proposed):
-        raise ConfigError(f"The model's forward takes {len(names)} inputs ({', '.join(names)}) but the dataset "
-                          f"gives {len(proposed)} per sample.")
+        return tuple(order[n] for n in names if n in order)
+    if not required <= len(proposed) <= len(names):
+        takes = f"{required}" if required == len(names) else f"{required} to {len(names)}"
+        raise ConfigError(f"The model's forward takes {takes} input{'s' if len(names) != 1 else ''} "
+                          f"({', '.join(names)}) but the dataset gives {len(proposed)} per sample.")
     from dataclasses import replace
     return tuple(replace(p, name=n) for p, n in zip(proposed, names))
 

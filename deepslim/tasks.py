@@ -60,6 +60,7 @@ TASK_METRICS: dict[TaskKind, tuple[str, ...]] = {
 PRIMARY: dict[TaskKind, str] = {TaskKind.CLASSIFICATION: "top1", TaskKind.MULTILABEL: "map",
                                 TaskKind.REGRESSION: "r2"}
 REGRESSION_LOSSES = ("mse", "huber")
+TOP5_MIN = 5  # top-5 is measured only with more classes than this
 
 
 def metric_info(name: str) -> MetricInfo:
@@ -112,6 +113,8 @@ class Task:
     def with_primary(self, name: str | None) -> Task:
         if not name:
             return self
+        if name == "top5" and self.width <= TOP5_MIN:
+            raise ConfigError(f"--primary-metric top5 needs more than {TOP5_MIN} classes; this task has {self.width}.")
         if name in METRICS and name not in self.metrics:
             raise ConfigError(f"--primary-metric {name} is not a {self.kind.value} metric; choose one of "
                               f"{', '.join(m for m in self.metrics if m != 'top5' or self.width > 5)}.")
@@ -129,6 +132,8 @@ class Task:
         bounded metric, in percent of the baseline for an unbounded one; negative when it is better."""
         name = metric or self.primary
         info = metric_info(name)
+        if name not in base or name not in new:
+            raise ConfigError(f"The metric '{name}' was not measured on both models (too few samples of a kind?).")
         b, n = float(base[name]), float(new[name])
         worse = (b - n) if info.higher_is_better else (n - b)
         return 100.0 * worse if info.bounded else 100.0 * worse / max(abs(b), 1e-12)
@@ -243,7 +248,8 @@ def task_for_targets(samples: list[Any], *, kind: TaskKind | str | None = None,
                                f"like {inferred.value} targets.")
         width = len(names) if names else max(count or 0, int(max(a.max() for a in arrays)) + 1)
     elif chosen is TaskKind.MULTILABEL:
-        if inferred is not TaskKind.MULTILABEL:
+        binary = all(a.ndim == 1 and a.dtype.kind in "iubf" and np.isin(a, (0, 1)).all() for a in arrays)
+        if not binary:
             raise DatasetError(f"--task multilabel needs 0/1 vectors, but the targets look like {inferred.value} "
                                "targets.")
         width = arrays[0].shape[0]

@@ -155,9 +155,29 @@ def measure_start(model: nn.Module, val_ds: Dataset, lineage: list[StageRecord],
     """The model's val score (the primary metric) before any training step, and whether it starts trained."""
     logits, labels = predict_all(model, val_ds, batch_size=max(cfg.batch_size, 256), device=device,
                                  signature=signature)
-    if task is None or task.primary == "top1":
-        return assess_start(float(np.mean(logits.argmax(1) == labels)), labels, lineage, cfg.init)
-    return assess_start(task.score(task_metrics(task, logits, labels)), None, lineage, cfg.init)
+    if task is None or task.is_classification:  # trained: top-1 well above chance; compared: the primary score
+        start = assess_start(float(np.mean(logits.argmax(1) == labels)), labels, lineage, cfg.init)
+        return start if task is None or task.primary == "top1" else \
+            replace(start, val_top1=task.score(task_metrics(task, logits, labels)))
+    metrics = task_metrics(task, logits, labels)
+    start = assess_start(task.score(metrics), None, lineage, cfg.init)
+    above = well_above_trivial(task, metrics, labels)
+    if above and cfg.init is Init.DEFAULT:
+        start = replace(start, trained_because="; ".join(filter(None, [start.trained_because, above])))
+    return start
+
+
+def well_above_trivial(task: Task, metrics: dict[str, float], targets: np.ndarray) -> str:
+    """Why a regression or multilabel model's val metrics show it was trained (a quarter of the way from what
+    the trivial predictor gets to perfect), or "" when they do not: R² >= 0.25 (the train mean scores 0);
+    mAP a quarter of the way from the labels' prevalence to 1."""
+    if task.kind.value == "regression" and metrics.get("r2", float("-inf")) >= 0.25:
+        return f"val R² {metrics['r2']:.4f} at the start, 0 for the mean"
+    if task.kind.value == "multilabel" and "map" in metrics:
+        prevalence = float(np.mean(targets))
+        if metrics["map"] >= prevalence + 0.25 * (1 - prevalence):
+            return f"val mAP {metrics['map']:.4f} at the start, {prevalence:.2f} by chance"
+    return ""
 
 
 def sayer(progress: bool, log: Callable[[str], None] | None) -> Callable[[str], None]:
