@@ -17,12 +17,13 @@ from PIL import Image
 
 from cli_contract import DATA_PY, ok
 
+# 1x8x8: a file architecture takes the data's channels (1 for digits)
 NET_PY = """\
 import torch.nn as nn
 
 
 def build(num_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(8 * 8, 16)  # the data's channels (1 for digits), nn.ReLU(), nn.Linear(16, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(8 * 8, 16), nn.ReLU(), nn.Linear(16, num_classes))
 """
 
 
