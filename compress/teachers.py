@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from deepslim.described import Described
 from deepslim.distributed import context, gather_shards, shard
 from deepslim.errors import ConfigError, DeepSlimError, ModelError, first_line
 from deepslim.fileio import sha256_file
@@ -35,7 +36,7 @@ class DistillError(DeepSlimError):
     """Teacher and student cannot be paired, or a named layer does not exist."""
 
 
-class Teacher:
+class Teacher(Described):
     """What distillation asks of a teacher: its task output for a student's batch, features of named layers."""
 
     name: str
@@ -46,14 +47,6 @@ class Teacher:
     features: dict[str, torch.Tensor]
     device: torch.device = torch.device("cpu")
 
-    @property
-    def input_spec(self) -> InputSpec:
-        """The image input (a ConfigError for a teacher that does not take exactly one image)."""
-        return self.signature.to_input_spec()
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.task.names)
 
     def outputs(self, x: Any) -> torch.Tensor:
         """The task output for a batch (a tensor, or a tuple of every input) prepared for the student

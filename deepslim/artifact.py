@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deepslim.errors import ConfigError, InputFileError
+from deepslim.described import Described
 from deepslim.signature import Signature
 from deepslim.spec import InputSpec, StageRecord
 from deepslim.tasks import Task
@@ -43,7 +44,7 @@ def artifact_kind(path: str | Path) -> ArtifactKind:
 
 
 @dataclass(frozen=True)
-class ArtifactMeta:
+class ArtifactMeta(Described):
     """deepslim's metadata inside an exported artifact: the model's signature and task, its lineage, and how
     it was exported. An :class:`InputSpec` and a class list are accepted in place of a signature and a
     task (a one-image classifier, as artifacts before signatures described it)."""
@@ -54,18 +55,7 @@ class ArtifactMeta:
     export: dict[str, Any] = field(default_factory=dict)  # exporter, precision, sizes, MACs, params, notes
 
     def __post_init__(self) -> None:
-        if isinstance(self.signature, InputSpec):
-            object.__setattr__(self, "signature", Signature.from_input_spec(self.signature))
-        if not isinstance(self.task, Task):
-            object.__setattr__(self, "task", Task.classification(list(self.task)))
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self.signature.to_input_spec()
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.task.names)
+        self._coerce()
 
     def to_json(self) -> str:
         data = {"format_version": META_VERSION, "signature": self.signature.to_json(), "task": self.task.to_json(),

@@ -33,6 +33,7 @@ from torch import nn
 
 from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
 from deepslim.fileio import atomic_path, require_file
+from deepslim.described import Described
 from deepslim.signature import Signature
 from deepslim.spec import ArchSpec, InputSpec, StageRecord
 from deepslim.tasks import Task
@@ -45,7 +46,7 @@ _ATTR_TYPES = (int, float, bool, str, type(None))
 
 
 @dataclass
-class Header:
+class Header(Described):
     """A bundle's header. An :class:`InputSpec` and a class list are accepted for ``signature`` and ``task``
     (a one-image classifier, as headers before signatures described it; they still load)."""
 
@@ -56,18 +57,7 @@ class Header:
     lineage: list[StageRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if isinstance(self.signature, InputSpec):
-            self.signature = Signature.from_input_spec(self.signature)
-        if not isinstance(self.task, Task):
-            self.task = Task.classification(list(self.task))
-
-    @property
-    def input_spec(self) -> InputSpec:
-        return self.signature.to_input_spec()
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.task.names)
+        self._coerce()
 
     def to_json(self) -> dict[str, Any]:
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": self.arch.to_json(),

@@ -22,6 +22,7 @@ from deepslim.architectures import (BUILTIN, SmallCNN, build_model, check_shape_
 from deepslim.codespec import parse_code_spec
 from deepslim.errors import ConfigError, InputFileError, ModelError, StateDictMismatchError, UnsafePickleError, first_line
 from deepslim.fileio import check_new_outputs, require_file, sha256_file
+from deepslim.described import Described
 from deepslim.signature import InputKind, Signature, TensorSpec
 from deepslim.spec import ArchSource, ArchSpec, InputSpec, StageRecord
 from deepslim.modelio import bind_inputs, forward_names, probe_outputs
@@ -39,7 +40,7 @@ EXPORTED_SUFFIXES = {".onnx", ".xml", ".engine", ".plan"}
 
 
 @dataclass
-class ModelBundle:
+class ModelBundle(Described):
     """A model together with everything needed to rebuild, feed and trace it: its architecture, its
     :class:`~deepslim.signature.Signature` (inputs, outputs) and :class:`~deepslim.tasks.Task`.
 
@@ -54,19 +55,7 @@ class ModelBundle:
     path: Path | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.signature, InputSpec):
-            self.signature = Signature.from_input_spec(self.signature)
-        if not isinstance(self.task, Task):
-            self.task = Task.classification(list(self.task))
-
-    @property
-    def input_spec(self) -> InputSpec:
-        """The image input (a ConfigError for a model that does not take exactly one image)."""
-        return self.signature.to_input_spec()
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.task.names)
+        self._coerce()
 
     @property
     def num_classes(self) -> int:
