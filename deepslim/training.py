@@ -22,7 +22,7 @@ from deepslim.codespec import parse_code_spec
 from deepslim.batchnorm import BatchNormGuard, batchnorm_layers
 from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
-from deepslim.data import open_dataset
+from deepslim.data import aspect_note, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
 from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
@@ -490,6 +490,8 @@ def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size:
         channels = channels if channels is not None else info.channels
     stats = {} if pretrained and mean is None else {"mean": mean or info.mean, "std": std or info.std}
     bundle = load_model(input_size=input_size, channels=channels, **stats, **common)
+    stretched = aspect_note(info, bundle.signature)
+    notes += [stretched] if stretched else []
     if notes:
         bundle.signature = replace(bundle.signature, notes=tuple(notes))
     return bundle
