@@ -42,6 +42,7 @@ def test_fp32_exports_match_the_model(models, tmp_path, name, target, suffix):
     assert result.parity.max_abs <= 1e-4 and result.parity.top1_agreement == 1.0
 
 
+@pytest.mark.slow  # 21 s; the fp32 parity matrix and the export CLI test stay in the default run
 def test_other_exporters_and_precisions(models, tmp_path):
     bundle = models["bundles"]["resnet18"]
     legacy = export_model(bundle, "onnx", tmp_path / "legacy.onnx", onnx_config=OnnxConfig(exporter="legacy"))

@@ -59,6 +59,7 @@ def test_ptq_for_onnxruntime_is_benchmarked_like_any_artifact(tmp_path, narrow):
     assert entry["accuracy"]["top1"] == pytest.approx(m["quantized"]["test"]["top1"])
 
 
+@pytest.mark.slow  # 12 s; QAT itself stays in the default run (test_quantize_kinds, the OpenVINO QAT pair)
 def test_qat_is_at_least_as_accurate_as_ptq_at_the_same_settings(tmp_path, narrow):
     ptq, qat = tmp_path / "ptq.onnx", tmp_path / "qat.onnx"
     common = ["--target", "onnxruntime", "--no-latency", "--quiet", "--calibration-samples", "300"]

@@ -169,7 +169,7 @@ def test_the_guard_holds_a_lower_is_better_primary_metric_in_percent(any_kind, t
     assert m["fp32_layers"], "an int8 MLP loses more than 0.01% MAE; the guard must keep layers in fp32"
 
 
-@pytest.mark.parametrize("name, target", [("tabular", "onnxruntime"), ("two_input", "onnxruntime"),
+@pytest.mark.parametrize("name, target", [pytest.param("tabular", "onnxruntime", marks=pytest.mark.slow), ("two_input", "onnxruntime"),
                                           pytest.param("two_input", "openvino", marks=pytest.mark.slow),
                                           pytest.param("tabular", "openvino", marks=pytest.mark.slow)])
 def test_qat_trains_one_epoch_on_the_task_and_exports_every_input(any_kind, tmp_path, name, target):
