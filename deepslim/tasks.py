@@ -12,7 +12,6 @@ This module is torch-free; the losses live in :mod:`deepslim.losses`, the metric
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
@@ -260,7 +259,3 @@ def task_for_targets(samples: list[Any], *, kind: TaskKind | str | None = None,
     if len(names) != width:
         raise DatasetError(f"{len(names)} names were given for {width} {chosen.value} outputs.")
     return Task(chosen, tuple(map(str, names)))
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Number) and not isinstance(value, bool)
