@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Dataset, FeatureColumns, LabelColumn, PrimaryMetric, TaskOption, TrustCode, dataset_ref,
+from commands.common import (Dataset, FeatureColumns, LabelColumn, TextColumn, PrimaryMetric, TaskOption, TrustCode, dataset_ref,
                              trusting)
 from compress.options import QuantTarget
 
@@ -15,7 +15,7 @@ from compress.options import QuantTarget
 @trusting
 def auto(
     model: Annotated[Path, typer.Argument(help="A trained bundle (.safetensors).", show_default=False)],
-    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, primary_metric: PrimaryMetric = None,
     max_accuracy_drop: Annotated[float, typer.Option(
         help="How much of the primary metric (val top-1 by default) the result may lose: points, or percent of the "
@@ -41,7 +41,7 @@ def auto(
 
     Example: deepslim auto base.safetensors --max-accuracy-drop 1.0 --target openvino --latency-size 224 --time-budget 600
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from deepslim.fileio import require_file
     require_file(model, "model")
     if model.suffix.lower() != ".safetensors":

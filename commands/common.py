@@ -57,6 +57,16 @@ LabelColumn = Annotated[Optional[str], typer.Option(
 FeatureColumns = Annotated[Optional[str], typer.Option(
     "--feature-columns", help="Table dataset: the numeric columns to feed, comma-separated (default: every column "
     "but the label and split).", show_default=False)]
+TextColumn = Annotated[Optional[str], typer.Option(
+    "--text-column", help="Text table (.csv/.jsonl/.parquet): the text column, or two comma-separated for sentence "
+    "pairs (default: a column named text or sentence). Recorded with the dataset.", show_default=False)]
+Tokenizer = Annotated[Optional[Path], typer.Option(
+    "--tokenizer", help="For a new Hugging Face text model (--arch hf:bert): a local directory with tokenizer.json "
+    "or vocab.txt, or a tokenizer.json file (default: the model directory's own). Recorded in the model.",
+    show_default=False)]
+MaxLength = Annotated[Optional[int], typer.Option(
+    "--max-length", help="For a new text model: texts are truncated to this many tokens (default: 128, or less if "
+    "the model takes less). Recorded in the model.", show_default=False)]
 TaskOption = Annotated[Optional[TaskKind], typer.Option(
     "--task", help="The task of the dataset's targets (default: inferred: integers -> classification, 0/1 vectors "
     "-> multilabel, floats -> regression), e.g. regression for integer targets.", show_default=False)]
@@ -119,23 +129,24 @@ def trusting(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def dataset_ref(dataset: str | None, label: str | None = None, features: str | None = None,
-                task: TaskKind | str | None = None) -> str | None:
+                task: TaskKind | str | None = None, text: str | None = None) -> str | None:
     """``--dataset`` with ``--label-column`` / ``--feature-columns`` / ``--task`` written into its reference
     (``data.csv?label=y``), so they are recorded with it and it reopens the same."""
     task = getattr(task, "value", task)
-    if not (label or features or task):
+    named = (("--label-column", label), ("--feature-columns", features), ("--task", task), ("--text-column", text))
+    if not (label or features or task or text):
         return dataset
     if dataset is None:
-        given = [n for n, v in (("--label-column", label), ("--feature-columns", features), ("--task", task)) if v]
+        given = [n for n, v in named if v]
         raise ConfigError(f"{', '.join(given)} describe{'s' if len(given) == 1 else ''} the --dataset; pass "
                           "--dataset too.")
     base = dataset.partition("?")[0]
     if base in ("digits", "digits-c", "mnist"):
-        given = [n for n, v in (("--label-column", label), ("--feature-columns", features), ("--task", task)) if v]
+        given = [n for n, v in named if v]
         raise ConfigError(f"{', '.join(given)} apply to tables and file datasets; {base} is a built-in image "
                           "classification dataset.")
     from deepslim.data import with_options
-    return with_options(dataset, label=label, features=features, task=task)
+    return with_options(dataset, label=label, features=features, task=task, text=text)
 
 
 def parse_floats(text: str | None, option: str) -> tuple[float, ...] | None:
@@ -170,7 +181,8 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
                 input_size: str | int | None, channels: int | None, trust_pickle: bool, dataset: str | None,
                 severity: int | None, pretrained: str | None = None, seed: int | None = None,
                 mean: str | None = None, std: str | None = None, task_output: str | None = None,
-                primary_metric: str | None = None, loss: str | None = None):
+                primary_metric: str | None = None, loss: str | None = None, tokenizer: Path | None = None,
+                max_length: int | None = None):
     """The one model loader of the CLI: a file, or an architecture shaped for the dataset.
 
     A bundle carries its own signature and task (``--primary-metric`` may override its primary metric); a
@@ -180,11 +192,11 @@ def load_bundle(model: Path | None, *, arch: str | None, weights: Path | None, a
     return with_loss(_load(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                            channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
                            pretrained=pretrained, seed=seed, mean=mean, std=std, task_output=task_output,
-                           primary_metric=primary_metric), loss)
+                           primary_metric=primary_metric, tokenizer=tokenizer, max_length=max_length), loss)
 
 
 def _load(model, *, arch, weights, arch_kwargs, input_size, channels, trust_pickle, dataset, severity, pretrained,
-          seed, mean, std, task_output, primary_metric):
+          seed, mean, std, task_output, primary_metric, tokenizer=None, max_length=None):
     from deepslim.data import open_dataset
     from deepslim.models import load_model
     from deepslim.provenance import require_dataset
@@ -192,12 +204,18 @@ def _load(model, *, arch, weights, arch_kwargs, input_size, channels, trust_pick
     kwargs = parse_kwargs(arch_kwargs)
     check_metric_name(primary_metric)
     size, means, stds = _size(input_size), parse_floats(mean, "--mean"), parse_floats(std, "--std")
+    from deepslim.hf import SIDECAR, is_hf_dir
+    if model is not None and is_hf_dir(model) and not (model / SIDECAR).is_file():
+        if arch is not None:
+            raise ConfigError("Give either a model directory or --arch, not both.")
+        model, arch = None, f"hf:{model}"  # a foreign Hugging Face directory: its head is fitted to the data
     if model is not None:
         _check_model_and_arch(model, arch, weights)
-        if model.suffix.lower() == ".safetensors":
+        if model.suffix.lower() == ".safetensors" or model.is_dir():
             given = [name for name, value in (("--input-size", input_size), ("--channels", channels),
                                               ("--arch-kwargs", arch_kwargs), ("--pretrained", pretrained),
-                                              ("--mean", mean), ("--std", std), ("--task-output", task_output))
+                                              ("--mean", mean), ("--std", std), ("--task-output", task_output),
+                                              ("--tokenizer", tokenizer), ("--max-length", max_length))
                      if value is not None]
             if given:
                 raise ConfigError(f"{', '.join(given)} cannot be used with a bundle, which carries its own "
@@ -215,7 +233,8 @@ def _load(model, *, arch, weights, arch_kwargs, input_size, channels, trust_pick
     data = require_dataset(dataset, severity=severity, what=f"A new --arch {arch}")
     bundle = model_for_dataset(arch, data.spec, severity=data.severity, input_size=size, channels=channels,
                                arch_kwargs=kwargs, weights=weights, pretrained=pretrained, seed=seed, mean=means,
-                               std=stds, output=task_output, primary_metric=primary_metric)
+                               std=stds, output=task_output, primary_metric=primary_metric, tokenizer=tokenizer,
+                               max_length=max_length)
     _check_stats(bundle, means, stds)
     return bundle
 

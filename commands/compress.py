@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
-                             FeatureColumns, Force, InputSize, LabelColumn, LabelSmoothing, Lr, Mean, Model, Momentum,
+                             FeatureColumns, Force, InputSize, LabelColumn, TextColumn, LabelSmoothing, Lr, Mean, Model, Momentum,
                              Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption, TaskOutput,
                              TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers, choose_data,
                              dataset_ref, is_main_process, load_bundle, load_with_data, trusting, with_primary)
@@ -50,7 +50,7 @@ def prune_cmd(
     dataset: Annotated[Optional[str], typer.Option(
         "--dataset", "-d", help="Data for BatchNorm recalibration, fine-tuning, Taylor importance, sensitivity and "
         "accuracy (default: the dataset recorded in the model's lineage).", show_default=False)] = None,
-    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
+    label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
     primary_metric: PrimaryMetric = None,
     severity: Severity = None,
     sensitivity: Annotated[bool, typer.Option("--sensitivity", help="Measure per-layer sensitivity (table + plot); "
@@ -70,7 +70,7 @@ def prune_cmd(
 
     Example: deepslim compress prune base.safetensors --speedup 2 --finetune-epochs 5 -o pruned.safetensors
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from compress.prune import PruneConfig
     layers = tuple(n.strip() for n in (ignore or "").split(",") if n.strip())
     wants_sensitivity = sensitivity or allocation is Allocation.SENSITIVITY
@@ -151,7 +151,7 @@ def distill_cmd(
                           "path/file.py:build_fn (built at the teacher's input size).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors).",
                                          show_default=False)],
-    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, primary_metric: PrimaryMetric = None, severity: Severity = None,
     temperature: Annotated[float, typer.Option(help="Softmax temperature of the KD term (> 0).")] = 4.0,
     alpha: Annotated[float, typer.Option(help="Weight of the KD term; 1 - alpha goes to cross-entropy with the "
@@ -177,7 +177,7 @@ def distill_cmd(
 
     Example: deepslim compress distill --teacher base.safetensors --student pruned.safetensors -o student.safetensors
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from compress.distill import DistillConfig, parse_feature_pairs
     from deepslim.config import TrainConfig
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -270,7 +270,7 @@ def quantize_cmd(
                                            "fine-tuning; dynamic: onnxruntime int8 weights; fp16.")] = Method.PTQ,
     target: Annotated[QuantTarget, typer.Option(help="The runtime the artifact is for (sets its format).")]
     = QuantTarget.ONNXRUNTIME,
-    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, primary_metric: PrimaryMetric = None, severity: Severity = None,
     calibration: Annotated[Optional[Calibration], typer.Option(
         help="Activation range estimation (default: the library's own: onnxruntime minmax, NNCF's preset).")]
@@ -302,7 +302,7 @@ def quantize_cmd(
 
     Example: deepslim compress quantize base.safetensors --method ptq --target openvino -o base_int8.xml
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from deepslim.distributed import launched
     if launched():
         raise ConfigError("deepslim compress quantize runs in one process (calibration and timing are not "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Arch, ArchKwargs, Channels, FeatureColumns, Force, LabelColumn, Mean, Model, Severity,
+from commands.common import (Arch, ArchKwargs, Channels, FeatureColumns, Force, LabelColumn, TextColumn, Mean, Model, Severity,
                              Std, TaskOption, TaskOutput, TrustCode, TrustPickle, Weights, dataset_ref, load_bundle,
                              parse_batches, print_bench, trusting)
 from deepslim.errors import ConfigError
@@ -36,7 +36,7 @@ def export_cmd(
                                                 "exit (works without TensorRT).")] = False,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Parity inputs from this dataset's test "
                                                    "split (default: the model's own dataset from its lineage, else seeded random inputs).")] = None,
-    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
+    label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
     parity_samples: Annotated[int, typer.Option(help="Inputs compared by the parity check.")] = 64,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Check parity with the source model.")] = True,
     check: Annotated[bool, typer.Option("--check", help="Only say whether MODEL exports to each target, and which "
@@ -50,7 +50,7 @@ def export_cmd(
     Example: deepslim export base.safetensors --target openvino --dataset digits -o base.xml
     """
     import export as ex
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     build = dict(arch=arch, weights=weights, arch_kwargs=arch_kwargs, trust_pickle=trust_pickle, dataset=dataset,
                  channels=channels, mean=mean, std=std, task_output=task_output,
                  input_size=input_size if arch is not None else None)
@@ -142,7 +142,7 @@ def bench(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Accuracy on this dataset's split "
                                                    "(default: the one the models' lineage records).",
                                                    show_default=False)] = None,
-    label_column: LabelColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
+    label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None, task: TaskOption = None,
     split: Annotated[str, typer.Option(help="Evaluation split.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
     severity: Severity = None,
@@ -166,7 +166,7 @@ def bench(
 
     Example: deepslim bench base.safetensors --backend torch,onnxruntime,openvino --batch 1,8 --report runs/bench
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from benchmarks import LatencyConfig, RunnerOptions, bench as run_bench, load_metric, write_report
     latency = LatencyConfig(batches=parse_batches(batch), rounds=rounds, duration=duration, iterations=iterations,
                             warmup=warmup)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
-                             Epochs, FeatureColumns, Force, InputSize, LabelColumn, LabelSmoothing, Lr, Mean, Model,
+                             Epochs, FeatureColumns, Force, MaxLength, Tokenizer, InputSize, LabelColumn, TextColumn, LabelSmoothing, Lr, Mean, Model,
                              Momentum, Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption,
                              TaskOutput, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
                              dataset_ref, is_main_process, load_with_data, print_metrics, trusting)
@@ -32,9 +32,9 @@ def train(
     pretrained: Annotated[Optional[str], typer.Option(
         "--pretrained", help="torchvision weights to start from, e.g. DEFAULT or IMAGENET1K_V1 (downloads).")] = None,
     input_size: InputSize = None, channels: Channels = None, mean: Mean = None, std: Std = None,
-    dataset: Dataset = None, label_column: LabelColumn = None, feature_columns: FeatureColumns = None,
+    dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, severity: Severity = None, task_output: TaskOutput = None,
-    primary_metric: PrimaryMetric = None,
+    primary_metric: PrimaryMetric = None, tokenizer: Tokenizer = None, max_length: MaxLength = None,
     loss: Annotated[Optional[RegressionLoss], typer.Option(
         "--loss", help="Regression loss (on targets standardised with the train split's mean and std).",
         show_default=False)] = None,
@@ -53,14 +53,17 @@ def train(
     Example: deepslim train --arch resnet18 --dataset digits --input-size 32 -o base.safetensors
 
     A table: deepslim train --arch mlp --dataset data.csv --label-column y -o mlp.safetensors
+
+    Text: deepslim train ./my-bert --dataset texts.csv --text-column text --label-column y -o ft (a directory
+    that from_pretrained loads; -o ft.safetensors for a bundle)
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                       label_smoothing=label_smoothing, augment=augment, init=init, freeze_backbone=freeze_backbone,
                       seed=seed, device=device, num_workers=workers, accumulate=accumulate)
     from deepslim.fileio import check_output
-    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors")
+    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors", directory=True)
     if init is not Init.DEFAULT and (model is not None or weights is not None or pretrained is not None):
         raise ConfigError(f"--init {init.value} would overwrite the loaded weights; use it only for a new --arch "
                           "without --weights or --pretrained.")
@@ -70,8 +73,8 @@ def train(
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
                                   pretrained=pretrained, seed=seed, quiet=quiet, mean=mean, std=std,
                                   task_output=task_output, primary_metric=primary_metric,
-                                  loss=loss.value if loss else None)
-    check_saveable(bundle)
+                                  loss=loss.value if loss else None, tokenizer=tokenizer, max_length=max_length)
+    check_saveable(bundle, out)
     ckpt = out.with_name(out.name + ".ckpt")
     trained = run_train(bundle, data.spec, cfg, severity=data.severity, checkpoint=ckpt, resume=resume,
                         progress=not quiet)
@@ -88,8 +91,8 @@ def train(
 def evaluate(
     model: Model = None, arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None,
     input_size: InputSize = None, channels: Channels = None, mean: Mean = None, std: Std = None,
-    task_output: TaskOutput = None, trust_pickle: TrustPickle = False,
-    trust_code: TrustCode = False, dataset: Dataset = None, label_column: LabelColumn = None,
+    task_output: TaskOutput = None, trust_pickle: TrustPickle = False, tokenizer: Tokenizer = None,
+    max_length: MaxLength = None, trust_code: TrustCode = False, dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None,
     feature_columns: FeatureColumns = None, task: TaskOption = None, severity: Severity = None,
     split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate a seeded subset of this many samples.")] = None,
@@ -101,13 +104,14 @@ def evaluate(
 
     Example: deepslim eval base.safetensors --dataset digits
     """
-    dataset = dataset_ref(dataset, label_column, feature_columns, task)
+    dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from deepslim.evaluation import evaluate as run_eval
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {limit}.")
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
-                                  quiet=as_json, mean=mean, std=std, task_output=task_output)
+                                  quiet=as_json, mean=mean, std=std, task_output=task_output, tokenizer=tokenizer,
+                                  max_length=max_length)
     result = run_eval(bundle, data.spec, split=split, limit=limit, batch_size=batch_size, severity=data.severity,
                       device=device)
     if as_json:

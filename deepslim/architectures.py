@@ -92,6 +92,8 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | tuple[int, in
         image = {"in_channels": chans} if name in _IMAGE_BUILTINS else {}
         spec = ArchSpec(ArchSource.BUILTIN, name, {"num_classes": num_classes, **image, **kwargs})
         return spec, input_size or _DEFAULT_SIZE[ArchSource.BUILTIN], chans
+    if name.startswith("timm:"):
+        return _resolve_timm(name[len("timm:"):], num_classes, input_size, channels, kwargs)
     if name in torchvision_names():
         if channels not in (None, 3):
             raise ConfigError(f"torchvision architectures take 3 input channels, not {channels}; grayscale data "
@@ -102,6 +104,45 @@ def resolve_arch(name: str, *, num_classes: int, input_size: int | tuple[int, in
     close = difflib.get_close_matches(name, known_architectures(), n=3, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}?" if close else "`deepslim archs` lists them."
     raise UnknownArchitectureError(f"Unknown architecture '{name}'; {hint}")
+
+
+@functools.cache
+def timm_names() -> frozenset[str]:
+    try:
+        import timm
+    except ImportError as exc:  # a pinned dependency; only a broken install lacks it
+        raise ConfigError("timm architectures need the timm package; install it with pip install timm.") from exc
+    return frozenset(timm.list_models())
+
+
+def _resolve_timm(name: str, num_classes: int, input_size: int | tuple[int, int] | None, channels: int | None,
+                  kwargs: dict[str, Any]) -> tuple[ArchSpec, int | tuple[int, int], int]:
+    """``timm:NAME``: any model of timm's registry, random weights (``--weights`` loads a state_dict). A model
+    that takes an image size (ViT, DeiT, Swin...) is built for ``--input-size``; others take any size."""
+    import timm
+    if name not in timm_names():
+        close = difflib.get_close_matches(name, sorted(timm_names()), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join('timm:' + c for c in close)}?" if close else "timm.list_models() lists them."
+        raise UnknownArchitectureError(f"Unknown timm architecture '{name}'; {hint}")
+    chans = channels or 3
+    default = tuple(timm.get_pretrained_cfg(name).input_size[1:]) if timm.get_pretrained_cfg(name) else (224, 224)
+    size = input_size or (default[0] if default[0] == default[1] else default)
+    kwargs = {"num_classes": num_classes, "in_chans": chans, **kwargs}
+    if input_size is not None and "img_size" not in kwargs and _takes_img_size(name, kwargs, size):
+        kwargs["img_size"] = size if isinstance(size, int) else list(size)
+    return ArchSpec(ArchSource.TIMM, name, kwargs), size, chans
+
+
+def _takes_img_size(name: str, kwargs: dict[str, Any], size: Any) -> bool:
+    import timm
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, pretrained=False, **kwargs, img_size=size)
+    except TypeError:
+        return False
+    except Exception:  # any other failure shows when the model is really built
+        return True
+    return True
 
 
 def _missing_function(text: str, file: Path) -> None:
@@ -149,6 +190,11 @@ def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
             model = _build_torchvision(spec, pretrained)
         elif spec.source is ArchSource.FILE:
             model = _build_from_file(spec)
+        elif spec.source is ArchSource.TIMM:
+            model = _build_timm(spec)
+        elif spec.source is ArchSource.HF:
+            from deepslim import hf
+            model = hf.build(spec)
         else:
             raise ModelError(f"A model of source '{spec.source.value}' cannot be rebuilt; load it from its file.")
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
@@ -199,6 +245,13 @@ def _build_torchvision(spec: ArchSpec, pretrained: str | None) -> nn.Module:
     if num_classes != 1000:
         replace_head(model, num_classes)
     return model
+
+
+def _build_timm(spec: ArchSpec) -> nn.Module:
+    import timm
+    if spec.name not in timm_names():  # the registry is the allow-list
+        raise UnknownArchitectureError(f"Unknown timm architecture '{spec.name}'.")
+    return timm.create_model(spec.name, pretrained=False, **spec.kwargs)
 
 
 def _build_from_file(spec: ArchSpec) -> nn.Module:

@@ -68,7 +68,7 @@ class DataSource(Protocol):
 
 
 BUILTIN_DATASETS = ("digits", "digits-c", "mnist", "breast-cancer", "wine", "diabetes")
-QUERY_KEYS = ("label", "features", "task")
+QUERY_KEYS = ("label", "features", "task", "text")
 
 
 def split_options(spec: str) -> tuple[str, dict[str, str]]:
@@ -119,7 +119,8 @@ def open_dataset(spec: str, *, severity: int = 3) -> DataSource:
                            "an existing directory or table file (.csv, .parquet), nor path/file.py:fn.")
     from deepslim.datasets.tabular import is_table_path, open_table
     if is_table_path(path):
-        return open_table(base, options)
+        from deepslim.datasets.text import is_text_table, open_text
+        return open_text(base, options) if is_text_table(path, options) else open_table(base, options)
     if not path.is_dir():
         raise DatasetError(f"Dataset {path} is a file; give a .csv or .parquet table, or an ImageFolder or CIFAR-10 "
                            "directory.")

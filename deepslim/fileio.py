@@ -14,9 +14,14 @@ from deepslim.errors import InputFileError, OutputError
 
 
 def check_output(path: str | os.PathLike, *, force: bool = False,
-                 inputs: Sequence[str | os.PathLike | None] = (), suffix: str | None = None) -> Path:
-    """Validate an output path before any work starts and return it as a Path."""
+                 inputs: Sequence[str | os.PathLike | None] = (), suffix: str | None = None,
+                 directory: bool = False) -> Path:
+    """Validate an output path before any work starts and return it as a Path. ``directory``: a path without a
+    suffix is also taken (a Hugging Face model directory); an existing one is replaced only with ``force`` and
+    only if deepslim wrote it (it holds ``deepslim.json``)."""
     out = Path(path)
+    if directory and out.suffix == "":
+        return _check_dir_output(out, force=force)
     if suffix is not None and out.suffix.lower() != suffix:
         raise OutputError(f"Output {out} must end in {suffix}.")
     for src in inputs:
@@ -29,6 +34,17 @@ def check_output(path: str | os.PathLike, *, force: bool = False,
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputError(f"Cannot write {out}: {parent} is not a directory.")
+    return out
+
+
+def _check_dir_output(out: Path, *, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"Output {out} exists and is not a directory; choose another path.")
+    if out.exists() and not force:
+        raise OutputError(f"Output {out} already exists; pass --force to overwrite it or choose another path.")
+    if out.exists() and not (out / "deepslim.json").is_file():
+        raise OutputError(f"Output {out} is a directory deepslim did not write (no deepslim.json); it is never "
+                          "replaced, so choose another path.")
     return out
 
 

@@ -75,7 +75,8 @@ def load_model(source: str | Path | None = None, *, arch: str | None = None, wei
                classes: list[str] | None = None, mean: tuple[float, ...] | None = None,
                std: tuple[float, ...] | None = None, trust_pickle: bool = False,
                trust_code: bool = False, task: Task | None = None, inputs: tuple[TensorSpec, ...] | None = None,
-               inputs_by_name: bool = False, output: str | None = None) -> ModelBundle:
+               inputs_by_name: bool = False, output: str | None = None, tokenizer: str | Path | None = None,
+               max_length: int | None = None) -> ModelBundle:
     """Load a model from a bundle, an architecture (+ state_dict), or a pickled module.
 
     ``source`` is a deepslim bundle (``.safetensors``) or, with ``trust_pickle``, a whole
@@ -88,6 +89,11 @@ def load_model(source: str | Path | None = None, *, arch: str | None = None, wei
     renamed after ``forward``'s parameters (checked by name with ``inputs_by_name``). ``task`` (default:
     classification over ``classes``) sets the output width; ``output`` names the output the task
     reads when the model returns several.
+
+    ``arch="hf:bert"`` (a model type, config from ``arch_kwargs``) or ``"hf:DIR"`` (a local Hugging Face
+    directory) builds a Hugging Face classifier (:mod:`deepslim.hf_bundle`): a text one fed by ``tokenizer``
+    (or the directory's) when ``inputs`` are tokens, else an image one. ``source`` may be a directory deepslim
+    wrote (``deepslim.json`` beside the config).
 
     A bundle whose architecture is the user's ``file.py:fn`` runs that file only with
     ``trust_code`` or inside :func:`deepslim.trust.allow_code` naming it, and only when its
@@ -107,6 +113,13 @@ def load_model(source: str | Path | None = None, *, arch: str | None = None, wei
         task = Task.classification(classes)
     elif num_classes is not None and num_classes != task.width:
         raise ConfigError(f"--num-classes {num_classes} does not match the data's {task.width} outputs.")
+    if arch.startswith("hf:"):
+        from deepslim.hf_bundle import new_model
+        return new_model(arch[len("hf:"):], task=task, inputs=inputs, arch_kwargs=dict(arch_kwargs or {}),
+                         weights=weights, input_size=input_size, channels=channels, mean=mean, std=std,
+                         tokenizer=tokenizer, max_length=max_length, trust_code=trust_code)
+    if tokenizer is not None or max_length is not None:
+        raise ConfigError("--tokenizer and --max-length apply to Hugging Face text models (--arch hf:NAME).")
     kwargs = {**_data_kwargs(arch, inputs), **(arch_kwargs or {})}
     spec, size, chans = resolve_arch(arch, num_classes=task.width, input_size=input_size, channels=channels,
                                      kwargs=kwargs)
@@ -155,6 +168,14 @@ def _sized(inputs: tuple[TensorSpec, ...], size: Any, chans: int, size_given: bo
 
 def _load_file(path: Path, *, trust_pickle: bool, input_size: int | None, channels: int | None,
                mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> ModelBundle:
+    from deepslim import hf
+    if path.is_dir():
+        if (path / hf.SIDECAR).is_file():
+            from deepslim.hf_bundle import load_dir
+            return load_dir(path.resolve(), trust_code=current_policy().trust_code)
+        if hf.is_hf_dir(path):
+            raise ConfigError(f"{path} is a Hugging Face directory that deepslim did not write; its task comes from "
+                              f"the data, so give --dataset (or load it with --arch hf:{path}).")
     require_file(path, "model file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -301,8 +322,12 @@ def check_finite(state: dict[str, torch.Tensor], *, source: str | Path) -> None:
                          "training diverged, so restore it or retrain.")
 
 
-def check_saveable(bundle: ModelBundle) -> None:
-    """Fail early (before long work) if ``bundle`` could not be saved as a bundle."""
+def check_saveable(bundle: ModelBundle, out: str | Path | None = None) -> None:
+    """Fail early (before long work) if ``bundle`` could not be saved as a bundle (or at ``out``: a directory
+    is for Hugging Face models only)."""
+    if out is not None and Path(out).suffix == "" and bundle.arch.source is not ArchSource.HF:
+        raise ConfigError(f"Only Hugging Face models are saved as directories; name the output "
+                          f"{Path(out).with_suffix('.safetensors')}.")
     if bundle.arch.source is ArchSource.PICKLE:
         raise ModelError("A model loaded from a pickle has no rebuildable architecture; load it with --arch NAME "
                          "--weights FILE to save it as a bundle.")
@@ -314,6 +339,9 @@ def save_model(bundle: ModelBundle, path: str | Path, *, force: bool = False) ->
     An existing ``path`` is replaced only with ``force=True`` (the CLI's ``--force`` rule).
     """
     check_saveable(bundle)
+    if Path(path).suffix == "" and bundle.arch.source is ArchSource.HF:
+        from deepslim.hf_bundle import save_dir
+        return save_dir(bundle, path, force=force)
     if Path(path).suffix.lower() != ".safetensors":
         raise ConfigError(f"Bundles are .safetensors files; name the output {Path(path).with_suffix('.safetensors')}.")
     check_new_outputs([path], force=force)

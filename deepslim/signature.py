@@ -23,6 +23,7 @@ from typing import Any
 
 from deepslim.errors import ConfigError
 from deepslim.spec import InputSpec
+from deepslim.textspec import TextSpec
 
 Dim = int | str
 BATCH = "batch"
@@ -138,6 +139,7 @@ class Signature:
     task_output: str = "output"
     output_layout: str = "tensor"  # how forward returns: tensor, tuple or dict
     notes: tuple[str, ...] = field(default=(), compare=False)  # what was assumed, in words
+    text: TextSpec | None = None  # token inputs: the tokenizer that makes them from text
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -157,6 +159,11 @@ class Signature:
         """The image input, when there is exactly one."""
         images = [i for i in self.inputs if i.kind is InputKind.IMAGE]
         return images[0] if len(images) == 1 else None
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Sizes of the named dims an example needs (``sequence``: the tokenizer's ``max_length``)."""
+        return {"sequence": self.text.max_length} if self.text is not None else {}
 
     @property
     def single_image(self) -> bool:
@@ -196,14 +203,14 @@ class Signature:
     def to_json(self) -> dict[str, Any]:
         return {"inputs": [i.to_json() for i in self.inputs], "outputs": list(self.outputs),
                 "task_output": self.task_output, "output_layout": self.output_layout,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), **({"text": self.text.to_json()} if self.text else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Signature:
         outputs = tuple(str(o) for o in data.get("outputs", ["output"]))
         return cls(tuple(TensorSpec.from_json(i) for i in data["inputs"]), outputs,
                    str(data.get("task_output", outputs[0])), str(data.get("output_layout", "tensor")),
-                   tuple(data.get("notes", ())))
+                   tuple(data.get("notes", ())), TextSpec.from_json(data["text"]) if data.get("text") else None)
 
     @classmethod
     def from_input_spec(cls, spec: InputSpec, name: str = "x") -> Signature:

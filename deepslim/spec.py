@@ -16,6 +16,8 @@ class ArchSource(str, Enum):
     BUILTIN = "builtin"          # deepslim's own small models
     TORCHVISION = "torchvision"  # torchvision.models by name
     FILE = "file"                # the user's path/to/file.py:build_fn
+    TIMM = "timm"                # timm.create_model by name (never pretrained: weights come from the bundle)
+    HF = "hf"                    # a Hugging Face config (kwargs) and head (name), built with AutoModelFor...
     PICKLE = "pickle"            # a whole pickled module (--trust-pickle); cannot be rebuilt
 
 

@@ -464,7 +464,8 @@ def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size:
                       weights: str | Path | None = None, pretrained: str | None = None,
                       seed: int | None = None, mean: tuple[float, ...] | None = None,
                       std: tuple[float, ...] | None = None, output: str | None = None,
-                      primary_metric: str | None = None) -> ModelBundle:
+                      primary_metric: str | None = None, tokenizer: str | Path | None = None,
+                      max_length: int | None = None) -> ModelBundle:
     """A new model shaped for ``dataset``: its task (classes, labels or targets), its inputs and statistics.
 
     Image data: the data's mean/std (unless given, or ``pretrained``), its channels for built-in
@@ -478,7 +479,7 @@ def model_for_dataset(arch: str, dataset: str, *, severity: int = 3, input_size:
         seed_everything(seed)
     task = info.task_of().with_primary(primary_metric)
     common = dict(arch=arch, task=task, arch_kwargs=arch_kwargs, weights=weights, pretrained=pretrained,
-                  output=output)
+                  output=output, tokenizer=tokenizer, max_length=max_length)
     if not info.is_image:
         by_name = any(i.name != f"x{k}" and i.name != "x" for k, i in enumerate(info.inputs))
         return load_model(input_size=input_size, channels=channels, inputs=_with_stats(info.inputs, mean, std),

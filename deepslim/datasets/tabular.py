@@ -30,7 +30,7 @@ from deepslim.signature import BATCH, InputKind, Signature, TensorSpec
 from deepslim.spec import InputSpec
 from deepslim.tasks import Task, TaskKind, task_for_targets
 
-SUFFIXES = (".csv", ".parquet")
+SUFFIXES = (".csv", ".parquet", ".jsonl")
 OPTIONS = ("label", "features", "task")
 SPLIT_COLUMN = "split"
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -72,9 +72,12 @@ def _read(path: Path) -> Any:
     import pandas as pd
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise DatasetError(f"{path} is not a table; give a .csv or .parquet file.")
+        raise DatasetError(f"{path} is not a table; give a .csv, .jsonl or .parquet file.")
     try:
-        frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+        if suffix == ".jsonl":
+            frame = pd.read_json(path, lines=True)
+        else:
+            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     except ImportError as exc:
         raise DatasetError(f"Reading {path.name} needs pyarrow; install it with pip install pyarrow.") from exc
     except Exception as exc:  # pandas raises many types for a bad file; each becomes one sentence

@@ -1,0 +1,244 @@
+"""Hugging Face models: built from a config (``--arch hf:bert``), loaded from a local directory, saved back as
+one that ``from_pretrained`` loads.
+
+An architecture is ``ArchSpec(source=hf, name=HEAD, kwargs=CONFIG)``: ``HEAD`` is one of :data:`HEADS`
+(the ``AutoModelFor…`` class that builds it) and ``CONFIG`` the model's whole ``config.json``, so a bundle
+rebuilds it without pickle and without the directory; pruning rewrites the config (``pruned_heads``,
+``intermediate_size``, ``num_hidden_layers``) and the rebuilt model has the pruned sizes. Only model types
+that ``transformers`` itself registers are built: a config with custom code (``auto_map``) is refused
+unless the user passes ``--trust-code``. Nothing is ever downloaded: every load runs under
+``HF_HUB_OFFLINE=1`` with ``local_files_only``, and a hub id is refused with one sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from deepslim.errors import ConfigError, ModelError, first_line
+from deepslim.signature import BATCH, InputKind, TensorSpec
+from deepslim.spec import ArchSource, ArchSpec
+from deepslim.tasks import Task, TaskKind
+from deepslim.textspec import TextSpec
+
+HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
+         "image-classification": "AutoModelForImageClassification"}
+SIDECAR = "deepslim.json"  # a deepslim-written directory: the bundle header (signature, task, lineage)
+_DROPPED = ("transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation_autoset",
+            "torch_dtype", "dtype", "architectures")
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` (and ``TRANSFORMERS_OFFLINE=1``) while Hugging Face libraries read local files."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / "config.json").is_file()
+
+
+def require_local(text: str) -> Path:
+    """The local directory ``text`` names; a hub id (``bert-base-uncased``, ``org/name``) is refused."""
+    path = Path(text).expanduser()
+    if is_hf_dir(path):
+        return path.resolve()
+    if path.exists():
+        raise ConfigError(f"{path} is not a Hugging Face model directory (it has no config.json).")
+    raise ConfigError(f"'{text}' is not a local directory; deepslim never downloads models, so download it first "
+                      f"(e.g. `huggingface-cli download {text} --local-dir ./{Path(text).name}`) and give that "
+                      "directory.")
+
+
+# --- configs ----------------------------------------------------------------------------------
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config as plain JSON (string keys), without what describes the file rather than the model."""
+    data = json.loads(config.to_json_string(use_diff=False))
+    return {k: v for k, v in data.items() if k not in _DROPPED}
+
+
+def make_config(kwargs: dict[str, Any], *, trust_code: bool = False) -> Any:
+    """A ``transformers`` config from its JSON; only model types ``transformers`` registers."""
+    from transformers import CONFIG_MAPPING
+    kwargs = dict(kwargs)
+    model_type = kwargs.pop("model_type", None)
+    if kwargs.get("auto_map") and not trust_code:
+        raise ModelError("The Hugging Face config names custom modelling code (auto_map); pass --trust-code if you "
+                         "trust it.")
+    if model_type not in CONFIG_MAPPING:
+        raise ModelError(f"'{model_type}' is not a model type transformers knows; give a config with model_type "
+                         "one of bert, distilbert, roberta, vit, deit, ... (transformers.CONFIG_MAPPING).")
+    try:
+        return CONFIG_MAPPING[model_type](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"The {model_type} config is invalid: {first_line(exc)}.") from exc
+
+
+def head_for(config: Any, *, text: bool | None = None) -> str:
+    """The head (:data:`HEADS`) a config is built with: the one its ``architectures`` names, else the one its
+    model type supports (``text`` decides when it supports both)."""
+    from transformers.models.auto import modeling_auto as auto
+    names = list(getattr(config, "architectures", None) or [])
+    for head, suffix in (("sequence-classification", "ForSequenceClassification"),
+                         ("image-classification", "ForImageClassification")):
+        if any(n.endswith(suffix) for n in names):
+            return head
+    seq = config.model_type in auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
+    img = config.model_type in auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    if seq and (not img or text):
+        return "sequence-classification"
+    if img:
+        return "image-classification"
+    raise ModelError(f"transformers has no sequence or image classification head for '{config.model_type}'.")
+
+
+def with_task(kwargs: dict[str, Any], task: Task) -> dict[str, Any]:
+    """Config JSON whose head fits ``task``: ``num_labels``, label names and ``problem_type``."""
+    problem = {TaskKind.CLASSIFICATION: "single_label_classification",
+               TaskKind.MULTILABEL: "multi_label_classification", TaskKind.REGRESSION: "regression"}[task.kind]
+    labels = list(task.names)
+    return {**kwargs, "num_labels": task.width, "problem_type": problem,
+            "id2label": {str(i): n for i, n in enumerate(labels)}, "label2id": {n: i for i, n in enumerate(labels)}}
+
+
+def task_of(config: Any) -> Task:
+    """The task a fine-tuned head's config describes (classification unless ``problem_type`` says otherwise)."""
+    names = [str(config.id2label[i]) for i in sorted(config.id2label)] if config.id2label else None
+    if config.problem_type == "regression":
+        return Task(TaskKind.REGRESSION, tuple(names or [f"target_{i}" for i in range(config.num_labels)]))
+    names = names or [str(i) for i in range(config.num_labels)]
+    if config.problem_type == "multi_label_classification":
+        return Task(TaskKind.MULTILABEL, tuple(names))
+    return Task.classification(names)
+
+
+# --- building and loading ---------------------------------------------------------------------
+
+def spec_for(config: Any, head: str) -> ArchSpec:
+    return ArchSpec(ArchSource.HF, head, config_dict(config))
+
+
+def build(spec: ArchSpec, *, pretrained: str | Path | None = None, trust_code: bool = False) -> Any:
+    """The model ``spec`` describes, with random weights or those of the local directory ``pretrained`` (a head
+    that does not fit the config is initialised afresh, as ``from_pretrained`` does)."""
+    import transformers
+    if spec.name not in HEADS:
+        raise ModelError(f"Unknown Hugging Face head '{spec.name}'; deepslim builds {', '.join(HEADS)}.")
+    auto = getattr(transformers, HEADS[spec.name])
+    config = make_config(spec.kwargs, trust_code=trust_code)
+    with offline():
+        if pretrained is None:
+            return auto.from_config(config, trust_remote_code=trust_code)
+        try:
+            return auto.from_pretrained(str(pretrained), config=config, local_files_only=True,
+                                        ignore_mismatched_sizes=True, trust_remote_code=trust_code)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"Cannot load the weights of {pretrained}: {first_line(exc)}.") from exc
+
+
+def read_config(directory: Path, *, trust_code: bool = False) -> Any:
+    from transformers import AutoConfig
+    with offline():
+        try:
+            config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_code)
+        except ValueError as exc:
+            if "trust_remote_code" in str(exc):
+                raise ModelError(f"{directory} needs its own modelling code (auto_map); pass --trust-code if you "
+                                 "trust it.") from exc
+            raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
+        except OSError as exc:
+            raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
+    if getattr(config, "auto_map", None) and not trust_code:
+        raise ModelError(f"{directory} needs its own modelling code (auto_map); pass --trust-code if you trust it.")
+    return config
+
+
+def read_tokenizer(source: str | Path, *, max_length: int | None = None, model_limit: int | None = None) -> TextSpec:
+    """The tokenizer of a local directory (or a ``tokenizer.json`` file) as a :class:`TextSpec`."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    path = Path(source).expanduser()
+    with offline():
+        try:
+            if path.is_file():
+                tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+            else:
+                tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ModelError(f"Cannot read a tokenizer from {path}: {first_line(exc)}.") from exc
+    return TextSpec.from_tokenizer(tok, max_length=max_length, model_limit=model_limit)
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
+
+
+def position_limit(config: Any) -> int | None:
+    """The longest sequence the model's position embeddings take (RoBERTa's start after its padding index)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    return limit - 2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else limit
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+def text_inputs(model: Any, text: TextSpec) -> tuple[TensorSpec, ...]:
+    """The token inputs of a text model: the tokenizer's inputs its ``forward`` takes, in ``forward``'s order,
+    each ``(batch, sequence)`` int64."""
+    import inspect
+    params = list(inspect.signature(model.forward).parameters)
+    names = [p for p in params if p in text.model_input_names]
+    if "input_ids" not in names:
+        raise ModelError("The model's forward takes no input_ids, so it cannot read text.")
+    kinds = {"attention_mask": InputKind.MASK}
+    return tuple(TensorSpec(n, (BATCH, "sequence"), "int64", kinds.get(n, InputKind.TOKENS)) for n in names)
+
+
+def image_input(config: Any, mean: tuple[float, ...], std: tuple[float, ...], name: str = "pixel_values"
+                ) -> TensorSpec:
+    """The image input of an image model: its config's channels and size, the data's (or processor's) stats."""
+    channels = int(getattr(config, "num_channels", 3))
+    size = getattr(config, "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    mean = mean if len(mean) == channels else (sum(mean) / len(mean),) * channels
+    std = std if len(std) == channels else (sum(std) / len(std),) * channels
+    return TensorSpec(name, (BATCH, channels, int(h), int(w)), "float32", InputKind.IMAGE, tuple(mean), tuple(std),
+                      "GRAY" if channels == 1 else "RGB")
+
+
+def processor_stats(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``image_mean``/``image_std`` of a directory's ``preprocessor_config.json``, if it has one."""
+    file = directory / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text())
+        return tuple(map(float, data["image_mean"])), tuple(map(float, data["image_std"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def resized(spec: ArchSpec, size: int | tuple[int, int] | None, channels: int | None) -> ArchSpec:
+    """An image model's config with ``--input-size`` / ``--channels`` applied."""
+    kwargs = dict(spec.kwargs)
+    if size is not None:
+        h, w = (size, size) if isinstance(size, int) else size
+        kwargs["image_size"] = h if h == w else [h, w]
+    if channels is not None:
+        kwargs["num_channels"] = channels
+    return replace(spec, kwargs=kwargs)

@@ -1,0 +1,97 @@
+"""Offline fixtures for transformer tests: a synthetic text task, a tokenizer trained in memory, and tiny
+Hugging Face BERT and ViT directories built from configs (random weights, nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+POSITIVE = ["good", "great", "fine", "happy", "bright", "lovely", "superb", "calm"]
+NEGATIVE = ["bad", "awful", "poor", "sad", "dark", "ugly", "dreadful", "grim"]
+FILLER = ["the", "a", "day", "film", "food", "room", "was", "is", "very", "quite", "and", "it", "this", "place",
+          "song", "story", "really", "so"]
+
+
+def sentence(rng: random.Random) -> tuple[str, int]:
+    """A short text whose label is 1 when its positive words outnumber its negative ones; ``not`` flips the word
+    after it, so bag-of-words is not enough."""
+    words, score = [], 0
+    for _ in range(rng.randint(4, 14)):
+        r = rng.random()
+        if r < 0.55:
+            words.append(rng.choice(FILLER))
+            continue
+        flip = rng.random() < 0.3
+        positive = rng.random() < 0.5
+        if flip:
+            words.append("not")
+        words.append(rng.choice(POSITIVE if positive else NEGATIVE))
+        score += (1 if positive else -1) * (-1 if flip else 1)
+    if score == 0:
+        words.append(rng.choice(POSITIVE))
+        score = 1
+    return " ".join(words), int(score > 0)
+
+
+def write_texts(path: Path, n: int = 600, seed: int = 0, *, pairs: bool = False) -> Path:
+    import pandas as pd
+    rng = random.Random(seed)
+    rows = [sentence(rng) for _ in range(n)]
+    frame = pd.DataFrame({"text": [t for t, _ in rows], "label": [["negative", "positive"][y] for _, y in rows]})
+    if pairs:
+        frame["other"] = [sentence(rng)[0] for _ in range(n)]
+    if path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+def tokenizer(texts: list[str] | None = None):
+    """A WordPiece tokenizer trained in memory on ``texts`` (default: the task's vocabulary)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+    texts = texts or [" ".join(POSITIVE + NEGATIVE + FILLER + ["not"])] * 4
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=120, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+
+
+def bert_dir(path: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4, intermediate: int = 64,
+             head: bool = False, seed: int = 0) -> Path:
+    """A tiny BERT directory with its tokenizer: a base model (``head=False``, as a pre-trained checkpoint
+    would be) or a sequence classifier with 2 labels."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    torch.manual_seed(seed)
+    tok = tokenizer()
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=intermediate, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    model = BertForSequenceClassification(config) if head else BertModel(config)
+    model.save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def vit_dir(path: Path, *, image_size: int = 8, patch: int = 2, channels: int = 1, hidden: int = 32, layers: int = 2,
+            heads: int = 4, intermediate: int = 64, seed: int = 0) -> Path:
+    import torch
+    from transformers import ViTConfig, ViTModel
+    torch.manual_seed(seed)
+    config = ViTConfig(image_size=image_size, patch_size=patch, num_channels=channels, hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=intermediate,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(str(path))
+    return path
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
