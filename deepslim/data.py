@@ -175,6 +175,16 @@ def subset(dataset: Dataset, count: int | None, *, seed: int = 0) -> Dataset:
     return Subset(dataset, order[:count].tolist())
 
 
+def collate_for(dataset: Dataset) -> Callable | None:
+    """The batching ``dataset`` asks for (a text split cuts each batch to its longest text), looked up through
+    subsets; None: PyTorch's default."""
+    while dataset is not None:
+        if callable(getattr(dataset, "collate", None)):
+            return dataset.collate
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
 def calibration_inputs(dataset: str, spec: Signature | InputSpec, count: int | None, *, severity: int = 3,
                        seed: int = 0) -> tuple[np.ndarray, ...]:
     """``count`` training samples (a seeded subset, no augmentation) prepared for ``spec``: one array per input,

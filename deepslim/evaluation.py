@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from deepslim.data import check_split, open_dataset, subset
+from deepslim.data import check_split, collate_for, open_dataset, subset
 from deepslim.errors import ConfigError, DatasetError, ModelError, first_line
 from deepslim.metrics import task_metrics
 from deepslim.modelio import call, shapes, task_output, to_device
@@ -53,7 +53,7 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 256, device
     logits, labels = [], []
     try:
         with torch.inference_mode():
-            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_for(dataset)):
                 logits.append(_forward(model, to_device(x, dev), signature).float().cpu())
                 labels.append(y)
     finally:

@@ -28,6 +28,8 @@ from deepslim.textspec import TextSpec
 
 HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
          "image-classification": "AutoModelForImageClassification"}
+CUSTOM_CODE = ("the model needs its own modelling code (auto_map in config.json), and deepslim does not run a "
+               "model directory's code; use a model type that transformers ships")
 SIDECAR = "deepslim.json"  # a deepslim-written directory: the bundle header (signature, task, lineage)
 _DROPPED = ("transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation_autoset",
             "torch_dtype", "dtype", "architectures")
@@ -77,9 +79,14 @@ def make_config(kwargs: dict[str, Any], *, trust_code: bool = False) -> Any:
     from transformers import CONFIG_MAPPING
     kwargs = dict(kwargs)
     model_type = kwargs.pop("model_type", None)
-    if kwargs.get("auto_map") and not trust_code:
-        raise ModelError("The Hugging Face config names custom modelling code (auto_map); pass --trust-code if you "
-                         "trust it.")
+    if isinstance(kwargs.get("pruned_heads"), dict):  # JSON keys are strings; transformers indexes layers by int
+        try:
+            kwargs["pruned_heads"] = {int(k): sorted(int(h) for h in v) for k, v in kwargs["pruned_heads"].items()}
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"The config's pruned_heads is not a map of layer to head indices ({first_line(exc)}).") \
+                from exc
+    if kwargs.get("auto_map"):
+        raise ModelError(CUSTOM_CODE)
     if model_type not in CONFIG_MAPPING:
         raise ModelError(f"'{model_type}' is not a model type transformers knows; give a config with model_type "
                          "one of bert, distilbert, roberta, vit, deit, ... (transformers.CONFIG_MAPPING).")
@@ -158,13 +165,12 @@ def read_config(directory: Path, *, trust_code: bool = False) -> Any:
             config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_code)
         except ValueError as exc:
             if "trust_remote_code" in str(exc):
-                raise ModelError(f"{directory} needs its own modelling code (auto_map); pass --trust-code if you "
-                                 "trust it.") from exc
+                raise ModelError(f"{directory}: {CUSTOM_CODE}") from exc
             raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
         except OSError as exc:
             raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
-    if getattr(config, "auto_map", None) and not trust_code:
-        raise ModelError(f"{directory} needs its own modelling code (auto_map); pass --trust-code if you trust it.")
+    if getattr(config, "auto_map", None):
+        raise ModelError(f"{directory}: {CUSTOM_CODE}")
     return config
 
 

@@ -22,7 +22,7 @@ from deepslim.codespec import parse_code_spec
 from deepslim.batchnorm import BatchNormGuard, batchnorm_layers
 from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
-from deepslim.data import aspect_note, open_dataset
+from deepslim.data import aspect_note, collate_for, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
 from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
@@ -286,9 +286,10 @@ def _loader(train_ds: Dataset, cfg: TrainConfig, epoch: int, ctx: DistContext) -
                                      seed=cfg.seed)
         sampler.set_epoch(epoch)
         return DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                          drop_last=drop_last)
+                          drop_last=drop_last, collate_fn=collate_for(train_ds))
     return DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.num_workers,
-                      drop_last=drop_last, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch))
+                      drop_last=drop_last, generator=torch.Generator().manual_seed(cfg.seed * 10_007 + epoch),
+                      collate_fn=collate_for(train_ds))
 
 
 def _data_parallel(model: nn.Module, device: torch.device) -> nn.Module:

@@ -36,3 +36,16 @@ def cnn_bundle():
     from deepslim.models import load_model
     torch.manual_seed(0)
     return load_model(arch="small_cnn", num_classes=10, input_size=8, arch_kwargs={"width": 8})
+
+
+@pytest.fixture(scope="session")
+def text_models():
+    """``tests/data/text_models.py``: the synthetic text task, the in-memory tokenizer, tiny BERT/ViT directories."""
+    import importlib
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    try:
+        return importlib.import_module("text_models")
+    finally:
+        sys.path.pop(0)

@@ -167,12 +167,24 @@ class TokenRows(Dataset):
         xs = tuple(t[index] for t in self.tensors)
         return (xs[0] if len(xs) == 1 else xs), self.targets[index]
 
+    def collate(self, items: list[Any]) -> Any:
+        """Stacked items cut to the batch's longest text (dynamic padding per batch)."""
+        from torch.utils.data import default_collate
+        x, y = default_collate(items)
+        if "attention_mask" not in self.names or not isinstance(x, (tuple, list)):
+            return x, y
+        return _cut(tuple(x), self.names.index("attention_mask")), y
+
 
 def trim(x: Any, signature: Signature) -> Any:
     """A batch cut to its own longest sequence (columns where every attention mask is 0 dropped)."""
     if signature.text is None or not isinstance(x, (tuple, list)) or "attention_mask" not in signature.input_names:
         return x
-    mask = x[signature.input_names.index("attention_mask")]
+    return _cut(tuple(x), signature.input_names.index("attention_mask"))
+
+
+def _cut(x: tuple[torch.Tensor, ...], mask_index: int) -> tuple[torch.Tensor, ...]:
+    mask = x[mask_index]
     if mask.dim() != 2 or mask.shape[1] == 0:
         return x
     keep = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
