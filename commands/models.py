@@ -137,21 +137,58 @@ def info(model: Annotated[Path, typer.Argument(help="A bundle (.safetensors) or 
         return _artifact_info(model, as_json)
     if layers:
         return _layers(model, as_json)
-    from deepslim import bundle as fmt
-    header = fmt.read_header(model)
-    if header is None:
-        raise ConfigError(f"{model} is a plain safetensors file without a deepslim header.")
-    data = header.to_json()
+    header = _header(model)
+    data = _shown(header.to_json())
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
     from rich.console import Console
     console = Console()
     console.print(f"[bold]{model}[/]  format v{data['format_version']}")
-    console.print(f"arch      {header.arch.source.value}:{header.arch.name} {header.arch.kwargs}", highlight=False)
+    console.print(f"arch      {header.arch.source.value}:{header.arch.name} {_arch_kwargs(header.arch)}",
+                  highlight=False)
     _print_model(console, header.signature, header.task)
     console.print(f"structure {len(header.structure.get('modules', {}))} modules changed")
     _print_lineage(console, header.lineage)
+
+
+def _header(model: Path):
+    """A bundle's header, or the ``deepslim.json`` of a Hugging Face directory deepslim wrote."""
+    from deepslim import bundle as fmt
+    from deepslim.hf import SIDECAR, is_hf_dir
+    if model.is_dir():
+        if not (model / SIDECAR).is_file():
+            hint = " (a Hugging Face directory deepslim did not write)" if is_hf_dir(model) else ""
+            raise ConfigError(f"{model} is a directory without {SIDECAR}{hint}; info reads bundles, directories "
+                              "deepslim wrote and exported artifacts.")
+        try:
+            return fmt.Header.from_json(json.loads((model / SIDECAR).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{model / SIDECAR} is not a readable deepslim header ({exc}).") from exc
+    header = fmt.read_header(model)
+    if header is None:
+        raise ConfigError(f"{model} is a plain safetensors file without a deepslim header.")
+    return header
+
+
+def _shown(data: dict) -> dict:
+    """The header as printed: a tokenizer by its class, size and hash, not its packed text."""
+    text = (data.get("signature") or {}).get("text")
+    if text:
+        text = {k: v for k, v in text.items() if k != "tokenizer_json"}
+        data = {**data, "signature": {**data["signature"], "text": text}}
+    return data
+
+
+_HF_SIZES = ("model_type", "num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+             "n_layers", "dim", "n_heads", "hidden_dim", "image_size", "patch_size", "vocab_size", "pruned_heads")
+
+
+def _arch_kwargs(arch) -> str:
+    """The architecture's arguments; for a Hugging Face config only the sizes that say what the model is."""
+    if arch.source.value != "hf":
+        return str(arch.kwargs)
+    return str({k: arch.kwargs[k] for k in _HF_SIZES if arch.kwargs.get(k) not in (None, {})})
 
 
 def _print_model(console, signature, task) -> None:
@@ -174,6 +211,10 @@ def _print_model(console, signature, task) -> None:
     info = metric_info(task.primary)
     console.print(f"primary   {task.primary} ({info.label}, {'higher' if info.higher_is_better else 'lower'} is "
                   f"better){f'; loss {task.loss}' if task.loss else ''}", highlight=False)
+    if signature.text is not None:
+        text = signature.text
+        console.print(f"tokenizer {text.tokenizer_class}, inputs {', '.join(text.model_input_names)}, max length "
+                      f"{text.max_length} (sha256 {text.sha256[:12]})", highlight=False)
     for note in signature.notes:
         console.print(f"assumed   {note}", highlight=False)
 
