@@ -60,12 +60,14 @@ class ModelSpec(_Strict):
     mean: list[float] | None = Field(default=None, min_length=1)
     std: list[Annotated[float, Field(gt=0)]] | None = Field(default=None, min_length=1)
     output: str | None = None  # the output the task reads, for a model with several
+    tokenizer: str | None = None  # a new Hugging Face text model: a tokenizer directory or tokenizer.json
+    max_length: PositiveInt | None = None  # a new text model: texts truncated to this many tokens
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
         if (self.path is None) == (self.arch is None):
             raise ValueError("give exactly one of path and arch")
-        given = [name for name in ("input_size", "channels", "mean", "std", "output")
+        given = [name for name in ("input_size", "channels", "mean", "std", "output", "tokenizer", "max_length")
                  if getattr(self, name) is not None]
         if self.path is not None and (given or self.arch_kwargs):
             raise ValueError(f"{', '.join(given or ['arch_kwargs'])} apply to arch, not to a model file (which "
@@ -244,8 +246,13 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _check_files(recipe: Recipe, base: Path) -> None:
-    if recipe.model.path is not None and not resolve(recipe.model.path, base).is_file():
-        raise InputFileError(f"model.path: {recipe.model.path} does not exist.")
+    if recipe.model.path is not None:
+        path = resolve(recipe.model.path, base)
+        if path.is_dir() and (path / "config.json").is_file() and not (path / "deepslim.json").is_file():
+            raise InputFileError(f"model.path: {recipe.model.path} is a Hugging Face directory deepslim did not write; "
+                                 f"give it as model.arch: hf:{recipe.model.path} (its head is fitted to the dataset).")
+        if not (path.is_file() or (path / "deepslim.json").is_file()):
+            raise InputFileError(f"model.path: {recipe.model.path} does not exist.")
     for i, stage in enumerate(recipe.stages):
         if isinstance(stage, DistillStage) and stage.teacher != "original" and not resolve(stage.teacher, base).is_file():
             raise InputFileError(f"stages.{i}.teacher: {stage.teacher} does not exist (use 'original' for the model "
@@ -261,7 +268,11 @@ def resolve(path: str, base: Path) -> Path:
 def resolve_arch(arch: str, base: Path) -> str:
     """A recipe's ``model.arch``: a ``file.py:fn`` is relative to the recipe file like every recipe path."""
     head, sep, fn = arch.rpartition(":")
-    return f"{resolve(head, base)}:{fn}" if sep and head.endswith(".py") else arch
+    if sep and head.endswith(".py"):
+        return f"{resolve(head, base)}:{fn}"
+    if arch.startswith("hf:") and resolve(arch[3:], base).is_dir():  # hf:./my-bert, relative to the recipe
+        return f"hf:{resolve(arch[3:], base).resolve()}"
+    return arch
 
 
 def resolve_dataset_spec(dataset: str, base: Path) -> str:

@@ -164,8 +164,8 @@ def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path
     from deepslim.models import load_model, save_model
     if spec.path is not None:
         source = resolve(spec.path, base)
-        out = stage_dir / Path(spec.path).name
-        if source.suffix.lower() == ".safetensors":
+        out = stage_dir / (Path(spec.path).name if source.is_file() else "model.safetensors")
+        if source.suffix.lower() == ".safetensors" or source.is_dir():
             return [save_model(_judged(load_model(source), recipe.primary_metric), out, force=True)], {}
         with atomic_path(out) as tmp:
             shutil.copyfile(source, tmp)
@@ -174,7 +174,9 @@ def _model(spec, stage_dir: Path, recipe: Recipe, base: Path) -> tuple[list[Path
     bundle = model_for_dataset(resolve_arch(spec.arch, base), recipe.dataset, input_size=spec.size,
                                arch_kwargs=spec.arch_kwargs, seed=recipe.seed, channels=spec.channels,
                                mean=tuple(spec.mean) if spec.mean else None, std=tuple(spec.std) if spec.std else None,
-                               output=spec.output, primary_metric=recipe.primary_metric)
+                               output=spec.output, primary_metric=recipe.primary_metric,
+                               tokenizer=resolve(spec.tokenizer, base) if spec.tokenizer else None,
+                               max_length=spec.max_length)
     return [save_model(bundle, stage_dir / "model.safetensors", force=True)], {}
 
 
@@ -340,8 +342,13 @@ def _inputs(step, current: Path | None, original: Path | None, dataset: dict[str
         files["model"] = resolve(step.path, base)
     if isinstance(step, DistillStage):
         files["teacher"] = original if step.teacher == "original" else resolve(step.teacher, base)
-    files = {k: v for k, v in files.items() if v is not None}
-    return {**{k: sha256_file(v) for k, v in files.items()}, "code": _user_code(step, files.values(), base),
+    if isinstance(step, ModelSpec) and step.arch is not None and step.arch.startswith("hf:"):
+        target = Path(resolve_arch(step.arch, base)[3:])
+        files["hf_model"] = target if target.is_absolute() else None  # a directory: config, weights, tokenizer
+        files["tokenizer"] = resolve(step.tokenizer, base) if step.tokenizer else None
+    files = {k: v for k, v in files.items() if v is not None and v.exists()}
+    digest = {k: fingerprint.directory_fingerprint(v) if v.is_dir() else sha256_file(v) for k, v in files.items()}
+    return {**digest, "code": _user_code(step, [f for f in files.values() if f.is_file()], base),
             "dataset": dataset, "environment": fingerprint.environment_facts(_backends(step))}
 
 

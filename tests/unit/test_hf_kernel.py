@@ -156,3 +156,14 @@ def test_unknown_timm_names_get_suggestions():
     from deepslim.errors import UnknownArchitectureError
     with pytest.raises(UnknownArchitectureError, match="did you mean timm:resnet18"):
         resolve_arch("timm:resnet18x", num_classes=10)
+
+
+def test_recipes_take_a_hugging_face_directory_relative_to_the_recipe(tmp_path, text_models):
+    from pydantic import ValidationError
+    from pipeline.recipe import ModelSpec, resolve_arch
+    text_models.bert_dir(tmp_path / "bert")
+    assert resolve_arch("hf:./bert", tmp_path) == f"hf:{(tmp_path / 'bert').resolve()}"
+    assert resolve_arch("hf:bert", tmp_path / "elsewhere") == "hf:bert"
+    assert ModelSpec(arch="hf:./bert", max_length=32, tokenizer="tok").max_length == 32
+    with pytest.raises(ValidationError, match="apply to arch"):
+        ModelSpec(path="model.safetensors", max_length=32)
