@@ -183,6 +183,9 @@ def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
     specs the user named or that :func:`deepslim.trust.authorise` allowed.
     """
     _check_plain_kwargs(spec)
+    if pretrained is not None and spec.source is not ArchSource.TORCHVISION:  # before building anything
+        raise ConfigError("--pretrained works only with torchvision architectures (it names torchvision weights); "
+                          "for another architecture pass a state_dict file with --weights.")
     try:
         if spec.source is ArchSource.BUILTIN:
             model = _registered(BUILTIN, spec)(**spec.kwargs)
@@ -199,8 +202,6 @@ def build_model(spec: ArchSpec, *, pretrained: str | None = None) -> nn.Module:
             raise ModelError(f"A model of source '{spec.source.value}' cannot be rebuilt; load it from its file.")
     except (TypeError, ValueError, AssertionError, RuntimeError, KeyError) as exc:
         raise ModelError(f"Cannot build {spec.name} with {spec.kwargs}: {first_line(exc)}.") from exc
-    if pretrained is not None and spec.source is not ArchSource.TORCHVISION:
-        raise ConfigError("--pretrained works only with torchvision architectures.")
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec.name} returned {type(model).__name__}, not a torch.nn.Module.")
     return model
