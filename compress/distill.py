@@ -33,6 +33,7 @@ from torch import nn
 from compress.losses import feature_loss, make_adapter, task_distillation_loss
 from compress.teachers import (DistillError, RunnerTeacher, Teacher, TorchTeacher, capture, inputs_text,
                                layer_named, open_teacher, shape_text)
+from compress.transformer_kd import AUTO, AttentionLoss, TransformerKD, layer_map_text, parse_layer_map
 from deepslim.config import TrainConfig
 from deepslim.data import open_dataset
 from deepslim.distributed import local_device, setup
@@ -59,6 +60,10 @@ class DistillConfig:
     alpha: float = 0.5                 # weight of the KD term; 1 - alpha goes to the task's loss on the targets
     feature_pairs: tuple[tuple[str, str], ...] = ()   # (teacher layer, student layer)
     feature_weight: float = 1.0        # weight of the mean feature MSE
+    hidden_weight: float = 0.0         # transformers: weight of the mean hidden-state MSE over the layer map's pairs
+    attention_weight: float = 0.0      # transformers: weight of the mean attention-map loss over the pairs
+    layer_map: str = AUTO              # "auto" or "0:1,1:3" (student layer : teacher layer, 0-based)
+    attention_loss: AttentionLoss = AttentionLoss.KL
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -69,20 +74,39 @@ class DistillConfig:
         if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha <= 1):
             raise ConfigError(f"--alpha weighs the distillation loss against the loss on the true targets and "
                               f"must be between 0 and 1, got {self.alpha}.")
-        if not (math.isfinite(self.feature_weight) and self.feature_weight >= 0):
-            raise ConfigError(f"--feature-weight must be >= 0, got {self.feature_weight}.")
+        for option, value in (("--feature-weight", self.feature_weight), ("--hidden-weight", self.hidden_weight),
+                              ("--attention-weight", self.attention_weight)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{option} must be a number >= 0, got {value}.")
+        layer_map = parse_layer_map(self.layer_map)  # a ConfigError for a malformed map
+        if layer_map is not None and not self.transformer_kd:
+            raise ConfigError("--layer-map pairs the layers of --hidden-weight and --attention-weight; give one of "
+                              "them a weight above 0, or leave --layer-map out.")
+        object.__setattr__(self, "layer_map", AUTO if layer_map is None else layer_map_text(layer_map))
+        object.__setattr__(self, "attention_loss", AttentionLoss(self.attention_loss))
         object.__setattr__(self, "feature_pairs", tuple((str(t), str(s)) for t, s in self.feature_pairs))
 
     @property
     def losses(self) -> list[str]:
         names = ["ce"] if self.alpha < 1 else []
         names += ["kd"] if self.alpha > 0 else []
-        return names + (["feature_mse"] if self.feature_pairs and self.feature_weight > 0 else [])
+        names += ["feature_mse"] if self.feature_pairs and self.feature_weight > 0 else []
+        names += ["hidden_mse"] if self.hidden_weight > 0 else []
+        return names + ([f"attention_{self.attention_loss.value}"] if self.attention_weight > 0 else [])
+
+    @property
+    def transformer_kd(self) -> bool:
+        """Whether encoder layers' hidden states or attention maps are distilled (:mod:`compress.transformer_kd`)."""
+        return self.hidden_weight > 0 or self.attention_weight > 0
 
     def to_json(self) -> dict[str, Any]:
+        """The record's config; the transformer options only when they are on (other records stay as they were)."""
         data = asdict(self)
         data.update(feature_pairs=[f"{t}:{s}" for t, s in self.feature_pairs], train=self.train.to_json(),
-                    losses=self.losses)
+                    attention_loss=self.attention_loss.value, losses=self.losses)
+        if not self.transformer_kd:
+            for key in ("hidden_weight", "attention_weight", "layer_map", "attention_loss"):
+                del data[key]
         return data
 
 
@@ -106,11 +130,12 @@ def parse_feature_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
 # --- the student ------------------------------------------------------------------------------
 
 class StudentWithAdapters(nn.Module):
-    """What the train loop optimises: the student plus the 1x1 adapters of the feature pairs.
+    """What the train loop optimises: the student plus the 1x1 adapters of the feature pairs (and, for
+    transformers, ``kd``: the layer map's projections, :class:`compress.transformer_kd.TransformerKD`).
 
     Forward takes every input and returns what the student returns; in training mode it also leaves
-    the adapted features of the watched layers in ``adapted`` (computed inside forward, so DDP sees
-    every parameter used).
+    the adapted features of the watched layers in ``adapted`` and the encoder layers' projected hidden states
+    and attention maps in ``kd`` (computed inside forward, so DDP sees every parameter used).
     """
 
     def __init__(self, student: nn.Module, layers: list[str], adapters: list[nn.Module]) -> None:
@@ -118,12 +143,13 @@ class StudentWithAdapters(nn.Module):
         self.student, self.adapters, self.layers = student, nn.ModuleList(adapters), layers
         self.captured: dict[str, torch.Tensor] = {}
         self.adapted: list[torch.Tensor] = []
+        self.kd: TransformerKD | None = None
         modules = dict(student.named_modules())
         targets = [layer_named(modules, n, "student") for n in layers]  # every name checked before any hook
         self._hooks = [m.register_forward_hook(capture(self.captured, n)) for m, n in zip(targets, layers)]
 
     def forward(self, *x: torch.Tensor) -> Any:
-        out = self.student(*x)
+        out = self.kd.student_forward(self.student, x) if self.training and self.kd is not None else self.student(*x)
         if self.training and self.layers:
             self.adapted = [a(self.captured[n]) for a, n in zip(self.adapters, self.layers)]
         return out
@@ -134,6 +160,8 @@ class StudentWithAdapters(nn.Module):
         self._hooks.clear()
         self.captured.clear()
         self.adapted = []
+        if self.kd is not None:
+            self.kd.close()
         return self.student
 
 
@@ -199,6 +227,7 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
                      identity=identity, keep_start=begin.trained, start_val_top1=begin.val_top1,
                      bn_data=splits.get("bn"), task=task, signature=spec)
         teacher_seconds = teacher.seconds
+        layer_pairs = {"layer_pairs": layer_map_text(wrapper.kd.pairs)} if wrapper.kd is not None else {}
         model = wrapper.close()
         test = _test_metrics(model, splits["test"], task, spec, device, teacher_out)
     finally:
@@ -209,8 +238,9 @@ def distill(teacher: Teacher | ModelBundle, student: ModelBundle, dataset: str =
     if result.best_epoch == 0:
         notes.append(kept_start_note(begin.val_top1, result.history))
         say(notes[-1])
-    params = {**cfg.to_json(), "teacher": teacher_identity, "dataset": recorded_name(dataset, severity),
-              "task": task.to_json(), "data": data_policies(source, spec, cfg.train.augment)}
+    params = {**cfg.to_json(), **layer_pairs, "teacher": teacher_identity,
+              "dataset": recorded_name(dataset, severity), "task": task.to_json(),
+              "data": data_policies(source, spec, cfg.train.augment)}
     metrics = {"teacher_test": teacher_test, "test_before": before, "test": test,
                **val_metric(task, result.best_val), "best_epoch": result.best_epoch,
                "start_val_top1": begin.val_top1, "kept_start": result.best_epoch == 0, "history": result.history,
@@ -259,6 +289,8 @@ def _prepare(teacher: Teacher, student: ModelBundle, cfg: DistillConfig) -> Stud
     try:
         x = example_inputs(student.signature, 2)
         _check_output(student, _trial_forward(student, x))
+        if cfg.transformer_kd:
+            wrapper.kd = _transformer_kd(teacher, student, cfg, x)
         if not pairs:
             return wrapper
         teacher.outputs(x if len(x) > 1 else x[0])
@@ -317,6 +349,13 @@ def _adapter(student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, to
     return adapter
 
 
+def _transformer_kd(teacher: Teacher, student: ModelBundle, cfg: DistillConfig,
+                    x: tuple[torch.Tensor, ...]) -> TransformerKD:
+    from compress.transformer_kd import prepare
+    return prepare(teacher, student, x, hidden_weight=cfg.hidden_weight, attention_weight=cfg.attention_weight,
+                   layer_map=parse_layer_map(cfg.layer_map), attention_loss=cfg.attention_loss, seed=cfg.train.seed)
+
+
 def _active_pairs(cfg: DistillConfig) -> tuple[tuple[str, str], ...]:
     """Feature pairs that contribute to the loss (none at --feature-weight 0: unused adapters would stall DDP)."""
     return cfg.feature_pairs if cfg.feature_weight > 0 else ()
@@ -331,6 +370,8 @@ def _loss_fn(teacher: Teacher, wrapper: StudentWithAdapters, cfg: DistillConfig,
         target = teacher.outputs(x)
         out = task_output(call(net, x), signature)
         loss = mixed(out, target, y)
+        if wrapper.kd is not None:
+            loss = loss + wrapper.kd.loss(teacher.transformer, as_args(x))
         if pairs:
             feats = sum(feature_loss(s, teacher.features[t]) for s, (t, _) in zip(wrapper.adapted, pairs))
             loss = loss + cfg.feature_weight * feats / len(pairs)

@@ -90,3 +90,45 @@ def make_adapter(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.Mod
         return nn.Conv1d(student_shape[1], teacher_shape[1], kernel_size=1, bias=False)
     cs, ct = student_shape[-1], teacher_shape[-1]
     return nn.Identity() if cs == ct else nn.Linear(cs, ct, bias=False)
+
+
+# --- transformer features (TinyBERT / MiniLM): pure functions of the captured tensors ------------------
+
+def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error between a (projected) student layer's hidden states and the teacher's, (batch, tokens,
+    width) each, over the real tokens only when ``mask`` (batch, tokens; 1 real, 0 padding) is given."""
+    s, t = student.float(), teacher.float().detach()
+    if s.shape != t.shape:
+        raise ValueError(f"hidden states {tuple(s.shape)} and {tuple(t.shape)} cannot be compared")
+    if mask is None:
+        return F.mse_loss(s, t)
+    weight = mask.to(s.dtype)[..., None]
+    return ((s - t) ** 2 * weight).sum() / (weight.sum() * s.shape[-1]).clamp_min(1.0)
+
+
+def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None, *,
+                       kind: str = "kl") -> torch.Tensor:
+    """How far a student layer's attention probabilities (batch, heads, query, key) are from the teacher's.
+
+    ``kl``: KL(teacher ‖ student) of each query's distribution over the keys (MiniLM), averaged over heads and
+    queries; ``mse``: the mean squared difference of the probabilities (TinyBERT). When the head counts differ
+    (heads pruned) both sides are averaged over their heads first. ``mask`` (batch, tokens) keeps real query
+    rows (KL) or real query-key cells (MSE) only."""
+    s, t = student.float(), teacher.float().detach()
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    if s.shape != t.shape:
+        raise ValueError(f"attention maps {tuple(s.shape)} and {tuple(t.shape)} cannot be compared")
+    if kind == "kl":
+        per_query = (torch.xlogy(t, t) - t * torch.log(s.clamp_min(1e-12))).sum(-1)  # (batch, heads, query)
+        if mask is None:
+            return per_query.mean()
+        weight = mask.to(s.dtype)[:, None, :].expand_as(per_query)
+        return (per_query * weight).sum() / weight.sum().clamp_min(1.0)
+    if kind != "mse":
+        raise ValueError(f"unknown attention loss '{kind}' (kl or mse)")
+    if mask is None:
+        return F.mse_loss(s, t)
+    m = mask.to(s.dtype)
+    weight = (m[:, None, :, None] * m[:, None, None, :]).expand_as(s)
+    return ((s - t) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from deepslim.signature import InputKind, Signature, TensorSpec
 from deepslim.spec import InputSpec
 from deepslim.tasks import Task
 
+if TYPE_CHECKING:
+    from compress.transformer_kd import Features
+
 RUNNER_BACKEND = {".onnx": "onnxruntime", ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
 
 
@@ -45,6 +48,8 @@ class Teacher(Described):
     task: Task
     seconds: float = 0.0   # time spent in the teacher's forward passes
     features: dict[str, torch.Tensor]
+    transformer: Features | None = None  # the last batch's encoder-layer features (:meth:`watch_transformer`)
+    collect: bool = True                 # False while only task outputs are wanted
     device: torch.device = torch.device("cpu")
 
 
@@ -77,6 +82,7 @@ class Teacher(Described):
                                    "channels.")
         else:
             _check_inputs(student, teacher, data_channels)
+            _check_tokenizers(student, teacher)
         self._convert = tuple(_conversion(s, t) for s, t in zip(student.inputs, teacher.inputs))
 
     def _renormalize(self, x: Any) -> Any:
@@ -90,13 +96,23 @@ class Teacher(Described):
         raise DistillError(f"The teacher {self.name} is an exported {self.kind} artifact whose inner layers "
                            "cannot be read; use --feature-pairs with a bundle teacher, or logits only.")
 
+    def watch_transformer(self, *, hidden: bool, attention: bool) -> None:
+        """Keep each encoder layer's hidden states and/or attention maps of every batch in ``transformer``."""
+        raise DistillError(f"The teacher {self.name} is an exported {self.kind} artifact, which gives its logits "
+                           "only; --hidden-weight and --attention-weight need the teacher as a bundle or a model "
+                           "directory.")
+
     def predict(self, dataset: Dataset, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """Task outputs and targets over the whole dataset (sharded over ranks under torchrun)."""
         ctx = context()
         logits, labels = [], []
-        for x, y in DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False):
-            logits.append(self.outputs(to_device(x, self.device)).float().cpu())
-            labels.append(y)
+        self.collect = False  # the task output only: no features are needed here
+        try:
+            for x, y in DataLoader(shard(dataset, ctx), batch_size=batch_size, shuffle=False):
+                logits.append(self.outputs(to_device(x, self.device)).float().cpu())
+                labels.append(y)
+        finally:
+            self.collect = True
         total = len(dataset)
         return (gather_shards(torch.cat(logits).numpy(), total, ctx),
                 gather_shards(torch.cat(labels).numpy(), total, ctx))
@@ -120,6 +136,7 @@ class TorchTeacher(Teacher):
         self.kind, self.signature, self.task = "bundle", bundle.signature, bundle.task
         self.features, self._hooks = {}, []
         self.device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
+        self._wants: dict[str, bool] = {}
 
     def to(self, device: torch.device) -> TorchTeacher:
         self.model.to(device)
@@ -132,24 +149,39 @@ class TorchTeacher(Teacher):
         for module, name in zip(targets, layers):
             self._hooks.append(module.register_forward_hook(capture(self.features, name)))
 
+    def watch_transformer(self, *, hidden: bool, attention: bool) -> None:
+        from compress.transformer_kd import require_transformer
+        require_transformer(self.model, "teacher", self.name)
+        self._wants = {"hidden": hidden, "attention": attention}
+
     def _forward(self, x: Any) -> torch.Tensor:
         first = as_args(x)[0]
         if first.device != self.device:
             self.to(first.device)
         try:
-            out = call(self.model, x)
+            if self._wants and self.collect:
+                from compress.transformer_kd import TransformerKDError, forward_features
+                out, self.transformer = forward_features(self.model, as_args(x), **self._wants)
+            else:
+                out = call(self.model, x)
+        except TransformerKDError:
+            raise
         except Exception as exc:  # a user's model may raise anything
             raise ModelError(f"The teacher fails on inputs of shape {shapes(x)}: {first_line(exc)}.") from exc
         return task_output(out, self.signature)
 
     def identity(self) -> dict[str, Any]:
-        digest = sha256_file(self.bundle.path) if self.bundle.path else state_fingerprint(self.model)
+        path = self.bundle.path
+        if path is not None and path.is_dir():  # a model directory: its weights file
+            path = path / "model.safetensors"
+        digest = sha256_file(path) if path is not None and path.is_file() else state_fingerprint(self.model)
         return {"name": self.name, "kind": self.kind, "sha256": digest}
 
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._wants, self.transformer = {}, None
         self.model.cpu()
 
 
@@ -255,6 +287,16 @@ def _check_inputs(student: Signature, teacher: Signature, data_channels: int | d
         raise DistillError(f"The student takes {inputs_text(student)} but the teacher {inputs_text(teacher)} "
                            f"({problem}); distillation feeds both the same batch, so build the student with the "
                            "teacher's inputs.")
+
+
+def _check_tokenizers(student: Signature, teacher: Signature) -> None:
+    """A DistillError unless both text models map words to the same token ids (the same vocabulary)."""
+    s, t = student.text, teacher.text
+    if s is None or t is None or s.sha256 == t.sha256:
+        return
+    if s.tokenizer().get_vocab() != t.tokenizer().get_vocab():
+        raise DistillError("The student's tokenizer has another vocabulary than the teacher's; distillation feeds "
+                           "both the same token ids, so build the student with the teacher's tokenizer.")
 
 
 def _dims_agree(a: tuple, b: tuple) -> bool:
