@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.accuracy import Metric, predict, score
 from benchmarks.env import environment
-from benchmarks.latency import NAMED_DIM, LatencyConfig, LatencyStats, measure, named_dims
+from benchmarks.latency import (NAMED_DIM, SEQUENCE, LatencyConfig, LatencyStats, Point, measure, named_dims,
+                                point_key)
 from benchmarks.runners import Backend, Runner, RunnerOptions, open_runner
+from benchmarks.runners.base import Batch
+from benchmarks.text_inputs import TextSamples, check_sequences, sequence_limit
 from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.tasks import metric_info
 
@@ -51,17 +54,20 @@ class Entry:
     load_seconds: float
     peak_rss_mib: float | None          # resident memory added by loading + evaluating this artifact
     accuracy: dict[str, float] = field(default_factory=dict)
-    latency: dict[int, LatencyStats] = field(default_factory=dict)
+    latency: dict[Point, LatencyStats] = field(default_factory=dict)  # by batch, or (sequence, batch): --seq-len
     notes: list[str] = field(default_factory=list)
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # per input: sample shape (named dims by
     #                                     name), dtype and kind; input_shape is the first input's, concrete
     task: str = "classification"
     primary: str = "top1"               # the task's primary metric (registry name)
     drop: float | None = None           # task.drop of the primary metric vs the first entry (points or %)
+    macs_per_sequence: dict[int, int] = field(default_factory=dict)  # --seq-len: MACs of one row at each length
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["latency"] = {str(b): s.to_json() for b, s in self.latency.items()}
+        data["latency"] = {point_key(p): s.to_json() for p, s in self.latency.items()}
+        if not self.macs_per_sequence:
+            del data["macs_per_sequence"]
         return data
 
 
@@ -82,8 +88,11 @@ class BenchReport:
 def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: str | None = "digits",
           split: str = "test", limit: int | None = None, severity: int = 3, metric: Metric | None = None,
           options: RunnerOptions | None = None, tick: Callable[[str], None] | None = None,
-          notes: Sequence[str] = ()) -> BenchReport:
-    """Load every target, score it on the same eval set, time them interleaved, and return the report."""
+          notes: Sequence[str] = (), texts: str | None = None) -> BenchReport:
+    """Load every target, score it on the same eval set, time them interleaved, and return the report.
+
+    With ``latency.sequences`` (text models), every batch is timed at each sequence length on real texts of
+    ``texts`` (default: ``dataset``), tokenized by each model and padded or truncated to that length."""
     options = options or RunnerOptions()
     runners, entries, reference = [], [], None
     for target in targets:
@@ -92,7 +101,8 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
         sized = target.input_size is not None and target.backend in (Backend.TORCH, Backend.OPENVINO)
         runner = open_runner(target.path, target.backend, _options(options, target),
                              **({"input_size": target.input_size} if sized else {}))
-        entry = _entry(target, runner, time.perf_counter() - start)
+        _check_sequences(target, runner, latency.sequences)
+        entry = _entry(target, runner, time.perf_counter() - start, latency.sequences)
         if dataset is not None:
             if tick:
                 tick(f"accuracy: {runner.label}")
@@ -104,15 +114,55 @@ def bench(targets: Sequence[BenchTarget], latency: LatencyConfig, *, dataset: st
         entry.peak_rss_mib = round(peak - before, 1) if peak is not None and before is not None else None
         runners.append(runner)
         entries.append(entry)
-    for entry, stats in zip(entries, measure(runners, latency, tick)):
+    samples = TextSamples.load(texts or dataset, split, max(latency.batches)) if latency.sequences else None
+    for entry, runner, stats in zip(entries, runners, measure(runners, latency, tick, _inputs(samples))):
         entry.latency = stats
+        _add_padding(entry, runner, samples)
     add_backend_speedups(entries)
     config = {"batches": list(latency.batches), "rounds": latency.rounds, "duration_s": latency.duration,
               "iterations": latency.iterations, "warmup": latency.warmup, "dataset": dataset, "split": split,
               "limit": limit, "threads": options.threads, "device": options.device, **_task_config(runners),
               "named_dims": {k: v for r in runners for k, v in named_dims(r.signature).items()}}
+    if latency.sequences:
+        config.update(sequences=list(latency.sequences), named_dims={SEQUENCE: list(latency.sequences)},
+                      latency_inputs=samples.where)
+    notes = [*_notes(entries, latency), *_sequence_notes(latency, samples), *notes]
     return BenchReport(_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                       environment(options.threads), config, entries, [*_notes(entries, latency), *notes])
+                       environment(options.threads), config, entries, notes)
+
+
+def _check_sequences(target: BenchTarget, runner: Runner, sequences: tuple[int, ...]) -> None:
+    """--seq-len fits the model: a sequence input, no length beyond its position embeddings (read from the
+    torch module's or the source bundle's config, else the tokenizer's limit)."""
+    if not sequences:
+        return
+    model = getattr(runner, "eager", None)
+    if model is None and target.source is not None:
+        model = target.source.model
+    check_sequences(runner.signature, sequences, target.path.name, sequence_limit(runner.signature, model))
+
+
+def _inputs(samples: TextSamples | None) -> Callable[[Runner, Point], Batch] | None:
+    """The latency input maker of a --seq-len run (None: the seeded random inputs of :func:`measure`)."""
+    if samples is None:
+        return None
+    return lambda runner, point: samples.batch(runner.signature, *point)
+
+
+def _add_padding(entry: Entry, runner: Runner, samples: TextSamples | None) -> None:
+    if samples is None:
+        return
+    for (length, batch), stats in entry.latency.items():
+        stats.padding = samples.padding(runner.signature, length, batch)
+
+
+def _sequence_notes(latency: LatencyConfig, samples: TextSamples | None) -> list[str]:
+    if samples is None:
+        return []
+    how = ("tokenized by each model's own tokenizer, padded to each length (attention mask 0) or truncated to it"
+           if samples.texts is not None else "at each length")
+    return [f"latency at sequence lengths {', '.join(map(str, latency.sequences))}: {samples.where}, {how}; "
+            "throughput is sequences/s"]
 
 
 def _options(options: RunnerOptions, target: BenchTarget) -> RunnerOptions:
@@ -142,10 +192,11 @@ def _task_config(runners: list[Runner]) -> dict[str, Any]:
             "images": all(r.signature.single_image for r in runners)}
 
 
-def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
+def _entry(target: BenchTarget, runner: Runner, seconds: float, sequences: tuple[int, ...] = ()) -> Entry:
     meta = runner.meta
     export = meta.export
-    macs, params = _macs_params(target, runner)
+    sizes = {SEQUENCE: sequences[0]} if sequences else None
+    macs, params = _macs_params(target, runner, sizes)
     notes = [target.note] if target.note else []
     image = meta.signature.single_image
     trained = export.get("trained_input_size") if image else None
@@ -157,28 +208,57 @@ def _entry(target: BenchTarget, runner: Runner, seconds: float) -> Entry:
     if trained and list(meta.input_spec.size) != list(trained):
         notes.append(f"runs at {meta.input_spec.size[0]}x{meta.input_spec.size[1]}, trained at "
                      f"{trained[0]}x{trained[1]}")
-    if named_dims(meta.signature):
-        notes.append(f"latency inputs give every named dim ({', '.join(named_dims(meta.signature))}) size "
-                     f"{NAMED_DIM}")
+    dims = {**named_dims(meta.signature), **(sizes or {})}
+    if sequences:
+        notes += _text_notes(target, runner, sequences)
+    elif dims:
+        notes.append(f"latency inputs give every named dim ({', '.join(dims)}) size {NAMED_DIM}")
     first = meta.signature.inputs[0]
     inputs = {i.name: {"shape": list(i.sample_shape), "dtype": i.dtype, "kind": i.kind.value}
               for i in meta.signature.inputs}
-    return Entry(runner.label, str(target.path), target.backend.value, artifact_kind(target.path).value,
-                 export.get("precision", "fp32"), artifact_size(target.path), params, macs,
-                 list(first.concrete_shape(1, named_dims(meta.signature))[1:]), trained, dict(runner.details),
-                 round(seconds, 3), None, notes=notes, inputs=inputs, task=meta.task.kind.value,
-                 primary=meta.task.primary)
+    entry = Entry(runner.label, str(target.path), target.backend.value, artifact_kind(target.path).value,
+                  export.get("precision", "fp32"), artifact_size(target.path), params, macs,
+                  list(first.concrete_shape(1, dims)[1:]), trained, dict(runner.details),
+                  round(seconds, 3), None, notes=notes, inputs=inputs, task=meta.task.kind.value,
+                  primary=meta.task.primary)
+    if sequences and macs is not None:
+        entry.macs_per_sequence = {n: _macs_params(target, runner, {SEQUENCE: n})[0] for n in sequences}
+    return entry
 
 
-def _macs_params(target: BenchTarget, runner: Runner) -> tuple[int | None, int | None]:
+def _text_notes(target: BenchTarget, runner: Runner, sequences: tuple[int, ...]) -> list[str]:
+    """What a --seq-len entry's reader should know: lengths beyond what it was trained at; MACs not recounted."""
+    notes = []
+    text = runner.signature.text
+    longer = [n for n in sequences if text is not None and n > text.max_length]
+    if longer:
+        notes.append(f"sequence {', '.join(map(str, longer))} is longer than its tokenizer's max length "
+                     f"{text.max_length} (what it was trained and evaluated at)")
+    if not _countable(target):
+        notes.append("MACs unknown at the --seq-len lengths (an export records them at one length only); bench "
+                     "its bundle to count them")
+    return notes
+
+
+def _countable(target: BenchTarget) -> bool:
+    return target.backend is Backend.TORCH or target.source is not None
+
+
+def _macs_params(target: BenchTarget, runner: Runner,
+                 sizes: dict[str, int] | None = None) -> tuple[int | None, int | None]:
     """MACs of one sample at the shape actually run, and the parameter count.
 
     An artifact records the MACs of the shape it was exported at; run at another size
-    (``--input-size``) they are recounted from the source bundle when the target names
-    it, else unknown (None) rather than the exported shape's count."""
+    (``--input-size``, or a ``--seq-len`` given as ``sizes``) they are recounted from the
+    source bundle when the target names it, else unknown (None) rather than the exported
+    shape's count."""
     signature, export = runner.meta.signature, runner.meta.export
     if target.backend is Backend.TORCH:
-        return count_macs(runner.eager, signature)
+        return count_macs(runner.eager, signature, sizes)
+    if sizes:
+        if target.source is not None:
+            return count_macs(target.source.model, signature, sizes)
+        return None, export.get("params")
     counted_at = export.get("input_size")
     resized = signature.single_image and target.input_size is not None
     if not resized or (counted_at is not None and list(counted_at) == list(signature.inputs[0].size)):
@@ -188,8 +268,8 @@ def _macs_params(target: BenchTarget, runner: Runner) -> tuple[int | None, int |
     return None, export.get("params")
 
 
-def count_macs(model: Any, signature: Signature) -> tuple[int, int]:
-    """MACs of one sample (every input; named dims at the latency size) and the parameter count, by
+def count_macs(model: Any, signature: Signature, sizes: dict[str, int] | None = None) -> tuple[int, int]:
+    """MACs of one sample (every input; named dims at the latency size, or ``sizes``) and the parameter count, by
     torch-pruning's counter; a one-image model as :func:`deepslim.profile.count_macs_params` counts it."""
     if signature.single_image:
         from deepslim.profile import count_macs_params
@@ -199,7 +279,7 @@ def count_macs(model: Any, signature: Signature) -> tuple[int, int]:
 
     from deepslim.modelio import example_inputs
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = tuple(t.to(device) for t in example_inputs(signature, 1, sizes=named_dims(signature)))
+    x = tuple(t.to(device) for t in example_inputs(signature, 1, sizes={**named_dims(signature), **(sizes or {})}))
     was_training = model.training
     try:
         model.eval()
@@ -214,9 +294,9 @@ def add_backend_speedups(entries: list[Entry]) -> None:
     first: dict[str, Entry] = {}
     for entry in entries:
         base = first.setdefault(entry.backend + str(bool(entry.runner.get("compile"))), entry)
-        for batch, stats in entry.latency.items():
-            if batch in base.latency:
-                stats.speedup_same_backend = base.latency[batch].p50_ms / stats.p50_ms
+        for point, stats in entry.latency.items():
+            if point in base.latency:
+                stats.speedup_same_backend = base.latency[point].p50_ms / stats.p50_ms
 
 
 def artifact_size(path: Path) -> int:
@@ -235,7 +315,8 @@ def _notes(entries: list[Entry], latency: LatencyConfig) -> list[str]:
              "spread is the min..max of the round medians; a speedup inside the baseline's spread is marked ~"]
     if any(e.backend == Backend.OPENVINO.value and e.runner.get("static_batch") for e in entries):
         notes.append("OpenVINO models are reshaped to a static shape and compiled for each batch size "
-                     "(static batch 1 measured 4-12% faster than a dynamic batch here)")
+                     + ("and sequence length (accuracy batches keep a dynamic sequence axis) " if latency.sequences
+                        else "") + "(static batch 1 measured 4-12% faster than a dynamic batch here)")
     for e in entries:
         high = (e.runner.get("profile_batches") or [None, None])[1]
         if high is not None and max(latency.batches) > high:

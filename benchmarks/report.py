@@ -11,19 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench import BenchReport, Entry
+from benchmarks.latency import Point
+from benchmarks.text_inputs import padding_words
 from deepslim.fileio import atomic_path
 from deepslim.tasks import metric_info
 from deepslim.units import format_count, format_size, format_speedup
 
-PLOTS = ("accuracy_vs_latency.png", "latency_per_batch.png", "size.png")
+PLOTS = ("accuracy_vs_latency.png", "latency_per_batch.png", "size.png")  # and latency_per_sequence.png (--seq-len)
 
 
 def write_report(report: BenchReport, directory: str | Path) -> dict[str, Path]:
     """Write every report file into ``directory`` (each atomically) and return their paths."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {name: out / name for name in ("report.json", "report.md", "report.html", *PLOTS)}
     images = _plots(report)
+    paths = {name: out / name for name in ("report.json", "report.md", "report.html", *images)}
     for name, png in images.items():
         with atomic_path(paths[name]) as tmp:
             tmp.write_bytes(png)
@@ -48,8 +50,10 @@ def title_line(report: BenchReport | Mapping[str, Any]) -> str:
     like a fresh one)."""
     config, entries = _config_entries(report)
     dataset = config.get("dataset")
+    sequences = config.get("sequences")
+    at = f"; latency at sequence {', '.join(map(str, sequences))}" if sequences else ""
     if dataset is None:
-        return "latency only; accuracy not measured"
+        return "latency only; accuracy not measured" + at
     counts = {e["accuracy"].get("samples") for e in entries if e["accuracy"].get("samples") is not None}
     count, limit = (counts.pop() if len(counts) == 1 else None), config.get("limit")
     word = "images" if config.get("images", True) else "samples"
@@ -59,7 +63,7 @@ def title_line(report: BenchReport | Mapping[str, Any]) -> str:
         images = f"all {count} {word}"
     else:
         images = f"a seeded subset of {count if count is not None else f'at most {limit}'} {word}"
-    return f"accuracy on {dataset}, {config.get('split', 'test')} split ({images})"
+    return f"accuracy on {dataset}, {config.get('split', 'test')} split ({images}){at}"
 
 
 def primary_metric(report: BenchReport | Mapping[str, Any]) -> tuple[str, str, bool, str]:
@@ -99,8 +103,21 @@ def speed_cell(speedup: float | None, *, within_noise: bool | None = None, basel
     return format_speedup(speedup) + (" ~" if within_noise and speedup != 1.0 else "")
 
 
-def _latency_cells(entry: Entry, batch: int, compact: bool, first: bool, first_on_backend: bool) -> list[str]:
-    s = entry.latency[batch]
+def latency_points(report: BenchReport) -> list[Point]:
+    """Where the report's latency was measured: its batch sizes, or (sequence, batch) pairs with --seq-len."""
+    batches, sequences = report.config["batches"], report.config.get("sequences")
+    return [(n, b) for n in sequences for b in batches] if sequences else list(batches)
+
+
+def point_words(point: Point, compact: bool = False) -> str:
+    """``b8``, or ``s128 b8`` for a sequence length and batch size."""
+    if isinstance(point, tuple):
+        return f"s{point[0]} b{point[1]}" if compact else f"seq {point[0]} batch {point[1]}"
+    return f"b{point}" if compact else f"batch {point}"
+
+
+def _latency_cells(entry: Entry, point: Point, compact: bool, first: bool, first_on_backend: bool) -> list[str]:
+    s = entry.latency[point]
     p50 = f"{s.p50_ms:.3f}" + ("" if compact else f" ({s.spread_ms[0]:.3f}-{s.spread_ms[1]:.3f})")
     speed = speed_cell(s.speedup, within_noise=s.within_noise, baseline=first)
     same = s.speedup_same_backend
@@ -132,26 +149,28 @@ def summary_rows(report: BenchReport, *, compact: bool = False) -> tuple[list[st
 
     Each batch has a p50 column and a speed column: baseline p50 / this p50 in words ("2.00× faster",
     "1.50× slower"), against the first artifact (and, in the full view, the first on the same backend)."""
-    batches = report.config["batches"]
-    p50_head = "b{} p50 ms" if compact else "b{} p50 ms (spread)"
-    speed_head = "b{} speed vs the first" if compact else "b{} speed vs the first / vs the first on that backend"
+    where = latency_points(report)
+    p50_head = "{} p50 ms" if compact else "{} p50 ms (spread)"
+    speed_head = "{} speed vs the first" if compact else "{} speed vs the first / vs the first on that backend"
     metric, label, _, unit = primary_metric(report)
     drop = [] if compact else [f"{label} drop ({unit})"]
-    head = ["artifact", "backend", "prec.", "input", label, *drop, "agree", "size", "MACs",
-            *[h.format(b) for b in batches for h in (p50_head, speed_head)]]
+    sequences = report.config.get("sequences")
+    macs_head = f"MACs (seq {sequences[0]})" if sequences else "MACs"
+    head = ["artifact", "backend", "prec.", "input", label, *drop, "agree", "size", macs_head,
+            *[h.format(point_words(p, compact=True)) for p in where for h in (p50_head, speed_head)]]
     rows = []
     firsts = _firsts_on_backend(report.entries)
     for i, e in enumerate(report.entries):
         macs = format_count(e.macs) if e.macs else "-"
         drops = [] if compact else [_fmt(e.drop, 2)]
-        rows.append([short_path(e.artifact), _backend(e), e.precision, input_words(e),
+        rows.append([short_path(e.artifact), _backend(e), e.precision, input_words(e, compact),
                      _fmt(e.accuracy.get(metric), 3), *drops, _fmt(e.accuracy.get("agreement"), 3),
                      format_size(e.size_bytes), macs,
-                     *[c for b in batches for c in _latency_cells(e, b, compact, i == 0, i in firsts)]])
+                     *[c for p in where for c in _latency_cells(e, p, compact, i == 0, i in firsts)]])
     return head, rows
 
 
-def input_words(entry: Entry | Mapping[str, Any]) -> str:
+def input_words(entry: Entry | Mapping[str, Any], compact: bool = False) -> str:
     """What an entry's model takes: ``8x8`` for one image (its size, as before signatures), ``13`` for one other
     input (its sample shape), ``image 1x8x8, meta 4`` for several (named dims by name)."""
     inputs = (entry.get("inputs") if isinstance(entry, Mapping) else entry.inputs) or {}
@@ -160,6 +179,9 @@ def input_words(entry: Entry | Mapping[str, Any]) -> str:
         return "x".join(map(str, shape[1:]))
     if len(inputs) == 1:
         return "x".join(map(str, next(iter(inputs.values()))["shape"]))
+    if all(spec.get("kind") in ("tokens", "mask") and spec["shape"] == ["sequence"] for spec in inputs.values()):
+        # a text model: every input one row of tokens (the sequence lengths head the latency columns)
+        return f"text, {len(inputs)} inputs" if compact else f"{', '.join(inputs)} (sequence)"
     return ", ".join(f"{name} {'x'.join(map(str, spec['shape']))}" for name, spec in inputs.items())
 
 
@@ -184,19 +206,31 @@ def to_markdown(report: BenchReport) -> str:
     for e in report.entries:
         lines.append(f"| {Path(e.artifact).name} | {e.backend} | " +
                      " | ".join(_fmt(e.accuracy.get(m)) for m in _metric_names(report)) + " |")
-    lines += ["", "## Latency (ms)", "", f"{SPEED_NOTE}.", "",
-              "| artifact | backend | batch | p50 | p90 | p99 | mean | std | items/s | "
-              "vs the first | vs the first on that backend |", "|" + "---|" * 11]
-    firsts = _firsts_on_backend(report.entries)
-    for i, e in enumerate(report.entries):
-        for b, s in e.latency.items():
-            lines.append(f"| {Path(e.artifact).name} | {e.backend} | {b} | {s.p50_ms:.3f} | {s.p90_ms:.3f} | "
-                         f"{s.p99_ms:.3f} | {s.mean_ms:.3f} | {s.std_ms:.3f} | {s.throughput:.1f} | "
-                         f"{speed_cell(s.speedup, within_noise=s.within_noise, baseline=i == 0)} | "
-                         f"{speed_cell(s.speedup_same_backend, baseline=i in firsts)} |")
+    lines += ["", "## Latency (ms)", "", f"{SPEED_NOTE}.", "", *_latency_table(report)]
     notes = report.notes + [f"{Path(e.artifact).name} [{e.backend}]: {n}" for e in report.entries for n in e.notes]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def _latency_table(report: BenchReport) -> list[str]:
+    """The Markdown latency rows: one per artifact and batch, or per artifact, sequence length and batch (with
+    sequences/s and how the texts fit the length)."""
+    text = bool(report.config.get("sequences"))
+    head = ["artifact", "backend", *(["seq"] if text else []), "batch", "p50", "p90", "p99", "mean", "std",
+            "sequences/s" if text else "items/s", *(["inputs"] if text else []), "vs the first",
+            "vs the first on that backend"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    firsts = _firsts_on_backend(report.entries)
+    for i, e in enumerate(report.entries):
+        for p, s in e.latency.items():
+            seq, batch = p if isinstance(p, tuple) else (None, p)
+            cells = [Path(e.artifact).name, e.backend, *([str(seq)] if text else []), str(batch),
+                     *(f"{v:.3f}" for v in (s.p50_ms, s.p90_ms, s.p99_ms, s.mean_ms, s.std_ms)),
+                     f"{s.throughput:.1f}", *([padding_words(s.padding, seq, batch)] if text else []),
+                     speed_cell(s.speedup, within_noise=s.within_noise, baseline=i == 0),
+                     speed_cell(s.speedup_same_backend, baseline=i in firsts)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 SPEED_NOTE = ("Speed is the baseline's p50 / this artifact's p50, measured in this run: against the first artifact "
@@ -260,15 +294,18 @@ def _backend(entry: Entry) -> str:
 def figures(report: BenchReport) -> dict[str, Any]:
     """The report's plots as matplotlib Figures (the object API: no pyplot state, no global backend switch)."""
     styles = plot_styles(len(report.entries))
-    return {"accuracy_vs_latency.png": _accuracy_figure(report, styles),
+    figs = {"accuracy_vs_latency.png": _accuracy_figure(report, styles),
             "latency_per_batch.png": _batch_figure(report, styles), "size.png": _size_figure(report, styles)}
+    if report.config.get("sequences"):
+        figs["latency_per_sequence.png"] = _sequence_figure(report, styles)
+    return figs
 
 
 def _accuracy_figure(report: BenchReport, styles):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
-    first = report.config["batches"][0]
+    first = latency_points(report)[0]
     metric, label, higher, _ = primary_metric(report)
     points = [(e.latency[first].p50_ms, e.accuracy.get(metric)) for e in report.entries]
     for (lat, acc), name, (colour, marker) in zip(points, plot_labels(report.entries), styles):
@@ -278,7 +315,7 @@ def _accuracy_figure(report: BenchReport, styles):
     if front:
         ax.plot(*zip(*front), "o--", color="black", markerfacecolor="none", markersize=12, linewidth=1,
                 label="Pareto front")
-    ax.set(xlabel=f"p50 latency at batch {first} (ms; lower is faster)",
+    ax.set(xlabel=f"p50 latency at {point_words(first)} (ms; lower is faster)",
            ylabel=label + ("" if higher else " (lower is better)"))
     ax.set_title(f"accuracy vs latency\n{title_line(report)}", fontsize=10)
     if any(acc is not None for _, acc in points):
@@ -289,14 +326,39 @@ def _accuracy_figure(report: BenchReport, styles):
 
 
 def _batch_figure(report: BenchReport, styles):
+    """p50 per item against the batch size: one line per entry (per entry and sequence length with --seq-len)."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     batches = report.config["batches"]
+    sequences = report.config.get("sequences") or [None]
     for e, label, (colour, marker) in zip(report.entries, plot_labels(report.entries), styles):
-        ax.plot(batches, [e.latency[b].p50_ms / b for b in batches], color=colour, marker=marker, label=label)
-    ax.set(xlabel="batch size", ylabel="p50 ms per item (lower is faster)", title="latency per item by batch size",
-           xscale="log")
+        for k, n in enumerate(sequences):
+            at = [(n, b) if n is not None else b for b in batches]
+            ax.plot(batches, [e.latency[p].p50_ms / b for p, b in zip(at, batches)], color=colour, marker=marker,
+                    linestyle=LINESTYLES[k % len(LINESTYLES)], label=label if n is None else f"{label} seq {n}")
+    item = "sequence" if sequences != [None] else "item"
+    ax.set(xlabel="batch size", ylabel=f"p50 ms per {item} (lower is faster)",
+           title=f"latency per {item} by batch size", xscale="log")
+    ax.legend(fontsize=7)
+    return fig
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _sequence_figure(report: BenchReport, styles):
+    """--seq-len runs: p50 per sequence against the sequence length, one line per entry and batch size."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    sequences = report.config["sequences"]
+    for e, label, (colour, marker) in zip(report.entries, plot_labels(report.entries), styles):
+        for k, b in enumerate(report.config["batches"]):
+            ax.plot(sequences, [e.latency[n, b].p50_ms / b for n in sequences], color=colour, marker=marker,
+                    linestyle=LINESTYLES[k % len(LINESTYLES)], label=f"{label} batch {b}")
+    ax.set(xlabel="sequence length (tokens; shorter texts padded)", ylabel="p50 ms per sequence (lower is faster)",
+           title="latency per sequence by sequence length", xscale="log")
     ax.legend(fontsize=7)
     return fig
 

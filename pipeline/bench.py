@@ -19,6 +19,7 @@ from deepslim.evaluation import check_compatible
 from deepslim.fileio import require_file
 from deepslim.models import ModelBundle, load_model
 from deepslim.signature import Signature, parse_size
+from deepslim.spec import ArchSource
 from export import OnnxConfig, Target, VerifyConfig, export_model
 
 _EXPORT_FOR = {Backend.ONNXRUNTIME: Target.ONNX, Backend.OPENVINO: Target.OPENVINO, Backend.TENSORRT: Target.TENSORRT}
@@ -27,16 +28,20 @@ _SUFFIX = {Target.ONNX: ".onnx", Target.OPENVINO: ".xml", Target.TENSORRT: ".eng
 
 def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_dir: Path, *,
                  input_size: int | tuple[int, int] | str | None = None, dataset: str | None = "digits",
-                 sources: Mapping[Path, Path] | None = None) -> tuple[list[BenchTarget], list[str]]:
+                 sources: Mapping[Path, Path] | None = None, sequences: Sequence[int] = (),
+                 batches: Sequence[int] = (1,)) -> tuple[list[BenchTarget], list[str]]:
     """Every (artifact, backend) pair that can run, exporting bundles for ONNX/IR backends; plus notes.
 
     ``input_size`` (N, (H, W) or "HxW") runs one-image models at another size; any other model is refused.
     ``sources`` maps an OpenVINO IR to the bundle it was made from, so that its MACs can be
-    recounted when it runs at another ``input_size``."""
+    recounted when it runs at another ``input_size``. ``sequences`` (--seq-len) needs models with a
+    sequence input that take every length; their exports keep the bundle as their source (MACs
+    at each length), and a TensorRT engine's profile spans ``batches`` and ``sequences``."""
     if not artifacts:
         raise ConfigError("Give at least one artifact to benchmark.")
     input_size = parse_size(input_size)
     kinds = _validate(artifacts, backends, input_size)  # every cheap check before the first export
+    check_sequence_lengths(artifacts, sequences)
     bundles = {p: load_model(p) for p, kind in zip(artifacts, kinds) if kind is ArtifactKind.BUNDLE}
     if input_size is not None:
         for path, bundle in bundles.items():
@@ -56,7 +61,7 @@ def plan_targets(artifacts: Sequence[Path], backends: Sequence[Backend], export_
                 targets.append(BenchTarget(Path(path), backend, input_size if sized else None, source=source))
             elif kind is ArtifactKind.BUNDLE:
                 targets.append(_exported(bundles[path], Path(path), stems[path], backend, export_dir, input_size,
-                                         dataset))
+                                         dataset, tuple(sequences), tuple(batches)))
             else:
                 notes.append(f"{Path(path).name} is not run on {backend.value} (it runs {kind.value} artifacts only)")
     return targets, notes
@@ -86,6 +91,32 @@ def _validate(artifacts: Sequence[Path], backends: Sequence[Backend],
     return kinds
 
 
+def check_sequence_lengths(artifacts: Sequence[Path], sequences: Sequence[int]) -> None:
+    """--seq-len fits every artifact: a sequence input, and no length beyond its position embeddings (a bundle's
+    Hugging Face config says how many; an export's tokenizer records its limit). Reads headers and metadata
+    only, so the CLI can refuse before anything else."""
+    if not sequences:
+        return
+    from benchmarks.runners import read_meta
+    from benchmarks.text_inputs import check_sequences, sequence_limit
+    from deepslim.bundle import read_header
+    for path in artifacts:
+        path = Path(path)
+        if artifact_kind(require_file(path, "artifact")) is ArtifactKind.BUNDLE:
+            header = read_header(path)
+            if header is None:
+                continue  # loading it says what is wrong
+            config = None
+            if header.arch.source is ArchSource.HF:
+                from deepslim.hf import make_config
+                config = make_config(header.arch.kwargs)
+            signature, limit = header.signature, sequence_limit(header.signature, config)
+        else:
+            signature = read_meta(path).signature
+            limit = sequence_limit(signature)
+        check_sequences(signature, tuple(sequences), path.name, limit)
+
+
 def _check_resizable(signature: Signature, path: Path) -> None:
     if not signature.single_image:
         raise ConfigError(f"--input-size applies to models with one image input; {path.name} takes "
@@ -111,15 +142,21 @@ def _unique_stems(artifacts: Sequence[Path]) -> dict[Path, str]:
 
 
 def _exported(bundle: ModelBundle, path: Path, stem: str, backend: Backend, export_dir: Path,
-              input_size: tuple[int, int] | None, dataset: str | None) -> BenchTarget:
+              input_size: tuple[int, int] | None, dataset: str | None, sequences: tuple[int, ...] = (),
+              batches: tuple[int, ...] = (1,)) -> BenchTarget:
     target = _EXPORT_FOR[backend]
     size = "" if input_size is None else f"_{input_size[0]}px" if input_size[0] == input_size[1] else \
         f"_{input_size[0]}x{input_size[1]}px"
     out = export_dir / f"{stem}{size}{_SUFFIX[target]}"
+    extra = {}
+    if sequences and target is Target.TENSORRT:  # the engine's profile covers every timed shape
+        from export import TensorRTConfig
+        extra["tensorrt_config"] = TensorRTConfig(batches=tuple(batches), dim_ranges={
+            "sequence": (min(sequences), max(sequences), max(sequences))})
     result = export_model(bundle, target, out, onnx_config=OnnxConfig(input_size=input_size),
-                          verify=VerifyConfig(dataset=dataset), force=True)  # the report's own folder
+                          verify=VerifyConfig(dataset=dataset), force=True, **extra)  # the report's own folder
     note = f"exported from {path.name} for this run; {_parity_words(result)}"
-    return BenchTarget(result.artifact, backend, note=note)
+    return BenchTarget(result.artifact, backend, note=note, source=bundle if sequences else None)
 
 
 def _parity_words(result) -> str:

@@ -53,8 +53,9 @@ class Runner(ABC):
 
     backend: Backend = Backend.TORCH
 
-    def prepare(self, batch: int) -> None:
-        """Get ready for batches of this size (e.g. compile a static shape). Default: nothing."""
+    def prepare(self, batch: int, sizes: dict[str, int] | None = None) -> None:
+        """Get ready for batches of this size (e.g. compile a static shape), with the named dims at ``sizes``
+        when given (``{"sequence": 128}``; None: any length). Default: nothing."""
 
     @property
     def signature(self) -> Signature:

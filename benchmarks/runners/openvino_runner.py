@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.runners.base import (Backend, Batch, Runner, RunnerOptions, batch_size, feed_names, require,
-                                    resized)
+from benchmarks.runners.base import (Backend, Batch, Runner, RunnerOptions, as_tuple, batch_size, feed_names,
+                                    require, resized)
 from deepslim.artifact import META_KEY, ArtifactMeta, read_onnx_meta
 from deepslim.errors import InputFileError
 from deepslim.modelio import feed, select_output
@@ -19,7 +19,7 @@ from deepslim.modelio import feed, select_output
 class OpenVINORunner(Runner):
     model: Any = None
     core: Any = None
-    compiled: dict[int, Any] = field(default_factory=dict)
+    compiled: dict[tuple, Any] = field(default_factory=dict)  # (batch, named-dim sizes or None) -> request
     current: Any = None
     input_names: tuple[str, ...] = ()    # the model's input names, in the signature's order
     output_names: tuple[str, ...] = ()
@@ -49,23 +49,31 @@ class OpenVINORunner(Runner):
                    input_names=feed_names(meta.signature, names, path),
                    output_names=tuple(_port_name(p, i) for i, p in enumerate(model.outputs)))
 
-    def prepare(self, batch: int) -> None:
-        if batch not in self.compiled:
+    def prepare(self, batch: int, sizes: dict[str, int] | None = None) -> None:
+        """Compile for ``batch`` (static when ``static_batch``), with the named dims at ``sizes`` (static: a
+        latency shape) or dynamic (-1: any length, as accuracy batches padded to their split's longest)."""
+        key = (batch, _sizes_key(sizes))
+        if key not in self.compiled:
             model = self.model.clone()
             first = batch if self.options.static_batch else -1
-            model.reshape({port: [first, *(d if isinstance(d, int) else -1 for d in spec.sample_shape)]
+            model.reshape({port: [first, *_dims(spec.sample_shape, sizes)]
                            for port, spec in zip(self.input_ports, self.signature.inputs)})
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
                       "INFERENCE_NUM_THREADS": self.options.threads}
             compiled = self.core.compile_model(model, self.options.device.upper(), config)
-            self.compiled[batch] = compiled.create_infer_request()
-        self.current = self.compiled[batch]
+            self.compiled[key] = compiled.create_infer_request()
+        self.current = self.compiled[key]
 
     def run(self, batch: Batch) -> np.ndarray:
         return select_output(self._outputs(batch), list(self.output_names), self.signature)
 
     def run_all(self, batch: Batch) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self._outputs(batch)))
+
+    @property
+    def named_dims(self) -> bool:
+        """Some input has a named dim (a text model's sequence): its static compiles are keyed by its size."""
+        return any(isinstance(d, str) for spec in self.signature.inputs for d in spec.sample_shape)
 
     @property
     def input_ports(self) -> tuple[int, ...]:
@@ -76,12 +84,32 @@ class OpenVINORunner(Runner):
         return self._ports
 
     def _outputs(self, batch: Batch) -> list[np.ndarray]:
-        size = batch_size(batch)
-        if self.current is None or size not in self.compiled:
-            self.prepare(size)
-        request = self.compiled[size]
+        request = self._request(batch)
         request.infer(dict(zip(self.input_ports, feed(self.signature, batch, self.input_names).values())))
         return [np.array(request.get_output_tensor(i).data) for i in range(len(self.output_names))]
+
+    def _request(self, batch: Batch) -> Any:
+        """The compiled request for this batch's shape: static at its named-dim sizes when prepared so, else
+        dynamic in them (compiled now if needed)."""
+        size = batch_size(batch)
+        named = {}
+        if self.named_dims:
+            named = {d: a.shape[k + 1] for a, spec in zip(as_tuple(batch), self.signature.inputs)
+                     for k, d in enumerate(spec.sample_shape) if isinstance(d, str) and k + 1 < a.ndim}
+        for key in ((size, _sizes_key(named)), (size, None)):
+            if key in self.compiled:
+                return self.compiled[key]
+        self.prepare(size)
+        return self.compiled[(size, None)]
+
+
+def _sizes_key(sizes: dict[str, int] | None) -> tuple[tuple[str, int], ...] | None:
+    return tuple(sorted(sizes.items())) if sizes else None
+
+
+def _dims(sample_shape: tuple, sizes: dict[str, int] | None) -> list[int]:
+    """An input's sample dims for ``reshape``: numbers as they are, a named dim at ``sizes`` or -1 (dynamic)."""
+    return [d if isinstance(d, int) else (sizes or {}).get(d, -1) for d in sample_shape]
 
 
 def _port_name(port: Any, index: int) -> str:
