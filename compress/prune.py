@@ -5,7 +5,6 @@ target, protects the head, recalibrates BatchNorm, fine-tunes and records the li
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import time
 from collections.abc import Callable
@@ -14,12 +13,13 @@ from typing import Any
 
 from torch import nn
 
+from compress.hf_prune import check_hf, is_hf
 from compress.options import Importance, Recover
-from compress.prune_inputs import Example, as_example, count, example_of, head_or_fallback, output_layers, reader
-from compress.prune_plan import (Structure, analyse, attention_heads, global_plan, refine, sync_attention_heads,
-                                 uniform_plan)
+from compress.prune_inputs import Example, as_example, count, example_of, ignored_layers, reader
+from compress.prune_plan import (Structure, analyse, attention_heads, attention_modules, global_plan, head_schedule,
+                                 refine, sync_attention_heads, uniform_plan, with_heads)
 from compress.prune_plan import ratio_dict as ratio_dict_for
-from deepslim.config import Augment
+from deepslim.config import Augment, OptimizerKind
 from deepslim.data import open_dataset
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.evaluation import check_compatible, evaluate
@@ -48,6 +48,7 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()
     finetune_epochs: int = 0
     finetune_lr: float = 0.03
+    finetune_optimizer: OptimizerKind = OptimizerKind.SGD  # adamw for transformers
     recover: Recover = Recover.FINETUNE   # kd: fine-tune by distilling from the model before pruning
     temperature: float = 4.0            # --recover kd
     alpha: float = 0.5                  # --recover kd
@@ -57,17 +58,29 @@ class PruneConfig:
     taylor_batches: int = 4
     layer_ratios: dict[str, float] | None = None  # per-layer ratios (e.g. from sensitivity allocation)
     seed: int = 0
+    head_ratio: float | None = None     # fraction of attention heads removed per layer (None: the width ratio)
+    depth: int | None = None            # Hugging Face encoders: keep this many layers, evenly spaced
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "importance", Importance(self.importance))
         object.__setattr__(self, "recover", Recover(self.recover))
+        object.__setattr__(self, "finetune_optimizer", OptimizerKind(self.finetune_optimizer))
         if self.recover is Recover.KD:
             if not self.finetune_epochs:
                 raise ConfigError("--recover kd distills during fine-tuning; give --finetune-epochs N (N >= 1).")
             from compress.distill import DistillConfig
             DistillConfig(temperature=self.temperature, alpha=self.alpha)  # same checks as distill
-        if (self.ratio is None) == (self.speedup is None):
+        if self.ratio is not None and self.speedup is not None:
             raise ConfigError("Give exactly one of --ratio and --speedup.")
+        if self.ratio is None and self.speedup is None and self.head_ratio is None and self.depth is None:
+            raise ConfigError("Give exactly one of --ratio and --speedup (for a transformer, --head-ratio or --depth "
+                              "alone also do).")
+        if self.head_ratio is not None and not 0 <= self.head_ratio < 1:
+            raise ConfigError("--head-ratio is the fraction of attention heads removed per layer and must be at least "
+                              f"0 and below 1, got {self.head_ratio}.")
+        if self.depth is not None and self.depth < 1:
+            raise ConfigError(f"--depth is the number of encoder layers kept and must be a positive integer, got "
+                              f"{self.depth}.")
         if self.ratio is not None and not 0 < self.ratio < 1:
             raise ConfigError(f"--ratio is the fraction of channels removed and must be between 0 and 1, got {self.ratio}.")
         if self.speedup is not None and not self.speedup > 1:
@@ -86,7 +99,7 @@ class PruneConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "importance": self.importance.value, "recover": self.recover.value,
-                "ignore": list(self.ignore)}
+                "finetune_optimizer": self.finetune_optimizer.value, "ignore": list(self.ignore)}
 
 
 @dataclass(frozen=True)
@@ -110,36 +123,6 @@ def _importance(kind: Importance):
             Importance.RANDOM: lambda: tp.importance.RandomImportance()}[kind]()
 
 
-def ignored_layers(bundle: ModelBundle, names: tuple[str, ...], *, example: Example | None = None) -> dict[str, str]:
-    """The layers never pruned, with the reason: the task head (the layer producing the task output, found by
-    tracing ``example``), the layers that return the model's other outputs, and the user's --ignore list."""
-    modules = dict(bundle.model.named_modules())
-    sig = bundle.signature
-    example = example if example is not None else example_of(sig)
-    head = head_or_fallback(bundle.model, example, sig, bundle.task.width)
-    out = {head: _head_reason(bundle)}
-    if len(sig.outputs) > 1:
-        for output, layer in output_layers(bundle.model, example, sig).items():
-            out.setdefault(layer, f"returns the output '{output}' (its width is part of the model's outputs)")
-    for name in names:
-        if name not in modules:
-            close = difflib.get_close_matches(name, list(modules), n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else "; `deepslim info` lists nothing this fine, " \
-                                                                      "use the names of model.named_modules()."
-            raise ConfigError(f"--ignore names '{name}', which the model does not have{hint}")
-        out[name] = "--ignore"
-    return out
-
-
-def _head_reason(bundle: ModelBundle) -> str:
-    if bundle.task.is_classification:
-        return "classifier head (its outputs are the classes)"
-    what = "label" if bundle.task.kind.value == "multilabel" else "target"
-    if bundle.task.width == 1:
-        return f"task head (its output is the {what})"
-    return f"task head (its {bundle.task.width} outputs are the {what}s)"
-
-
 def make_pruner(model: nn.Module, example: Any, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
                 layer_ratios: dict[str, float] | None = None, planned: tuple[Structure, dict[str, int]] | None = None,
                 *, signature: Signature | None = None):
@@ -155,13 +138,18 @@ def make_pruner(model: nn.Module, example: Any, cfg: PruneConfig, ratio: float, 
     heads = attention_heads(model)
     s, kept = planned or _plan_for(model, example, cfg, ratio, ignored, layer_ratios, signature)
     ratio_dict = {modules[n]: r for n, r in ratio_dict_for(kept, s).items() if n in modules}
-    ratio = min(ratio, cfg.max_layer_ratio)  # what attention heads lose
-    return tp.pruner.MetaPruner(
+    schedule = head_schedule(heads, head_ratio(cfg, ratio), cfg.iterative_steps)
+    # head dims stay, so a projection's width ratio only lets torch-pruning reach its head count (set per step)
+    ratio_dict.update({m: 0.5 for m in schedule})
+    ratio = min(ratio, cfg.max_layer_ratio)
+    pruner = tp.pruner.MetaPruner(
         model, example, importance=_importance(cfg.importance), global_pruning=False,
         pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, max_pruning_ratio=cfg.max_layer_ratio,
         iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
         round_to=None, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
-        head_pruning_ratio=ratio if heads else 0.0, output_transform=reader(signature))
+        head_pruning_ratio=head_ratio(cfg, ratio) if heads else 0.0, output_transform=reader(signature))
+    pruner.head_pruning_ratio_dict.update(schedule)
+    return pruner
 
 
 def structure(model: nn.Module, example: Any, cfg: PruneConfig, ignored: dict[str, str], *,
@@ -177,7 +165,12 @@ def structure(model: nn.Module, example: Any, cfg: PruneConfig, ignored: dict[st
 def plan_at(s: Structure, cfg: PruneConfig, ratio: float, layer_ratios: dict[str, float] | None) -> dict[str, int]:
     """Kept units per group at ``ratio``: the same ratio everywhere, or torch-pruning's global ranking."""
     fn = global_plan if cfg.global_pruning else uniform_plan
-    return fn(s, ratio, cfg.max_layer_ratio, layer_ratios)
+    return with_heads(s, fn(s, ratio, cfg.max_layer_ratio, layer_ratios), head_ratio(cfg, ratio))
+
+
+def head_ratio(cfg: PruneConfig, ratio: float) -> float:
+    """The fraction of heads each attention layer loses: --head-ratio, else the width ratio (capped)."""
+    return min(cfg.head_ratio if cfg.head_ratio is not None else ratio, cfg.max_layer_ratio)
 
 
 def _plan_for(model, example, cfg, ratio, ignored, layer_ratios, signature) -> tuple[Structure, dict[str, int]]:
@@ -191,6 +184,7 @@ def plan(bundle: ModelBundle, cfg: PruneConfig, *, example: Example | None = Non
     ``example`` is one sample of every input (default: :func:`compress.prune_inputs.example_of` without data)."""
     import torch_pruning as tp
     example = example if example is not None else example_of(bundle.signature)
+    check_hf(bundle, cfg, attention=bool(attention_heads(bundle.model)))
     ignored = ignored_layers(bundle, cfg.ignore, example=example)
     model = copy.deepcopy(bundle.model).eval()
     if cfg.importance is Importance.BN and not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -208,7 +202,7 @@ def plan(bundle: ModelBundle, cfg: PruneConfig, *, example: Example | None = Non
                                        root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
     if not groups:
         raise PruneError(f"{bundle.arch.name} has no prunable layer (every Conv/Linear group is ignored or fixed).")
-    return PrunePlan(ignored, len(groups), len(attention_heads(model)))
+    return PrunePlan(ignored, len(groups), attention_modules(model))
 
 
 def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dict[str, str],
@@ -221,6 +215,7 @@ def macs_after(bundle: ModelBundle, cfg: PruneConfig, ratio: float, ignored: dic
     pruner = make_pruner(model, example, _structure_only(cfg), ratio, ignored, layer_ratios, planned,
                          signature=bundle.signature)
     pruner.step()
+    sync_attention_heads(model, pruner)
     return count(model, example)[0]
 
 
@@ -248,8 +243,10 @@ def search_plan(bundle: ModelBundle, cfg: PruneConfig, s: Structure, ignored: di
         low, high = (mid, high) if reached < target else (low, mid)
     ratio = min((r for r in (low, high)), key=lambda r: abs(math.log(s.reduction(at(r)) / target)))
     plan, scale, best = at(ratio), 1.0, None
-    for _ in range(3):  # aim at half the window; keep the nearest really counted plan
-        plan = refine(s, plan, target, tolerance=tolerance / 2, scale=scale)
+    tied = is_hf(bundle.arch)  # a Hugging Face config holds one FFN width: the uniform plan only
+    for _ in range(1 if tied else 3):  # aim at half the window; keep the nearest really counted plan
+        if not tied:
+            plan = refine(s, plan, target, tolerance=tolerance / 2, scale=scale)
         exact = s.base_macs / max(macs_after(bundle, cfg, ratio, ignored, planned=(s, plan), example=example), 1)
         seen[f"--speedup {exact:.2f}"] = exact
         if best is None or abs(math.log(exact / target)) < abs(math.log(best[1] / target)):
@@ -286,6 +283,8 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     guard use the task's loss and primary metric. Returns a new bundle (the input is not modified) whose
     lineage records the stage.
     """
+    from compress.hf_prune import after_step, snapshot
+    from compress.hf_prune import start as hf_start
     from compress.recover import accumulate_taylor_gradients, recover_step, sparsity_train
     say = log or (lambda _msg: None)
     start = time.perf_counter()
@@ -298,31 +297,35 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     teacher = copy.deepcopy(bundle.model).eval() if cfg.recover is Recover.KD else None
     before_macs, before_params = count(work.model, example)
     before = evaluate(work, dataset, severity=severity).metrics if dataset else None
+    heads = hf_start(work.model, cfg.depth, say) if is_hf(work.arch) else None
+    ignored = {n: why for n, why in the_plan.ignored.items() if n in dict(work.model.named_modules())}
     if cfg.sparsity_train_epochs:
         say(f"network slimming: {cfg.sparsity_train_epochs} epochs with L1 {cfg.sparsity_lambda} on BatchNorm scales")
         sparsity_train(work.model, data["train"], data["val"], epochs=cfg.sparsity_train_epochs,
                        penalty=cfg.sparsity_lambda, seed=cfg.seed, progress=progress, task=task, signature=sig)
-    ratio, the_structure = cfg.ratio, structure(work.model, example, cfg, the_plan.ignored, signature=sig)
+    ratio, the_structure = cfg.ratio or 0.0, structure(work.model, example, cfg, ignored, signature=sig)
     if not the_structure.planned():
         raise PruneError(_nothing_to_cut(bundle, the_structure))
     if cfg.speedup is not None:
-        ratio, groups, target = search_plan(work, cfg, the_structure, the_plan.ignored, example=example)
+        ratio, groups, target = search_plan(work, cfg, the_structure, ignored, example=example)
         say(f"ratio {ratio:.3f} with {_moved(the_structure, cfg, ratio, groups)} group(s) moved by rounding "
             f"steps: a {target:.2f}x MAC reduction (asked {cfg.speedup}x)")
     else:
         groups = plan_at(the_structure, cfg, ratio, cfg.layer_ratios)
     for name, why in the_structure.uncut().items():
         say(f"not cut: {name} ({why})")
-    pruner = make_pruner(work.model, example, cfg, ratio, the_plan.ignored, planned=(the_structure, groups),
-                         signature=sig)
+    pruner = make_pruner(work.model, example, cfg, ratio, ignored, planned=(the_structure, groups), signature=sig)
     history = []
     for step in range(cfg.iterative_steps):
         if cfg.importance is Importance.TAYLOR:
             accumulate_taylor_gradients(work.model, data["train"], batches=cfg.taylor_batches, task=task,
                                         signature=sig)
+        before_step = snapshot(work.model) if heads is not None else None
         pruner.step()
         sync_attention_heads(work.model, pruner)
         work.model.zero_grad(set_to_none=True)
+        if heads is not None:  # the config says what was removed; the rebuilt model must take the weights
+            heads = after_step(work, heads, before_step)
         row = {"step": step + 1, "macs": count(work.model, example)[0]}
         if data is not None:
             row.update(recover_step(work, cfg, data, step, teacher, progress=progress, say=say))
@@ -332,9 +335,10 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     after_macs, after_params = count(work.model, example)
     metrics: dict[str, Any] = {"macs_before": before_macs, "macs_after": after_macs, "params_before": before_params,
                                "params_after": after_params, "mac_reduction": before_macs / after_macs,
-                               "ratio": ratio, "steps": history, "ignored": the_plan.ignored,
+                               "ratio": ratio, "steps": history, "ignored": ignored,
                                "groups": _kept(work.model, the_structure, groups),
-                               "uncut": the_structure.uncut(), "primary": task.primary}
+                               "uncut": the_structure.uncut(), "primary": task.primary,
+                               **_sizes(work, cfg, ratio)}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset, severity=severity).metrics)
         metrics.update(_drop(task, metrics["test_before"], metrics["test"]))
@@ -344,6 +348,20 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     record = StageRecord("prune", {**cfg.to_json(), **recorded}, round(time.perf_counter() - start, 2),
                          metrics, versions=versions())
     return work.with_record(record)
+
+
+def _sizes(work: ModelBundle, cfg: PruneConfig, ratio: float) -> dict[str, Any]:
+    """What the lineage adds for transformers: the sequence length MACs are counted at, the head ratio, and
+    a Hugging Face model's new sizes (layers, FFN width, heads per layer, pruned_heads)."""
+    from compress.hf_prune import describe
+    out: dict[str, Any] = {}
+    if "sequence" in work.signature.sizes:
+        out["sequence_length"] = work.signature.sizes["sequence"]
+    if attention_heads(work.model):
+        out["head_ratio"] = head_ratio(cfg, ratio)
+    if is_hf(work.arch):
+        out["sizes"] = describe(work.arch)
+    return out
 
 
 def _drop(task, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -388,4 +406,4 @@ def _data(bundle: ModelBundle, dataset: str | None, cfg: PruneConfig, severity: 
             "val": source.split("val", sig, task=task), "source": source}
 
 
-__all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_ratio"]
+__all__ = ["Importance", "PruneConfig", "PruneError", "PrunePlan", "macs_after", "plan", "prune", "search_plan"]

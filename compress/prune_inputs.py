@@ -11,16 +11,20 @@ and the layers returning the other outputs are found by tracing, so their widths
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from deepslim.errors import ModelError
-from deepslim.modelio import all_outputs, as_args, call, example_inputs, task_output
+from deepslim.errors import ConfigError, ModelError
+from deepslim.modelio import all_outputs, as_args, call, example_inputs
 from deepslim.signature import Signature
+
+if TYPE_CHECKING:
+    from deepslim.models import ModelBundle
 
 Example = tuple[torch.Tensor, ...]
 HEAD_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
@@ -28,13 +32,28 @@ HEAD_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 
 def example_of(signature: Signature, data: Dataset | None = None) -> Example:
     """One sample of every input, batched (batch of 1): the first sample of ``data`` (an unaugmented split)
-    when given, else zeros for a one-image model (as before signatures) or seeded random inputs."""
+    when given, else zeros for a one-image model (as before signatures) or seeded random inputs. A text
+    model's sample is padded to its ``max_length`` (:func:`full_length`): traces and MACs are at that length."""
     if data is not None and len(data) > 0:
         x, _ = next(iter(DataLoader(data, batch_size=1, shuffle=False)))
-        return tuple(as_args(x))
+        return full_length(tuple(as_args(x)), signature)
     if signature.single_image:
         return (torch.zeros(1, *signature.inputs[0].sample_shape),)
-    return example_inputs(signature, 1)
+    return example_inputs(signature, 1, sizes=signature.sizes)
+
+
+def full_length(example: Example, signature: Signature) -> Example:
+    """``example`` with every ``sequence`` input padded (zeros: padding tokens, masked out) or cut to the
+    signature's sequence length (``Signature.sizes``); other models' examples unchanged."""
+    length = signature.sizes.get("sequence")
+    if length is None:
+        return example
+    out = []
+    for spec, t in zip(signature.inputs, example):
+        if spec.shape and spec.shape[-1] == "sequence" and t.dim() == 2:
+            t = torch.nn.functional.pad(t[:, :length], (0, max(length - t.shape[1], 0)))
+        out.append(t)
+    return tuple(out)
 
 
 def as_example(example: Any) -> Example:
@@ -123,3 +142,37 @@ def head_or_fallback(model: nn.Module, example: Example, signature: Signature, w
     except ModelError as exc:
         raise ModelError(f"Cannot find the task head: no Linear or Conv layer produces the task output "
                          f"'{signature.task_output}' ({width} values per sample).") from exc
+
+
+def ignored_layers(bundle: ModelBundle, names: tuple[str, ...], *, example: Example | None = None) -> dict[str, str]:
+    """The layers never pruned, with the reason: the task head (the layer producing the task output, found by
+    tracing ``example``), the layers that return the model's other outputs, and the user's --ignore list."""
+    modules = dict(bundle.model.named_modules())
+    sig = bundle.signature
+    example = example if example is not None else example_of(sig)
+    head = head_or_fallback(bundle.model, example, sig, bundle.task.width)
+    out = {head: _head_reason(bundle)}
+    if len(sig.outputs) > 1:
+        for output, layer in output_layers(bundle.model, example, sig).items():
+            out.setdefault(layer, f"returns the output '{output}' (its width is part of the model's outputs)")
+    for name in names:
+        if name not in modules:
+            close = difflib.get_close_matches(name, list(modules), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; `deepslim info` lists nothing this fine, " \
+                                                                      "use the names of model.named_modules()."
+            raise ConfigError(f"--ignore names '{name}', which the model does not have{hint}")
+        out[name] = "--ignore"
+    from compress.hf_prune import fixed_layers, is_hf
+    if is_hf(bundle.arch):  # embeddings, pooler, pre-classifier: the config has no width of their own
+        for name, why in fixed_layers(bundle.model).items():
+            out.setdefault(name, why)
+    return out
+
+
+def _head_reason(bundle: ModelBundle) -> str:
+    if bundle.task.is_classification:
+        return "classifier head (its outputs are the classes)"
+    what = "label" if bundle.task.kind.value == "multilabel" else "target"
+    if bundle.task.width == 1:
+        return f"task head (its output is the {what})"
+    return f"task head (its {bundle.task.width} outputs are the {what}s)"

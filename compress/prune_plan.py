@@ -31,6 +31,7 @@ class Group:
     layers: tuple[str, ...]    # every Conv/Linear whose channels move with the group
     reason: str | None = None  # why it is not cut (None: it is planned)
     attention: bool = False    # attention projections: torch-pruning removes whole heads instead
+    heads: int = 0             # attention projections (Linear): their heads (the MACs model scales by heads kept)
 
 
 @dataclass
@@ -68,10 +69,11 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dic
     """Trace ``model`` once (a copy) on ``example`` (one sample of every input, a tuple): its groups, what each
     may keep, and (``count``) the per-layer MACs model. ``read`` picks the task output (``output_transform``)."""
     import torch_pruning as tp
+    head_names = {n: heads[m] for n, m in model.named_modules() if m in heads}  # by name: the copy has others
     model = copy.deepcopy(model).eval()
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
-    head_modules = {modules[n] for n in heads_by_name(heads, names)}
+    head_modules = {modules[n]: count for n, count in head_names.items()}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=read)
     skip = {m: (n, why) for n, why in ignored.items() if n in modules for m in modules[n].modules()}
     groups, members, scores = [], [], {}
@@ -87,7 +89,9 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dic
             reason = _too_small(units * per_unit, round_to, max_ratio)
         layers = tuple(dict.fromkeys(names[m] for m in outs + ins if isinstance(m, ROOTS) and m in names))
         groups.append(Group(names[root], units, per_unit, allowed, layers, reason,
-                            attention=any(m in head_modules for m in outs)))
+                            attention=any(m in head_modules for m in outs),
+                            heads=next((head_modules[m] for m in outs if m in head_modules
+                                        and isinstance(m, nn.Linear)), 0)))
         members.append((set(outs), set(ins)))
         if importance is not None and reason is None:
             imp = importance(group)
@@ -102,11 +106,13 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dic
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     """Head counts torch-pruning needs to remove whole heads.
 
-    timm/Hugging Face-style attention (a fused ``qkv`` Linear and ``num_heads``) loses whole
-    heads. ``nn.MultiheadAttention`` (torchvision's ViT) ties the attention width to the
-    residual width, so it cannot lose heads without becoming another module: torch-pruning
-    keeps its heads and prunes the MLP widths around it."""
-    heads: dict[nn.Module, int] = {}
+    timm-style attention (a fused ``qkv`` Linear and ``num_heads``) and Hugging Face self-attention
+    (``query``/``key``/``value`` or DistilBERT's ``q_lin``/``k_lin``/``v_lin`` Linears, see
+    :mod:`compress.hf_prune`) lose whole heads. ``nn.MultiheadAttention`` (torchvision's ViT) ties the
+    attention width to the residual width, so it cannot lose heads without becoming another module:
+    torch-pruning keeps its heads and prunes the MLP widths around it."""
+    from compress.hf_prune import attention_heads as hf_heads
+    heads: dict[nn.Module, int] = hf_heads(model)
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             heads[module] = module.num_heads
@@ -115,9 +121,18 @@ def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     return heads
 
 
+def attention_modules(model: nn.Module) -> int:
+    """How many attention modules :func:`attention_heads` found (a Hugging Face one has three Linears)."""
+    from compress.hf_prune import projections
+    return sum(1 for m in model.modules() if isinstance(m, nn.MultiheadAttention) or projections(m) is not None
+               or (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)))
+
+
 def sync_attention_heads(model: nn.Module, pruner) -> None:
     """torch-pruning tracks pruned head counts; the attention modules must be told."""
+    from compress.hf_prune import sync_heads
     counts = getattr(pruner, "num_heads", {})
+    sync_heads(model, counts)
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention) and module in counts:
             module.num_heads = counts[module]
@@ -126,6 +141,28 @@ def sync_attention_heads(model: nn.Module, pruner) -> None:
             module.num_heads = counts[module.qkv]
             if hasattr(module, "head_dim"):
                 module.head_dim = module.qkv.out_features // (3 * module.num_heads)
+            if isinstance(getattr(module, "attn_dim", None), int):  # timm >= 1.0.20 reshapes by it
+                module.attn_dim = module.qkv.out_features // 3
+
+
+def head_schedule(heads: dict[nn.Module, int], ratio: float, steps: int) -> dict[nn.Module, list[float]]:
+    """torch-pruning's per-step head ratios (``head_pruning_ratio_dict``) that remove exactly
+    round(``ratio`` · heads) heads of each attention Linear over ``steps`` (at least one head stays).
+
+    torch-pruning removes ceil(step ratio · heads left) at each step; its own schedule (the target ratio
+    of the heads left, step after step) removes more than asked over several steps."""
+    out = {}
+    for module, total in heads.items():
+        if not isinstance(module, nn.Linear):
+            continue  # nn.MultiheadAttention keeps its heads (see attention_heads)
+        goal = heads_removed(total, ratio)
+        done = [(2 * goal * k + steps) // (2 * steps) for k in range(steps + 1)]  # removed after step k
+        per_step = [0.0]
+        for k in range(1, steps + 1):
+            n, left = done[k] - done[k - 1], total - done[k - 1]
+            per_step.append((n - 0.5) / left if n > 0 else 0.0)
+        out[module] = per_step
+    return out
 
 
 def heads_by_name(heads: dict[nn.Module, int], names: dict[nn.Module, str]) -> list[str]:
@@ -179,7 +216,8 @@ def _terms(model: nn.Module, layer_macs: dict, groups: list[Group], members: lis
             continue
         dims = []
         for i, (outs, ins) in enumerate(members):
-            if groups[i].reason is not None or (module not in outs and module not in ins):
+            modelled = groups[i].reason is None or groups[i].heads > 0  # heads: scaled by the heads kept
+            if not modelled or (module not in outs and module not in ins):
                 continue
             both = module in outs and module in ins
             bilinear = isinstance(module, ROOTS) and not (isinstance(module, nn.modules.conv._ConvNd)
@@ -193,6 +231,21 @@ def _terms(model: nn.Module, layer_macs: dict, groups: list[Group], members: lis
 
 
 # --- plans ---------------------------------------------------------------------------------------
+
+def heads_removed(heads: int, ratio: float) -> int:
+    """Heads a layer loses at ``ratio``: the nearest count, and at least one head stays."""
+    return min(int(ratio * heads + 0.5), heads - 1)
+
+
+def with_heads(s: Structure, plan: dict[str, int], ratio: float) -> dict[str, int]:
+    """``plan`` plus each attention group's kept width at head ratio ``ratio`` (for the MACs model only:
+    torch-pruning sets the heads, see :func:`head_schedule`)."""
+    out = dict(plan)
+    for g in s.groups:
+        if g.heads > 0:
+            out[g.name] = g.units - heads_removed(g.heads, ratio) * (g.units // g.heads)
+    return out
+
 
 def nearest(allowed: tuple[int, ...], target: float) -> int:
     """The allowed count nearest ``target`` (ties keep more channels)."""
@@ -233,11 +286,14 @@ def refine(s: Structure, plan: dict[str, int], target: float, *, tolerance: floa
     until the reduction is within ``tolerance`` of ``target``; ``scale`` corrects the MACs model."""
     plan = dict(plan)
     reach = lambda p: s.reduction(p) * scale  # noqa: E731
+    movable = {s.groups[i].name for i in s.planned()}  # attention keeps its head count
     for _ in range(max_moves):
         if abs(reach(plan) - target) <= tolerance * target:
             break
         best, best_gap = None, abs(math.log(reach(plan) / target))
         for name, keep in plan.items():
+            if name not in movable:
+                continue
             allowed = next(g.allowed for g in s.groups if g.name == name)
             at = allowed.index(keep)
             for j in (at - 1, at + 1):

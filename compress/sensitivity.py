@@ -18,6 +18,7 @@ from torch import nn
 
 from compress.prune import PruneConfig, PruneError, ignored_layers, make_pruner
 from compress.prune_inputs import Example, as_example, example_of, reader
+from compress.prune_plan import attention_heads
 from compress.recover import recalibrate_batchnorm
 from deepslim.data import open_dataset, subset
 from deepslim.evaluation import check_compatible, predict
@@ -71,7 +72,8 @@ class LayerSensitivity:
 
 
 def prunable_roots(bundle: ModelBundle, cfg: PruneConfig, example: Example | None = None) -> list[str]:
-    """Names of the root layers of the prunable groups (what --allocation assigns ratios to)."""
+    """Names of the root layers of the prunable groups (what --allocation assigns ratios to); attention
+    projections are left out (they lose whole heads, never a width of their own)."""
     import torch_pruning as tp
     model = bundle.model
     example = as_example(example) if example is not None else example_of(bundle.signature)
@@ -82,7 +84,9 @@ def prunable_roots(bundle: ModelBundle, cfg: PruneConfig, example: Example | Non
                                                   output_transform=reader(bundle.signature))
     groups = graph.get_all_groups(ignored_layers=[modules[n] for n in ignored],
                                   root_module_types=[nn.modules.conv._ConvNd, nn.Linear])
-    return [names[g[0].dep.target.module] for g in groups if g[0].dep.target.module in names]
+    heads = attention_heads(model)
+    return [names[g[0].dep.target.module] for g in groups if g[0].dep.target.module in names
+            and not any(d.target.module in heads and graph.is_out_channel_pruning_fn(d.handler) for d, _ in g)]
 
 
 def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, severity: int = 3,
@@ -122,7 +126,7 @@ def analyze(bundle: ModelBundle, dataset: str, cfg: PruneConfig, *, severity: in
 
 def _single(cfg: PruneConfig) -> PruneConfig:
     from dataclasses import replace
-    return replace(cfg, iterative_steps=1, global_pruning=False, layer_ratios=None)
+    return replace(cfg, iterative_steps=1, global_pruning=False, layer_ratios=None, head_ratio=None, depth=None)
 
 
 def _metrics(bundle: ModelBundle, model: nn.Module, data) -> dict[str, float]:
