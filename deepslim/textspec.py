@@ -32,6 +32,7 @@ class TextSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     model_input_names: tuple[str, ...] = ("input_ids", "attention_mask")
     max_length: int = DEFAULT_MAX_LENGTH
+    position_limit: int | None = None  # the longest sequence the model's position embeddings take
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
@@ -51,13 +52,15 @@ class TextSpec:
     def to_json(self) -> dict[str, Any]:
         return {"tokenizer_json": self.tokenizer_json, "tokenizer_class": self.tokenizer_class,
                 "settings": dict(self.settings), "model_input_names": list(self.model_input_names),
-                "max_length": self.max_length, "sha256": self.sha256}
+                "max_length": self.max_length, "sha256": self.sha256,
+                **({"position_limit": self.position_limit} if self.position_limit else {})}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TextSpec:
         return cls(str(data["tokenizer_json"]), str(data.get("tokenizer_class", "PreTrainedTokenizerFast")),
                    dict(data.get("settings", {})), tuple(data.get("model_input_names", ("input_ids", "attention_mask"))),
-                   int(data.get("max_length", DEFAULT_MAX_LENGTH)))
+                   int(data.get("max_length", DEFAULT_MAX_LENGTH)),
+                   int(data["position_limit"]) if data.get("position_limit") else None)
 
     # --- with transformers ------------------------------------------------------------------------
 
@@ -81,7 +84,8 @@ class TextSpec:
         if limits and length > min(limits):
             raise ConfigError(f"--max-length {length} is longer than the model takes ({min(limits)} tokens).")
         packed = base64.b64encode(zlib.compress(backend.to_str().encode(), 9)).decode()
-        return cls(packed, type(tokenizer).__name__, settings, tuple(tokenizer.model_input_names), int(length))
+        return cls(packed, type(tokenizer).__name__, settings, tuple(tokenizer.model_input_names), int(length),
+                   model_limit)
 
     def tokenizer(self) -> Any:
         """A ``transformers`` fast tokenizer rebuilt from the spec (no file, no download)."""
