@@ -36,13 +36,9 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, det
     fp32 = copy.deepcopy(bundle.model).cpu().eval()
     signature, task = bundle.signature, bundle.task  # QAT calibrates and trains at the model's own size
     arrays = calibration_inputs(dataset, signature, cfg.calibration_samples, severity=severity, seed=cfg.seed)
-    batches = [_batch(arrays, i, 32) for i in range(0, len(arrays[0]), 32)]
-    try:
-        with nncf_output(progress):
-            qmodel = nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **nncf_kwargs(cfg))
-    except Exception as exc:  # NNCF raises many types for models it cannot trace
-        raise QuantizeError(f"NNCF could not insert fake quantizers into {bundle.arch.name}: "
-                            f"{first_line(exc)}.") from exc
+    transformer = _is_transformer(bundle)
+    names = signature.input_names if signature.text is not None else ()
+    qmodel = _insert_quantizers(nncf, fp32, arrays, names, cfg, bundle.arch.name, transformer, progress)
     source = open_dataset(dataset, severity=severity)
     splits = {"train": source.split("train", signature, augment=True, task=task),
               "val": source.split("val", signature, task=task)}
@@ -59,19 +55,47 @@ def qat(bundle, tmp: Path, cfg: QuantizeConfig, dataset: str, severity: int, det
                    calibration=cfg.calibration.value if cfg.calibration else "nncf-default")
     exported = signature.with_image_size(cfg.input_size) if cfg.input_size else signature
     example = example_inputs(exported, 1)
+    if transformer:  # a Hugging Face ModelOutput is traced and exported as the signature's tuple of outputs
+        from export.onnx import OrderedOutputs
+        qmodel = OrderedOutputs(qmodel, exported) if exported.output_layout != "tensor" else qmodel
     if cfg.target is QuantTarget.OPENVINO:
         return _qat_openvino(qmodel, example, tmp)
-    return _qat_onnx(qmodel, example, exported, tmp, cfg, details)
+    # transformers (Hugging Face, timm) call scaled_dot_product_attention, exported from opset 14 on
+    opset = 17 if transformer or bundle.arch.source.value == "timm" else 13
+    return _qat_onnx(qmodel, example, exported, tmp, cfg, details, opset)
 
 
-def _batch(arrays, start: int, size: int):
-    """A calibration batch as NNCF's torch backend calls the model: a tensor, or a tuple for ``model(*inputs)``."""
+def _is_transformer(bundle) -> bool:
+    """A Hugging Face model or a text model: NNCF quantizes it with ``ModelType.TRANSFORMER``."""
+    return bundle.arch.source.value == "hf" or bundle.signature.text is not None
+
+
+def _insert_quantizers(nncf, fp32, arrays, names: tuple[str, ...], cfg: QuantizeConfig, name: str, transformer: bool,
+                       progress: bool):
+    """NNCF's fake-quantized copy of ``fp32``, calibrated on ``arrays`` (texts in batches cut to their longest);
+    a transformer with NNCF's transformer patterns (without them NNCF quantizes BERT's integer position adds)."""
+    batches = [_batch(arrays, i, 32, names) for i in range(0, len(arrays[0]), 32)]
+    extra = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    try:
+        with nncf_output(progress):
+            return nncf.quantize(fp32, nncf.Dataset(batches), subset_size=len(batches), **extra, **nncf_kwargs(cfg))
+    except Exception as exc:  # NNCF raises many types for models it cannot trace
+        raise QuantizeError(f"NNCF could not insert fake quantizers into {name}: {first_line(exc)}.") from exc
+
+
+def _batch(arrays, start: int, size: int, names: tuple[str, ...] = ()):
+    """A calibration batch as NNCF's torch backend calls the model: a tensor, or a tuple for ``model(*inputs)``
+    (a text batch cut to its longest text)."""
     import torch
-    tensors = tuple(torch.from_numpy(a[start:start + size]) for a in arrays)
+
+    from compress.quant_data import trim_tokens
+    chunk = trim_tokens(tuple(a[start:start + size] for a in arrays), names)
+    tensors = tuple(torch.from_numpy(a.copy() if names else a) for a in chunk)
     return tensors[0] if len(tensors) == 1 else tensors
 
 
-def _qat_onnx(qmodel, example: tuple, signature, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any]) -> Path:
+def _qat_onnx(qmodel, example: tuple, signature, tmp: Path, cfg: QuantizeConfig, details: dict[str, Any],
+              opset: int = 13) -> Path:
     """Q/DQ ONNX: NNCF's quantizers export as QuantizeLinear/DequantizeLinear pairs (TorchScript exporter), then
     the graph is made deployable (int8 weight initializers, BatchNorm folded, constants folded; see qdq_onnx)."""
     import copy
@@ -84,7 +108,7 @@ def _qat_onnx(qmodel, example: tuple, signature, tmp: Path, cfg: QuantizeConfig,
             module.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
     out = tmp / "int8-qat.onnx"
     try:
-        export_graph(model, example, signature, out, opset=13)  # every input and output, named by the signature
+        export_graph(model, example, signature, out, opset=opset)  # every input and output, named by the signature
     except Exception as exc:  # the exporter raises many types
         raise QuantizeError(f"The QAT model could not be exported to ONNX: {first_line(exc)}.") from exc
     _finalize(out, cfg, details)

@@ -45,6 +45,18 @@ def as_inputs(x: np.ndarray | Inputs | list) -> Inputs:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def trim_tokens(xs: Inputs, names: tuple[str, ...] | list[str]) -> Inputs:
+    """A text batch cut to its longest row: trailing columns where every ``attention_mask`` is 0 dropped (as
+    dynamic padding feeds a deployed model); other batches as they are."""
+    if "attention_mask" not in names or len(xs) != len(names):
+        return xs
+    mask = xs[list(names).index("attention_mask")]
+    if mask.ndim != 2 or mask.shape[1] == 0 or not mask.any():
+        return xs
+    keep = int(np.nonzero(mask.any(axis=0))[0].max()) + 1
+    return tuple(a[:, :keep] if a.ndim == 2 and a.shape[1] == mask.shape[1] else a for a in xs)
+
+
 def load_data(dataset: str, signature: Signature, task: Task, samples: int | None, *, severity: int = 3,
               seed: int = 0) -> QuantData:
     """Calibration samples (a seeded subset of the train split, no augmentation) and the val and test splits,
@@ -95,7 +107,9 @@ def run_outputs(path: Path, backend: str, x: np.ndarray | Inputs, signature: Sig
         return _runner_outputs(path, backend, inputs[0], batch)
     run = _session(path, backend, signature)
     n = len(inputs[0])
-    return np.concatenate([run(tuple(a[i:i + batch] for a in inputs)) for i in range(0, n, batch)])
+    names = signature.input_names if signature.text is not None else ()
+    return np.concatenate([run(trim_tokens(tuple(a[i:i + batch] for a in inputs), names))
+                           for i in range(0, n, batch)])
 
 
 def _runner_outputs(path: Path, backend: str, x: np.ndarray, batch: int) -> np.ndarray:
@@ -141,6 +155,7 @@ def compile_openvino(path: Path):
 def openvino_output(compiled, signature: Signature, xs: Inputs) -> np.ndarray:
     """The task output of a compiled OpenVINO model on the inputs ``xs`` (fed by the model's input names)."""
     from deepslim.modelio import feed, select_output
+    xs = trim_tokens(xs, signature.input_names) if signature.text is not None else xs
     result = compiled(feed(signature, xs, tuple(range(len(compiled.inputs)))))
     outputs = [result[o] for o in compiled.outputs]
     names = [next(iter(o.get_names()), "") for o in compiled.outputs]

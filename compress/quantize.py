@@ -16,6 +16,12 @@ tokens and masks are fed as integers and never quantized), the task's own metric
 artifacts (:func:`deepslim.metrics.task_metrics`), and the accuracy guard reads the task's
 primary metric: ``max_accuracy_drop`` is in its points (top-1 for classifiers, mAP, R²), or in
 percent of the fp32 value for an unbounded one (MAE, RMSE), as :meth:`deepslim.tasks.Task.drop`.
+
+Transformers (#14): calibration and evaluation batches of texts are cut to their longest text
+(the attention mask says where), as a deployed model is fed. A graph with attention is quantized
+statically on its MatMul/Gemm/Conv weights and embeddings only (quantizing LayerNorm, Softmax and
+the residual adds too cost a tiny BERT 7 points), and by NNCF with ``ModelType.TRANSFORMER``,
+SmoothQuant measured on and off on val unless ``smooth_quant`` decides.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class QuantizeConfig:
     temperature: float = 4.0
     alpha: float = 0.5
     latency: bool = True                     # time fp32 vs quantized on the target's runner
+    smooth_quant: bool | None = None         # NNCF SmoothQuant for transformers (None: measured on and off on val)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -89,6 +96,9 @@ class QuantizeConfig:
                               "--method qat) offers minmax or percentile.")
         if self.method is Method.QAT and self.qat_epochs < 1:
             raise ConfigError(f"--qat-epochs must be a positive integer, got {self.qat_epochs}.")
+        if self.smooth_quant is not None and (self.method is not Method.PTQ or self.target is not QuantTarget.OPENVINO):
+            raise ConfigError("--smooth-quant/--no-smooth-quant choose NNCF's SmoothQuant for --method ptq --target "
+                              "openvino.")
         if self.method in (Method.FP16, Method.DYNAMIC) and self.max_accuracy_drop is not None:
             raise ConfigError(f"--max-accuracy-drop guards int8 static quantization (ptq, qat), not "
                               f"{self.method.value}.")

@@ -83,7 +83,7 @@ def to_onnx(bundle: ModelBundle, output: str | Path, config: OnnxConfig | None =
     config = config or OnnxConfig()
     signature = export_signature(bundle, config.input_size)
     model = bundle.model.eval().cpu()
-    proto = _export(model, signature, config, bundle.arch.name)
+    proto = _export(model, signature, config, bundle.arch.name, dim_limits(bundle, signature))
     if config.fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
         proto = convert_float_to_float16(proto, keep_io_types=True)
@@ -119,6 +119,8 @@ def export_facts(bundle: ModelBundle, signature: Signature, config: OnnxConfig) 
         "output_names": list(signature.outputs),
         "dynamic_axes": {k: {str(a): d for a, d in v.items()} for k, v in dynamic_axes(signature, config).items()},
         "macs": macs, "params": params}
+    if limits := dim_limits(bundle, signature):
+        facts["dim_limits"] = limits
     if signature.single_image:
         facts.update(input_size=list(signature.inputs[0].size),
                      trained_input_size=list(bundle.signature.inputs[0].size))
@@ -132,16 +134,30 @@ def dynamic_axes(signature: Signature, config: OnnxConfig) -> dict[str, dict[int
     return {name: dims for name, dims in axes.items() if dims}
 
 
-def dynamo_shapes(signature: Signature, config: OnnxConfig) -> tuple[dict[int, Any] | None, ...] | None:
-    """``torch.export`` dynamic shapes per input, in order: one shared ``torch.export.Dim`` per dim name."""
+def dynamo_shapes(signature: Signature, config: OnnxConfig, limits: dict[str, int] | None = None
+                  ) -> tuple[dict[int, Any] | None, ...] | None:
+    """``torch.export`` dynamic shapes per input, in order: one shared ``torch.export.Dim`` per dim name, up to its
+    ``limits`` (a text model's ``sequence``: its position embeddings) or :data:`MAX_DIM`."""
     axes = dynamic_axes(signature, config)
+    limits = limits or {}
     dims: dict[str, Any] = {}
     shapes = []
     for spec in signature.inputs:
         wanted = axes.get(spec.name, {})
-        shapes.append({a: dims.setdefault(d, torch.export.Dim(d, min=1, max=MAX_DIM)) for a, d in wanted.items()}
-                      or None)
+        shapes.append({a: dims.setdefault(d, torch.export.Dim(d, min=1, max=limits.get(d, MAX_DIM)))
+                       for a, d in wanted.items()} or None)
     return tuple(shapes) if any(shapes) else None
+
+
+def dim_limits(bundle: ModelBundle, signature: Signature) -> dict[str, int]:
+    """The largest size each named dim can take: a Hugging Face text model's ``sequence`` is bounded by its
+    position embeddings (``torch.export`` refuses a wider range; TensorRT profiles are checked against it)."""
+    if signature.text is None or "sequence" not in {d for i in signature.inputs for d in i.shape[1:]}:
+        return {}
+    from deepslim.hf import position_limit
+    config = getattr(bundle.model, "config", None)
+    limit = position_limit(config) if config is not None else None
+    return {"sequence": limit} if limit else {}
 
 
 class OrderedOutputs(torch.nn.Module):
@@ -155,7 +171,8 @@ class OrderedOutputs(torch.nn.Module):
         return tuple(all_outputs(self.model(*args), self.signature).values())
 
 
-def _export(model: torch.nn.Module, signature: Signature, config: OnnxConfig, name: str):
+def _export(model: torch.nn.Module, signature: Signature, config: OnnxConfig, name: str,
+            limits: dict[str, int] | None = None):
     import onnx
     wrapped = signature.output_layout != "tensor"
     module = OrderedOutputs(model, signature) if wrapped else model
@@ -165,7 +182,7 @@ def _export(model: torch.nn.Module, signature: Signature, config: OnnxConfig, na
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if config.exporter is Exporter.DYNAMO:
-                shapes = dynamo_shapes(signature, config)
+                shapes = dynamo_shapes(signature, config, limits)
                 program = torch.onnx.export(module, example, dynamo=True, **names,
                                             dynamic_shapes=(shapes,) if wrapped and shapes else shapes,
                                             opset_version=config.opset, optimize=True, verbose=False)

@@ -21,7 +21,8 @@ from deepslim.modelio import example_inputs
 from deepslim.signature import Signature
 from benchmarks.runners.openvino_runner import ov_reason
 from export.errors import ExportError
-from export.onnx import OnnxConfig, OrderedOutputs, dynamo_shapes, export_facts, export_signature, to_onnx
+from export.onnx import (OnnxConfig, OrderedOutputs, dim_limits, dynamo_shapes, export_facts, export_signature,
+                         to_onnx)
 from export.options import OVSource
 
 
@@ -101,7 +102,7 @@ def _convert_torch(ov, bundle: ModelBundle, onnx_config: OnnxConfig):
     model = bundle.model.eval().cpu()
     wrapped = signature.output_layout != "tensor"
     module = OrderedOutputs(model, signature) if wrapped else model
-    shapes = dynamo_shapes(signature, onnx_config)
+    shapes = dynamo_shapes(signature, onnx_config, dim_limits(bundle, signature))
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")

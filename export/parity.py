@@ -169,20 +169,63 @@ def check_parity(source: ModelBundle | str | Path, artifact: str | Path, *, prec
     if tol.needs_real_inputs and not chosen.real:
         raise ParityError(f"{precision} parity of {artifact.name} needs real inputs (agreement of a quantized "
                           f"model on noise says nothing), and {chosen.why}; pass --dataset.")
-    x, label = parity_inputs(signature, chosen, samples, task=task)
-    got = _run(runner, x, batch)
+    xs, label = _inputs(signature, chosen, samples, task)
+    got = np.concatenate([_run(runner, x, batch) for x in xs])
     if isinstance(source, ModelBundle):
-        ref, against = _torch_outputs(source.model, x, source.signature), "torch"
+        ref, against = _torch_outputs(source.model, xs, source.signature), "torch"
     else:
         reference = open_runner(source, DEFAULT_BACKEND[artifact_kind(source)], RunnerOptions())
-        ref, against = _run(reference, x, batch), reference.label
+        ref, against = np.concatenate([_run(reference, x, batch) for x in xs]), reference.label
     report = compare(ref, got, precision, artifact.name, backend.value, label, against, task=task,
                      output=signature.task_output)
     if not report.passed and isinstance(source, ModelBundle) and tol.atol is not None:
-        report = _with_conditioning(report, source, x, ref, tol, task)
+        report = _with_conditioning(report, source, xs, ref, tol, task)
     if raise_on_failure and not report.passed:
         raise ParityError(f"{report.summary()}; the {precision} tolerance is {describe(tol, task)}.")
     return report
+
+
+def _inputs(signature: Signature, chosen: ParityInputs, samples: int, task: Task) -> tuple[list[Batch], str]:
+    """The compared inputs as batches: one, or for a text model on its real texts one per sequence length."""
+    if signature.text is not None and chosen.real:
+        source = open_dataset(chosen.dataset, severity=chosen.severity)
+        if callable(getattr(source, "texts_of", None)):
+            return text_inputs(signature, source.texts_of("test"), samples,
+                               f"{chosen.dataset} test ({chosen.why})")
+    x, label = parity_inputs(signature, chosen, samples, task=task)
+    return [x], label
+
+
+def sequence_lengths(natural: int, max_length: int) -> tuple[int, ...]:
+    """The lengths a text model is compared at: half its texts' longest (truncated), the longest itself, and
+    the tokenizer's ``max_length`` (padded), so a fixed sequence axis cannot pass unnoticed."""
+    return tuple(sorted({max(2, natural // 2), natural, max_length}))
+
+
+def text_inputs(signature: Signature, texts: list[tuple[str, ...]], samples: int, where: str
+                ) -> tuple[list[Batch], str]:
+    """``samples`` of ``texts`` (seeded) tokenized at each of :func:`sequence_lengths`: truncated to it or padded
+    to it (attention mask 0), one batch per length in the signature's input order."""
+    if not texts:
+        raise DatasetError(f"{where} has no texts to compare the export on.")
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:samples].tolist()
+    picked = [texts[i] for i in order]
+    natural = int(tokens_at(signature, picked, None)["input_ids"].shape[1])
+    lengths = sequence_lengths(natural, signature.text.max_length)
+    batches = [_batch(tuple(v for v in tokens_at(signature, picked, n).values())) for n in lengths]
+    return batches, f"{where} at sequence lengths {', '.join(map(str, lengths))}"
+
+
+def tokens_at(signature: Signature, texts: list[tuple[str, ...]], length: int | None) -> dict[str, np.ndarray]:
+    """The model's inputs for ``texts`` at ``length`` tokens (truncated or padded; None: the longest text, up to
+    ``max_length``), in the signature's order; an input the tokenizer does not give is zeros."""
+    tokenizer = signature.text.tokenizer()
+    first, second = [t[0] for t in texts], ([t[1] for t in texts] if len(texts[0]) > 1 else None)
+    out = tokenizer(first, second, truncation=True, max_length=length or signature.text.max_length,
+                    padding="max_length" if length else "longest", return_tensors="np")
+    shape = out["input_ids"].shape
+    return {spec.name: np.asarray(out[spec.name], dtype=spec.dtype) if spec.name in out
+            else np.zeros(shape, dtype=spec.dtype) for spec in signature.inputs}
 
 
 def _as_tuple(x) -> tuple:
@@ -197,9 +240,12 @@ def _rows(x: Batch, start: int, stop: int) -> Batch:
     return _batch(tuple(a[start:stop] for a in _as_tuple(x)))
 
 
-def _torch_outputs(model: torch.nn.Module, x: Batch, signature: Signature | None = None,
+def _torch_outputs(model: torch.nn.Module, x: Batch | list[Batch], signature: Signature | None = None,
                    dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """The task output of ``model`` on ``x`` (float inputs in ``dtype``, integer inputs as they are)."""
+    """The task output of ``model`` on ``x`` (float inputs in ``dtype``, integer inputs as they are); a list of
+    batches (one per sequence length) gives their outputs one after the other."""
+    if isinstance(x, list):
+        return np.concatenate([_torch_outputs(model, b, signature, dtype) for b in x])
     model = model.eval().cpu()  # moved outside inference mode (see deepslim.evaluation.predict)
     args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in _as_tuple(x))
     args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
@@ -209,8 +255,8 @@ def _torch_outputs(model: torch.nn.Module, x: Batch, signature: Signature | None
         return out.double().numpy()
 
 
-def _with_conditioning(report: ParityReport, bundle: ModelBundle, x: Batch, ref: np.ndarray, tol: Tolerance,
-                       task: Task | None = None) -> ParityReport:
+def _with_conditioning(report: ParityReport, bundle: ModelBundle, x: Batch | list[Batch], ref: np.ndarray,
+                       tol: Tolerance, task: Task | None = None) -> ParityReport:
     """Run the source in fp64 too: if fp32 torch already misses the tolerance, blame the inputs, not the export."""
     exact = _torch_outputs(copy.deepcopy(bundle.model).double(), x, bundle.signature, torch.float64)
     rel = float(np.max(_row_rel(np.abs(ref - exact), exact, task)))

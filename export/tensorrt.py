@@ -31,6 +31,7 @@ from export.options import Precision
 
 
 DEFAULT_DIM_RANGE = (1, 16, 256)  # min, opt, max of a named dim (sequence, length...) no range was given for
+SEQUENCE = "sequence"  # a text model's token axis: its range is --seq-len
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_names: Seque
     if len(names) != len(signature.inputs):
         raise ConfigError(f"The ONNX graph has the inputs {list(names)} but its metadata describes "
                           f"{signature.describe()}.")
-    ranges = _dim_ranges(signature, config)
+    ranges = _dim_ranges(signature, config, meta.export.get("dim_limits"))
     spans = {BATCH: (min(config.batches), config.opt_batch or max(config.batches), max(config.batches)), **ranges}
     profiles = tuple(InputProfile(name, *(tuple(spans[d][k] if isinstance(d, str) else d for d in spec.shape)
                                           for k in range(3)))
@@ -129,12 +130,27 @@ def engine_input_names(meta: ArtifactMeta) -> tuple[str, ...]:
     return ("input",) if meta.signature.single_image else meta.signature.input_names
 
 
-def _dim_ranges(signature: Signature, config: TensorRTConfig) -> dict[str, tuple[int, int, int]]:
+def _dim_ranges(signature: Signature, config: TensorRTConfig,
+                limits: Mapping[str, int] | None = None) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) per named dim: the configured range, else a text model's ``sequence`` from 1 to its
+    tokenizer's ``max_length`` (tuned there), else :data:`DEFAULT_DIM_RANGE`; each checked against ``limits``."""
     named = list(dict.fromkeys(d for spec in signature.inputs for d in spec.shape[1:] if isinstance(d, str)))
     unknown = sorted(set(config.dim_ranges) - set(named))
     if unknown:
-        raise ConfigError(f"The dims {unknown} are not named dims of the model's inputs ({signature.describe()}).")
-    return {d: tuple(config.dim_ranges.get(d, DEFAULT_DIM_RANGE)) for d in named}
+        hint = "; --seq-len applies to a text model's sequence axis" if SEQUENCE in unknown else ""
+        raise ConfigError(f"The dims {unknown} are not named dims of the model's inputs ({signature.describe()})"
+                          f"{hint}.")
+    ranges = {}
+    for d in named:
+        default = (1, signature.text.max_length, signature.text.max_length) \
+            if d == SEQUENCE and signature.text is not None else DEFAULT_DIM_RANGE
+        ranges[d] = tuple(config.dim_ranges.get(d, default))
+        limit = (limits or {}).get(d)
+        if limit is not None and ranges[d][2] > limit:
+            what = "--seq-len" if d == SEQUENCE else f"The range of dim '{d}'"
+            raise ConfigError(f"{what} goes up to {ranges[d][2]} but the model takes at most {limit} (its position "
+                              f"embeddings); lower the maximum.")
+    return ranges
 
 
 def trtexec_command(onnx_path: str | Path, engine_path: str | Path, plan: BuildPlan,
