@@ -26,8 +26,15 @@ compress_app = typer.Typer(help="Compression stages: structured pruning, knowled
 @trusting
 def prune_cmd(
     model: Model = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Pruned bundle (.safetensors).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Pruned bundle (.safetensors), or for a "
+                                                   "Hugging Face model a directory (no suffix) that from_pretrained "
+                                                   "loads.")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed (0 < R < 1).")] = None,
+    head_ratio: Annotated[Optional[float], typer.Option(
+        help="Fraction of attention heads removed per layer (0 <= R < 1; default: --ratio's).")] = None,
+    depth: Annotated[Optional[int], typer.Option(
+        help="Hugging Face encoders: keep N layers, evenly spaced with the first and last (6 of 12: 0,2,4,7,9,11).")]
+    = None,
     speedup: Annotated[Optional[float], typer.Option(help="Reduce MACs this many times; the ratio is searched.")]
     = None,
     importance: Annotated[Importance, typer.Option(help="Which channels go.")] = Importance.L2,
@@ -39,7 +46,10 @@ def prune_cmd(
     ignore: Annotated[Optional[str], typer.Option(help="Comma-separated layer names never pruned (the head never "
                                                   "is).")] = None,
     finetune_epochs: Annotated[int, typer.Option(help="Fine-tuning epochs after pruning (shared train loop).")] = 0,
-    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, cosine).")] = 0.03,
+    finetune_lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (cosine schedule).")] = 0.03,
+    finetune_optimizer: Annotated[OptimizerKind, typer.Option(help="Fine-tuning optimizer (adamw with a small "
+                                                              "--finetune-lr, e.g. 1e-3, for transformers).")]
+    = OptimizerKind.SGD,
     recover: Annotated[Recover, typer.Option(help="How fine-tuning recovers accuracy: cross-entropy with the "
                                              "labels, or knowledge distillation from the unpruned model.")]
     = Recover.FINETUNE,
@@ -82,14 +92,21 @@ def prune_cmd(
                       iterative_steps=iterative_steps, round_to=None if round_to == 1 else round_to,
                       max_layer_ratio=max_layer_ratio, ignore=layers, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, recover=recover, temperature=temperature, alpha=alpha,
-                      sparsity_train_epochs=sparsity_train_epochs, seed=seed)
+                      sparsity_train_epochs=sparsity_train_epochs, seed=seed, head_ratio=head_ratio, depth=depth,
+                      finetune_optimizer=finetune_optimizer)
     from deepslim.fileio import check_output
-    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors") if output else None
+    out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors", directory=True) \
+        if output else None
     bundle, data = load_with_data(model, arch=arch, weights=weights, arch_kwargs=arch_kwargs, input_size=input_size,
                                   channels=channels, trust_pickle=trust_pickle, dataset=dataset, severity=severity,
                                   seed=seed, quiet=quiet, mean=mean, std=std, task_output=task_output,
                                   primary_metric=primary_metric)
     dataset = data.spec
+    from deepslim.models import check_saveable
+    check_saveable(bundle, out)
+    if allocation is Allocation.SENSITIVITY and bundle.arch.source.value == "hf":
+        raise ConfigError("--allocation sensitivity gives the FFNs different widths, which a Hugging Face config "
+                          "(one intermediate size) cannot hold; use --allocation uniform.")
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet)
     _prune_preflight(bundle, cfg, check, console)
@@ -102,6 +119,14 @@ def prune_cmd(
     pruned = prune(bundle, cfg, dataset=dataset, severity=data.severity, progress=not quiet, log=lambda m: console.print(m, highlight=False))
     save_model(pruned, out, force=force)
     print_prune(pruned, out)
+    record = pruned.lineage[-1].metrics
+    if "sequence_length" in record:
+        console.print(f"MACs counted at sequence length {record['sequence_length']} (the tokenizer's max_length)",
+                      highlight=False)
+    if "sizes" in record:
+        s = record["sizes"]
+        console.print(f"config: {s['layers']} layers, FFN width {s['ffn']}, heads per layer {s['heads']}",
+                      highlight=False)
 
 
 def _default_report(out: Path | None) -> Path:
@@ -143,13 +168,16 @@ def _sensitivity(bundle, cfg, data, report: Path, allocation, console):
 @trusting
 def distill_cmd(
     teacher: Annotated[Path, typer.Option(
-        "--teacher", help="The teacher: a bundle, or an exported .onnx / OpenVINO .xml / TensorRT .engine (run "
-                          "through its runtime: one inference per training batch, logits only).",
-        show_default=False)],
+        "--teacher", help="The teacher: a bundle or model directory, or an exported .onnx / OpenVINO .xml / "
+                          "TensorRT .engine (run through its runtime: one inference per training batch, logits "
+                          "only).", show_default=False)],
     student: Annotated[str, typer.Option(
-        "--student", help="The student: a bundle (e.g. a pruned model), small_cnn, a torchvision name, or "
-                          "path/file.py:build_fn (built at the teacher's input size).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors).",
+        "--student", help="The student: a bundle or model directory (e.g. a pruned model), small_cnn, a "
+                          "torchvision name, hf:TYPE with --arch-kwargs (a text one takes the teacher's "
+                          "tokenizer), or path/file.py:build_fn (built at the teacher's input size).",
+        show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Distilled student bundle (.safetensors), or for "
+                                         "a Hugging Face student a directory (no suffix) from_pretrained loads.",
                                          show_default=False)],
     dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, primary_metric: PrimaryMetric = None, severity: Severity = None,
@@ -160,6 +188,17 @@ def distill_cmd(
         help="Also match features: teacher.LAYER:student.LAYER,... (a learned 1x1 adapter when channels "
              "differ; `deepslim info MODEL --layers` lists the names).")] = None,
     feature_weight: Annotated[float, typer.Option(help="Weight of the feature MSE term.")] = 1.0,
+    hidden_weight: Annotated[float, typer.Option(
+        help="Transformers: weight of the hidden-state MSE between each student encoder layer and its teacher layer "
+             "(--layer-map; a learned projection when widths differ, not saved). 0: off.")] = 0.0,
+    attention_weight: Annotated[float, typer.Option(
+        help="Transformers: weight of the attention-map loss over the --layer-map pairs (heads averaged when their "
+             "counts differ). 0: off.")] = 0.0,
+    layer_map: Annotated[str, typer.Option(
+        help="Which teacher layer each student encoder layer learns: auto (evenly spaced, last to last) or "
+             "STUDENT:TEACHER pairs such as 0:1,1:3 (0-based).")] = "auto",
+    attention_loss: Annotated[str, typer.Option(
+        help="Attention-map loss: kl (teacher to student, per query) or mse (of the probabilities).")] = "kl",
     teacher_backend: Annotated[Optional[str], typer.Option(
         help="Runtime of an exported teacher: onnxruntime, openvino or tensorrt (default: by file type).")] = None,
     arch_kwargs: ArchKwargs = None, input_size: InputSize = None, channels: Channels = None, mean: Mean = None,
@@ -184,13 +223,17 @@ def distill_cmd(
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                             label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
                             num_workers=workers, accumulate=accumulate)
+    if attention_loss not in ("kl", "mse"):
+        raise ConfigError(f"--attention-loss must be kl or mse, got '{attention_loss}'.")
     cfg = DistillConfig(temperature=temperature, alpha=alpha, feature_pairs=parse_feature_pairs(feature_pairs),
-                        feature_weight=feature_weight, train=train_cfg)
-    student_path = Path(student) if _is_model_file(student) else None
+                        feature_weight=feature_weight, hidden_weight=hidden_weight, attention_weight=attention_weight,
+                        layer_map=layer_map, attention_loss=attention_loss, train=train_cfg)
+    student_path = Path(student) if _is_model_file(student) or Path(student).is_dir() else None
     from deepslim.fileio import check_output, require_file
-    out = check_output(output, force=force, inputs=[teacher, student_path], suffix=".safetensors")
-    require_file(teacher, "teacher")
-    if student_path is not None:
+    out = check_output(output, force=force, inputs=[teacher, student_path], suffix=".safetensors", directory=True)
+    if not teacher.is_dir():
+        require_file(teacher, "teacher")
+    if student_path is not None and not student_path.is_dir():
         require_file(student_path, "student")
     from compress.distill import distill, open_teacher
     from deepslim.models import check_saveable, save_model
@@ -198,11 +241,14 @@ def distill_cmd(
     data = choose_data(dataset, _lineage(teacher_model), severity=severity, classes=teacher_model.classes,
                        task=teacher_model.task, what=f"The teacher {teacher.name}", quiet=quiet)
     dataset, severity_value = data.spec, data.severity
-    student_bundle = _student(student, student_path, teacher_model, data, arch_kwargs=arch_kwargs,
-                              input_size=input_size, channels=channels, mean=mean, std=std, task_output=task_output,
-                              trust_pickle=trust_pickle, seed=seed)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="deepslim-tokenizer-") as scratch:
+        text = _teacher_tokenizer(student, student_path, teacher_model, Path(scratch))
+        student_bundle = _student(student, student_path, teacher_model, data, arch_kwargs=arch_kwargs,
+                                  input_size=input_size, channels=channels, mean=mean, std=std,
+                                  task_output=task_output, trust_pickle=trust_pickle, seed=seed, **text)
     student_bundle = with_primary(student_bundle, primary_metric)
-    check_saveable(student_bundle)
+    check_saveable(student_bundle, out)
     from rich.console import Console
     console = Console(stderr=True, quiet=quiet or not is_main_process())
     ckpt = out.with_name(out.name + ".ckpt")
@@ -233,6 +279,24 @@ def _student(student: str, path: Path | None, teacher, data, *, input_size, chan
     load = {**load, "trust_pickle": False}
     return load_bundle(None, arch=student, weights=None, input_size=input_size, channels=channels,
                        dataset=data.spec, severity=data.severity_option, seed=seed, **load)
+
+
+def _teacher_tokenizer(student: str, path: Path | None, teacher, scratch: Path) -> dict:
+    """A new Hugging Face student of a text teacher (hf:TYPE, or a directory without deepslim's header or a
+    tokenizer of its own) is fed by the teacher's tokenizer at its max length: both must see the same token ids."""
+    text = teacher.signature.text
+    from deepslim import hf
+    directory = Path(student[3:]) if student.startswith("hf:") else path
+    if student.startswith("hf:") and not hf.is_hf_dir(directory):
+        new = True  # hf:TYPE, built from --arch-kwargs
+    else:
+        new = directory is not None and hf.is_hf_dir(directory) and not (directory / hf.SIDECAR).is_file() \
+            and not hf.has_tokenizer(directory)
+    if text is None or not new:
+        return {}
+    with hf.offline():
+        text.tokenizer().save_pretrained(str(scratch))
+    return {"tokenizer": scratch, "max_length": text.max_length}
 
 
 def _is_model_file(student: str) -> bool:
@@ -296,6 +360,9 @@ def quantize_cmd(
     alpha: Annotated[float, typer.Option(help="qat --recover kd: weight of the KD term.")] = 0.5,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time fp32 vs quantized on the target's "
                                           "runner and warn when int8 is not faster.")] = True,
+    smooth_quant: Annotated[Optional[bool], typer.Option(
+        "--smooth-quant/--no-smooth-quant", help="ptq --target openvino, transformer models: NNCF's SmoothQuant on "
+        "or off (default: both measured on val, the better kept).", show_default=False)] = None,
     seed: Seed = 0, trust_code: TrustCode = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Quantize to int8 (or fp16) in the format the target runs fastest, measured against fp32.
@@ -312,7 +379,7 @@ def quantize_cmd(
                          calibration_samples=calibration_samples, per_channel=per_channel, activations=activations,
                          max_accuracy_drop=max_accuracy_drop, input_size=input_size, qat_epochs=qat_epochs,
                          qat_lr=qat_lr, recover=recover, temperature=temperature, alpha=alpha, latency=latency,
-                         seed=seed)
+                         smooth_quant=smooth_quant, seed=seed)
     from deepslim.fileio import check_output, require_file
     check_suffix(output, cfg)
     out = check_output(output, force=force, inputs=[model], suffix=cfg.suffix)

@@ -30,6 +30,9 @@ def export_cmd(
     ov_via: Annotated[OVSource, typer.Option("--ov-via", help="OpenVINO from the ONNX export, or directly from torch.")]
     = "onnx",
     batch: Annotated[str, typer.Option(help="TensorRT profile batch sizes: min,..,max (opt = the largest).")] = "1",
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="TensorRT profile of a text model's sequence "
+                       "axis: MIN,OPT,MAX tokens, e.g. 16,128,512 (default 1,L,L, L = the tokenizer's max length).",
+                       show_default=False)] = None,
     workspace: Annotated[int, typer.Option(help="TensorRT workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache file (read and updated).")] = None,
     print_trtexec: Annotated[bool, typer.Option("--print-trtexec", help="Print the equivalent trtexec command and "
@@ -60,8 +63,13 @@ def export_cmd(
     if target is None or output is None:
         raise ConfigError("Give --target onnx|openvino|tensorrt and -o OUTPUT (or --check).")
     onnx_config = ex.OnnxConfig(exporter=exporter.value, simplify=simplify, input_size=size)
+    from export.options import parse_seq_len
+    if seq_len is not None and target is not Target.TENSORRT:
+        raise ConfigError("--seq-len sets the TensorRT optimisation profile; ONNX and OpenVINO exports keep a dynamic "
+                          "sequence axis.")
     trt_config = ex.TensorRTConfig(precision=precision.value, batches=parse_batches(batch), workspace_mib=workspace,
-                                   timing_cache=timing_cache)
+                                   timing_cache=timing_cache,
+                                   dim_ranges={"sequence": parse_seq_len(seq_len)} if seq_len else {})
     if print_trtexec:
         return _print_trtexec(model, output, trt_config, target)
     verify_config = ex.VerifyConfig(dataset=dataset, samples=parity_samples) if verify else None
@@ -150,6 +158,9 @@ def bench(
     metric: Annotated[Optional[str], typer.Option(help="path/file.py:fn(outputs, targets) -> {name: value}, for "
                                                   "models that are not classifiers.")] = None,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = "1",
+    seq_len: Annotated[Optional[str], typer.Option("--seq-len", help="Text models: sequence lengths, comma-separated "
+                       "(e.g. 32,128,384); every batch is timed at each on real texts padded or truncated to it.",
+                       show_default=False)] = None,
     duration: Annotated[float, typer.Option(help="Seconds of timing per artifact and batch (over all rounds).")] = 5.0,
     rounds: Annotated[int, typer.Option(help="Interleaved timing rounds.")] = 5,
     iterations: Annotated[Optional[int], typer.Option(help="Fixed iterations per round instead of --duration.")] = None,
@@ -168,8 +179,9 @@ def bench(
     """
     dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from benchmarks import LatencyConfig, RunnerOptions, bench as run_bench, load_metric, write_report
-    latency = LatencyConfig(batches=parse_batches(batch), rounds=rounds, duration=duration, iterations=iterations,
-                            warmup=warmup)
+    from benchmarks.text_inputs import parse_sequences
+    latency = LatencyConfig(batches=parse_batches(batch), sequences=parse_sequences(seq_len), rounds=rounds,
+                            duration=duration, iterations=iterations, warmup=warmup)
     options = RunnerOptions(threads=threads, device=device, compile=compile)
     backends = _backends(backend)
     if report.exists() and not report.is_dir():
@@ -179,15 +191,23 @@ def bench(
     user_metric = load_metric(metric) if metric else None
     from deepslim.data import check_split
     check_split(split)
+    from pipeline.bench import check_sequence_lengths, plan_targets
+    check_sequence_lengths(artifacts, latency.sequences)  # before the dataset is resolved
+    texts = None  # --no-accuracy --seq-len: time on texts of --dataset or the models' own (else random token ids)
+    if no_accuracy and latency.sequences:
+        from deepslim.errors import DeepSlimError
+        try:
+            texts = _bench_data(artifacts, dataset, None)[0]
+        except DeepSlimError:
+            texts = None
     dataset, severity = (None, None) if no_accuracy else _bench_data(artifacts, dataset, severity)
-    from pipeline.bench import plan_targets
     targets, notes = plan_targets(artifacts, backends, report / "artifacts", input_size=input_size,
-                           dataset=dataset)
+                           dataset=dataset, sequences=latency.sequences, batches=latency.batches)
     from rich.console import Console
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
         result = run_bench(targets, latency, dataset=dataset, split=split, limit=limit, severity=severity or 3, metric=user_metric, options=options,
-                           tick=lambda text: status.update(text), notes=notes)
+                           tick=lambda text: status.update(text), notes=notes, texts=texts)
     paths = write_report(result, report)
     print_bench(result)
     typer.echo(f"report: {paths['report.html']} (also report.md, report.json)")
