@@ -17,7 +17,7 @@ from compress.hf_prune import check_hf, is_hf
 from compress.options import Importance, Recover
 from compress.prune_inputs import Example, as_example, count, example_of, ignored_layers, reader
 from compress.prune_plan import (Structure, analyse, attention_heads, attention_modules, global_plan, head_schedule,
-                                 refine, sync_attention_heads, uniform_plan, with_heads)
+                                 refine, sync_attention_heads, uniform_plan, unwrapped, with_heads)
 from compress.prune_plan import ratio_dict as ratio_dict_for
 from deepslim.config import Augment, OptimizerKind
 from deepslim.data import open_dataset
@@ -147,7 +147,8 @@ def make_pruner(model: nn.Module, example: Any, cfg: PruneConfig, ratio: float, 
         pruning_ratio=ratio, pruning_ratio_dict=ratio_dict or None, max_pruning_ratio=cfg.max_layer_ratio,
         iterative_steps=cfg.iterative_steps, ignored_layers=[modules[n] for n in ignored],
         round_to=None, num_heads=heads, prune_num_heads=bool(heads), prune_head_dims=not heads,
-        head_pruning_ratio=head_ratio(cfg, ratio) if heads else 0.0, output_transform=reader(signature))
+        head_pruning_ratio=head_ratio(cfg, ratio) if heads else 0.0, output_transform=reader(signature),
+        unwrapped_parameters=unwrapped(model))
     pruner.head_pruning_ratio_dict.update(schedule)
     return pruner
 
@@ -193,7 +194,8 @@ def plan(bundle: ModelBundle, cfg: PruneConfig, *, example: Example | None = Non
                          "BatchNorm layer; use l2, l1, lamp, taylor or random.")
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                      output_transform=reader(bundle.signature))
+                                                      output_transform=reader(bundle.signature),
+                                                      unwrapped_parameters=unwrapped(model))
     except Exception as exc:  # torch-pruning's tracer raises many types on unsupported models
         raise PruneError(f"torch-pruning cannot trace {bundle.arch.name}: {type(exc).__name__}: {exc}".splitlines()[0]
                          + ".") from exc

@@ -74,7 +74,8 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dic
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
     head_modules = {modules[n]: count for n, count in head_names.items()}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=read)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, output_transform=read,
+                                                  unwrapped_parameters=unwrapped(model))
     skip = {m: (n, why) for n, why in ignored.items() if n in modules for m in modules[n].modules()}
     groups, members, scores = [], [], {}
     for group in graph.get_all_groups(root_module_types=list(ROOTS)):
@@ -101,6 +102,22 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], *, ignored: dic
         base, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
     terms, fixed = _terms(model, layer_macs, groups, members)
     return Structure(groups, int(base), terms, fixed, {k: v for k, v in scores.items() if v is not None})
+
+
+def unwrapped(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters outside torch-pruning's layers (class tokens, position embeddings), each with the dim
+    torch-pruning prunes by default (its last one longer than 1), named so torch-pruning does not warn.
+    They follow the group of that dim: the hidden width, which a Hugging Face model keeps whole."""
+    import torch_pruning as tp
+    kinds = tp.DependencyGraph().REGISTERED_PRUNERS
+    wrapped = {id(p) for m in model.modules() if tp.ops.module2type(m) in kinds
+               and tp.ops.module2type(m) != tp.ops.OPTYPE.ELEMENTWISE for p in m.parameters()}
+    out = []
+    for p in model.parameters():
+        dims = [i for i, size in enumerate(p.shape) if size > 1]
+        if id(p) not in wrapped and dims:
+            out.append((p, dims[-1]))
+    return out
 
 
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:

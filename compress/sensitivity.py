@@ -18,7 +18,7 @@ from torch import nn
 
 from compress.prune import PruneConfig, PruneError, ignored_layers, make_pruner
 from compress.prune_inputs import Example, as_example, example_of, reader
-from compress.prune_plan import attention_heads
+from compress.prune_plan import attention_heads, unwrapped
 from compress.recover import recalibrate_batchnorm
 from deepslim.data import open_dataset, subset
 from deepslim.evaluation import check_compatible, predict
@@ -81,7 +81,8 @@ def prunable_roots(bundle: ModelBundle, cfg: PruneConfig, example: Example | Non
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example,
-                                                  output_transform=reader(bundle.signature))
+                                                  output_transform=reader(bundle.signature),
+                                                  unwrapped_parameters=unwrapped(model))
     groups = graph.get_all_groups(ignored_layers=[modules[n] for n in ignored],
                                   root_module_types=[nn.modules.conv._ConvNd, nn.Linear])
     heads = attention_heads(model)
