@@ -157,6 +157,7 @@ def dim_limits(bundle: ModelBundle, signature: Signature) -> dict[str, int]:
     from deepslim.hf import position_limit
     config = getattr(bundle.model, "config", None)
     limit = position_limit(config) if config is not None else None
+    limit = limit or signature.text.position_limit
     return {"sequence": limit} if limit else {}
 
 

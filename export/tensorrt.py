@@ -110,7 +110,9 @@ def plan_build(meta: ArtifactMeta, config: TensorRTConfig, *, input_names: Seque
     if len(names) != len(signature.inputs):
         raise ConfigError(f"The ONNX graph has the inputs {list(names)} but its metadata describes "
                           f"{signature.describe()}.")
-    ranges = _dim_ranges(signature, config, meta.export.get("dim_limits"))
+    text_limit = signature.text.position_limit if signature.text is not None else None
+    ranges = _dim_ranges(signature, config, meta.export.get("dim_limits") or
+                         ({SEQUENCE: text_limit} if text_limit else None))
     spans = {BATCH: (min(config.batches), config.opt_batch or max(config.batches), max(config.batches)), **ranges}
     profiles = tuple(InputProfile(name, *(tuple(spans[d][k] if isinstance(d, str) else d for d in spec.shape)
                                           for k in range(3)))

@@ -126,6 +126,7 @@ def test_a_tokenizer_of_a_real_vocabulary_size_fits_in_both_metadata_stores(kit,
     assert again == text and len(again.tokenizer().get_vocab()) == 30_002
 
 
+@pytest.mark.slow  # a torch.export of its own (about 10 s); --ov-via onnx is the default, tested above
 def test_openvino_from_torch_keeps_the_sequence_axis_dynamic(kit, tmp_path):
     """torch.export refuses a sequence range past the position embeddings: the range ends at them."""
     import openvino as ov
@@ -174,8 +175,11 @@ def test_seq_len_sets_every_token_input_s_tensorrt_profile(kit):
     assert "--maxShapes=input_ids:8x64,attention_mask:8x64,token_type_ids:8x64" in line
     default = plan_build(meta, TensorRTConfig(batches=(4,)))  # 1 to the tokenizer's max_length, tuned there
     assert default.inputs[1].min_shape == (4, 1) and default.inputs[1].opt_shape == default.max_shape == (4, 64)
-    with pytest.raises(ConfigError, match="--seq-len goes up to 512 but the model takes at most 64"):
-        plan_build(meta, TensorRTConfig(dim_ranges={"sequence": (16, 128, 512)}))
+    from dataclasses import replace
+    unrecorded = replace(meta, export={k: v for k, v in meta.export.items() if k != "dim_limits"})
+    for m in (meta, unrecorded):  # the export's record, else the tokenizer spec's position limit
+        with pytest.raises(ConfigError, match="--seq-len goes up to 512 but the model takes at most 64"):
+            plan_build(m, TensorRTConfig(dim_ranges={"sequence": (16, 128, 512)}))
 
 
 def test_seq_len_is_checked():
