@@ -20,13 +20,13 @@ def check_output(path: str | os.PathLike, *, force: bool = False,
     suffix is also taken (a Hugging Face model directory); an existing one is replaced only with ``force`` and
     only if deepslim wrote it (it holds ``deepslim.json``)."""
     out = Path(path)
+    for src in inputs:
+        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
+            raise OutputError(f"Output {out} is the same file as an input; choose another output path.")
     if directory and out.suffix == "":
         return _check_dir_output(out, force=force)
     if suffix is not None and out.suffix.lower() != suffix:
         raise OutputError(f"Output {out} must end in {suffix}.")
-    for src in inputs:
-        if src is not None and Path(src).exists() and out.exists() and out.resolve() == Path(src).resolve():
-            raise OutputError(f"Output {out} is the same file as an input; choose another output path.")
     if out.exists() and not force:
         raise OutputError(f"Output {out} already exists; pass --force to overwrite it or choose another path.")
     if out.exists() and out.is_dir():

@@ -51,6 +51,9 @@ def new_model(target: str, *, task: Task, inputs: tuple[TensorSpec, ...] | None,
     if head == "image-classification":
         spec = hf.resized(spec, input_size, channels)
     model = hf.build(spec, pretrained=directory, trust_code=trust_code)
+    for module in model.modules():  # where the weights came from is lineage, not structure
+        if isinstance(getattr(module, "name_or_path", None), str):
+            module.name_or_path = ""
     if weights is not None:
         load_weights(model, weights, label=f"hf:{target}")
     signature = _signature(model, spec, directory, inputs, text=text, tokenizer=tokenizer, max_length=max_length,

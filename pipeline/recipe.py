@@ -107,6 +107,9 @@ class PruneStage(_Strict):
     recover: Recover = Recover.FINETUNE
     temperature: Annotated[float, Field(gt=0)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    head_ratio: Annotated[float, Field(ge=0, lt=1)] | None = None  # Hugging Face encoders: heads removed per layer
+    depth: PositiveInt | None = None  # Hugging Face encoders: keep this many layers, evenly spaced
+    finetune_optimizer: Literal["sgd", "adamw"] | None = None  # None: SGD
 
     @model_validator(mode="after")
     def _target(self) -> PruneStage:

@@ -133,7 +133,8 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
                           global_pruning=step.global_pruning, iterative_steps=step.iterative_steps,
                           round_to=None if step.round_to == 1 else step.round_to, finetune_epochs=step.finetune_epochs,
                           finetune_lr=step.finetune_lr, recover=step.recover, temperature=step.temperature,
-                          alpha=step.alpha, seed=recipe.seed)
+                          alpha=step.alpha, seed=recipe.seed, head_ratio=step.head_ratio, depth=step.depth,
+                          finetune_optimizer=step.finetune_optimizer or "sgd")
         out = prune(load_model(current), cfg, dataset=recipe.dataset, progress=progress, log=say)
         m = out.lineage[-1].metrics
         return [save_model(out, stage_dir / "model.safetensors", force=True)], {**_test(out), "mac_reduction": m["mac_reduction"]}
@@ -324,7 +325,8 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
                                               for p in entry["outputs"])
 
 
-_LATER_FIELDS = ("channels", "mean", "std", "output", "loss", "optimizer")  # added for #13; unset, they leave the key as before
+_LATER_FIELDS = ("channels", "mean", "std", "output", "loss", "optimizer", "head_ratio", "depth", "finetune_optimizer",
+                 "tokenizer", "max_length")  # added for #13; unset, they leave the key as before
 
 
 def _config(step) -> dict[str, Any]:
