@@ -7,6 +7,8 @@ The teacher is a bundle (any PyTorch model deepslim loads) or an exported artifa
 the benchmark runners (ONNX Runtime, OpenVINO, TensorRT), so the student can learn from the
 model that is really deployed; that costs one runner call per training batch and gives
 the task output only (no feature distillation); the teachers live in :mod:`compress.teachers`.
+Hugging Face encoders also distill layer by layer (``hidden_weight``, ``attention_weight``, ``layer_map``:
+hidden states and attention maps, TinyBERT / MiniLM style; :mod:`compress.transformer_kd`).
 
 Any model kind distills (:mod:`deepslim.tasks`): temperature KL on the logits for classification,
 BCE against the teacher's sigmoid for multilabel, MSE against the teacher's prediction for
