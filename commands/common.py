@@ -208,7 +208,7 @@ def _load(model, *, arch, weights, arch_kwargs, input_size, channels, trust_pick
     if model is not None and is_hf_dir(model) and not (model / SIDECAR).is_file():
         if arch is not None:
             raise ConfigError("Give either a model directory or --arch, not both.")
-        model, arch = None, f"hf:{model}"  # a foreign Hugging Face directory: its head is fitted to the data
+        model, arch = None, f"hf:{model.resolve()}"  # a foreign Hugging Face directory: its head is fitted to the data
     if model is not None:
         _check_model_and_arch(model, arch, weights)
         if model.suffix.lower() == ".safetensors" or model.is_dir():

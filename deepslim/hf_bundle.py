@@ -32,7 +32,8 @@ def new_model(target: str, *, task: Task, inputs: tuple[TensorSpec, ...] | None,
     from deepslim.models import ModelBundle, load_weights
     from deepslim.modelio import probe_outputs
     directory = None
-    if hf.is_hf_dir(target):
+    from_dir = hf.is_hf_dir(target) and (target not in CONFIG_MAPPING or "/" in target or target.startswith("."))
+    if from_dir:  # a model type's name (hf:bert) is never shadowed by a ./bert folder; hf:./bert names the folder
         directory = Path(target).expanduser().resolve()
         config = hf.read_config(directory, trust_code=trust_code)
         kwargs = {**hf.config_dict(config), **arch_kwargs}
