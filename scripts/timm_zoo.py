@@ -15,7 +15,8 @@ the function the CLI calls), saved, and loaded back; "reload exact" means the re
 test images equal the in-memory pruned model's bit for bit, and "same as CLI" that the CLI's bundle gives those
 outputs too (pruning is deterministic). Each model has one time limit (``--timeout``, the commands together) and
 a memory watchdog (``--max-rss-gib``). Writes OUT/timm_zoo.json and OUT/timm_zoo.md (the table) and prints it;
-each command's output is kept in OUT/NAME.{train,prune,export,reload}.log.
+a rerun with --only replaces those rows and keeps the others. Each command's output is kept in
+OUT/NAME.{train,prune,export,reload}.log.
 """
 
 from __future__ import annotations
@@ -30,54 +31,69 @@ from pathlib import Path
 
 from scripts.prune_zoo import CLI, ROOT, error_line, parse_parity, run_cli
 
-# (timm name, family, input size, extra --arch-kwargs). Sizes are the smallest the model takes (32 for most);
-# models with an image size (ViT, DeiT, Swin, LeViT...) are built for it by --input-size (deepslim sets img_size).
-ZOO: list[tuple[str, str, int, dict]] = [
-    ("resnet18", "ResNet", 32, {}),
-    ("resnet50d", "ResNet-D", 32, {}),
-    ("resnetv2_50", "ResNet V2 (pre-act)", 32, {}),
-    ("convnext_atto", "ConvNeXt", 32, {}),
-    ("convnextv2_atto", "ConvNeXt V2", 32, {}),
-    ("efficientnet_b0", "EfficientNet", 32, {}),
-    ("tf_efficientnetv2_b0", "EfficientNet V2", 32, {}),
-    ("mobilenetv3_small_100", "MobileNetV3", 32, {}),
-    ("mobilenetv4_conv_small", "MobileNetV4", 32, {}),
-    ("regnetx_002", "RegNetX", 32, {}),
-    ("regnety_002", "RegNetY (SE)", 32, {}),
-    ("ghostnet_100", "GhostNet", 32, {}),
-    ("mixnet_s", "MixNet", 32, {}),
-    ("densenet121", "DenseNet", 32, {}),
-    ("rexnet_100", "ReXNet", 32, {}),
-    ("lcnet_050", "LCNet", 32, {}),
-    ("repvgg_a0", "RepVGG (ByobNet)", 32, {}),
-    ("dla34", "DLA", 32, {}),
-    ("cspresnet50", "CSPNet", 32, {}),
-    ("hgnet_tiny", "HGNet", 32, {}),
-    ("vit_tiny_patch16_224", "ViT", 32, {}),
-    ("deit_tiny_patch16_224", "DeiT", 32, {}),
-    ("swin_tiny_patch4_window7_224", "Swin", 32, {}),
-    ("levit_128s", "LeViT", 32, {}),
-    ("mobilevit_xxs", "MobileViT", 32, {}),
-    ("efficientvit_b0", "EfficientViT (MIT)", 32, {}),
-    ("poolformer_s12", "PoolFormer (MetaFormer)", 32, {}),
-    ("pvt_v2_b0", "PVT v2", 32, {}),
-    ("edgenext_xx_small", "EdgeNeXt", 32, {}),
-    ("mixer_s16_224", "MLP-Mixer", 32, {}),
+
+
+def _swin_fixed(depths: tuple[int, ...]) -> str:
+    """--ignore for Swin: the residual width (patch embedding, patch merging) and the attention (its relative
+    position table is indexed by head, which torch-pruning does not know), so only the MLP widths are cut."""
+    attention = [f"layers.{i}.blocks.{j}.attn" for i, depth in enumerate(depths) for j in range(depth)]
+    return ",".join(["patch_embed", *(f"layers.{i}.downsample" for i in range(len(depths))), *attention])
+
+
+# (row name: a timm name, or NAME:variant; family; input size; extra --arch-kwargs; extra prune options). Sizes
+# are the smallest the model takes (32 for most); models with an image size (ViT, DeiT, Swin, LeViT...) are built
+# for it by --input-size (deepslim sets img_size; timm's Swin shrinks its windows to the 8x8 tokens of 32 px).
+ZOO: list[tuple[str, str, int, dict, list[str]]] = [
+    ("resnet18", "ResNet", 32, {}, []),
+    ("resnet50d", "ResNet-D", 32, {}, []),
+    ("resnetv2_50", "ResNet V2 (pre-act)", 32, {}, []),
+    ("convnext_atto", "ConvNeXt", 32, {}, []),
+    ("convnextv2_atto", "ConvNeXt V2", 32, {}, []),
+    ("efficientnet_b0", "EfficientNet", 32, {}, []),
+    ("tf_efficientnetv2_b0", "EfficientNet V2", 32, {}, []),
+    ("mobilenetv3_small_100", "MobileNetV3", 32, {}, []),
+    ("mobilenetv4_conv_small", "MobileNetV4", 32, {}, []),
+    ("regnetx_002", "RegNetX", 32, {}, []),
+    ("regnety_002", "RegNetY (SE)", 32, {}, []),
+    ("ghostnet_100", "GhostNet", 32, {}, []),
+    ("mixnet_s", "MixNet", 32, {}, []),
+    ("densenet121", "DenseNet", 32, {}, []),
+    ("rexnet_100", "ReXNet", 32, {}, []),
+    ("lcnet_050", "LCNet", 32, {}, []),
+    ("repvgg_a0", "RepVGG (ByobNet)", 32, {}, []),
+    ("dla34", "DLA", 32, {}, []),
+    ("cspresnet50", "CSPNet", 32, {}, []),
+    ("hgnet_tiny", "HGNet", 32, {}, []),
+    ("vit_tiny_patch16_224", "ViT", 32, {}, []),
+    ("deit_tiny_patch16_224", "DeiT", 32, {}, []),
+    ("swin_tiny_patch4_window7_224", "Swin", 32, {}, []),
+    ("swin_tiny_patch4_window7_224:mlp-only", "Swin", 32, {}, ["--ignore", _swin_fixed((2, 2, 6, 2))]),
+    ("levit_128s", "LeViT", 32, {}, []),
+    ("mobilevit_xxs", "MobileViT", 32, {}, []),
+    ("efficientvit_b0", "EfficientViT (MIT)", 32, {}, []),
+    ("poolformer_s12", "PoolFormer (MetaFormer)", 32, {}, []),
+    ("pvt_v2_b0", "PVT v2", 32, {}, []),
+    ("edgenext_xx_small", "EdgeNeXt", 32, {}, []),
+    ("mixer_s16_224", "MLP-Mixer", 32, {}, []),
 ]
-FAMILY = {name: family for name, family, _, _ in ZOO}
+FAMILY = {name: family for name, family, *_ in ZOO}
 
 
-def sweep_one(name: str, size: int, kwargs: dict, args: argparse.Namespace) -> dict:
-    """train -> prune -> export through the CLI, then the reload check; one row."""
-    row: dict = {"model": name, "family": FAMILY.get(name, "-"), "input": size, "arch_kwargs": kwargs, "seconds": {}}
+def sweep_one(row_name: str, size: int, kwargs: dict, options: list[str], args: argparse.Namespace) -> dict:
+    """train -> prune -> export through the CLI, then the reload check; one row. ``row_name``: a timm name, or
+    NAME:variant for the same model pruned with other ``options``."""
+    row: dict = {"model": row_name, "family": FAMILY.get(row_name, "-"), "input": size, "arch_kwargs": kwargs,
+                 "prune_options": options, "seconds": {}}
     start = time.monotonic()
     deadline = start + args.timeout
+    name = row_name.replace(":", "+")  # file names
     base, bundle, onnx = (args.out / f"{name}{s}" for s in (".base.safetensors", ".safetensors", ".onnx"))
     for stale in (base, bundle, onnx):
         stale.unlink(missing_ok=True)
-    train = ["train", "--arch", f"timm:{name}", "-d", "digits", "--input-size", str(size), "--epochs", "1", "-q",
-             *(["--arch-kwargs", json.dumps(kwargs)] if kwargs else []), "-o", str(base)]
-    prune = ["compress", "prune", str(base), "--ratio", str(args.ratio), "--no-check", "-q", "-o", str(bundle)]
+    train = ["train", "--arch", f"timm:{row_name.split(':')[0]}", "-d", "digits", "--input-size", str(size),
+             "--epochs", "1", "-q", *(["--arch-kwargs", json.dumps(kwargs)] if kwargs else []), "-o", str(base)]
+    prune = ["compress", "prune", str(base), "--ratio", str(args.ratio), *options, "--no-check", "-q",
+             "-o", str(bundle)]
     export = ["export", str(bundle), "--target", "onnx", "-o", str(onnx)]
     for stage, command in (("train", train), ("prune", prune), ("export", export)):
         t0 = time.monotonic()
@@ -212,14 +228,17 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the commands' environment (run_cli passes os.environ)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    known = {name: (size, kwargs) for name, _, size, kwargs in ZOO}
+    known = {name: (size, kwargs, options) for name, _, size, kwargs, options in ZOO}
     names = [n for n in args.only.split(",") if n] or list(known)
-    rows, start = [], time.monotonic()
+    results = args.out / "timm_zoo.json"
+    done = {r["model"]: r for r in json.loads(results.read_text())} if results.exists() else {}  # rerun: replaced
+    start = time.monotonic()
     for name in names:
-        size, kwargs = known.get(name, (32, {}))
-        rows.append(sweep_one(name, size, kwargs, args))
-        print(json.dumps(rows[-1]), flush=True)
-        (args.out / "timm_zoo.json").write_text(json.dumps(rows, indent=2))
+        size, kwargs, options = known.get(name, (32, {}, []))
+        done[name] = sweep_one(name, size, kwargs, options, args)
+        print(json.dumps(done[name]), flush=True)
+        rows = sorted(done.values(), key=lambda r: list(known).index(r["model"]) if r["model"] in known else len(known))
+        results.write_text(json.dumps(rows, indent=2))
         (args.out / "timm_zoo.md").write_text(table(rows))
     print(table(rows) + f"\ntotal {time.monotonic() - start:.0f} s")
 
