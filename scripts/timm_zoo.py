@@ -4,7 +4,8 @@
 
 For each model (random init, digits at a small input size, 1 epoch) it runs, as subprocesses, exactly
 
-    deepslim train --arch timm:NAME -d digits --input-size SIZE [--arch-kwargs JSON] --epochs 1 -q -o OUT/NAME.base.safetensors
+    deepslim train --arch timm:NAME -d digits --input-size SIZE [--arch-kwargs JSON] --epochs 1 -q \
+        -o OUT/NAME.base.safetensors
     deepslim compress prune OUT/NAME.base.safetensors --ratio R --no-check -q -o OUT/NAME.safetensors
     deepslim export OUT/NAME.safetensors --target onnx -o OUT/NAME.onnx
 
