@@ -21,7 +21,7 @@ from compress.prune_plan import (Structure, analyse, attention_heads, attention_
 from compress.prune_plan import ratio_dict as ratio_dict_for
 from deepslim.config import Augment, OptimizerKind
 from deepslim.data import open_dataset
-from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.errors import ConfigError, DeepSlimError, first_line
 from deepslim.evaluation import check_compatible, evaluate
 from deepslim.models import ModelBundle
 from deepslim.provenance import data_policies, recorded_name
@@ -323,12 +323,18 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
             accumulate_taylor_gradients(work.model, data["train"], batches=cfg.taylor_batches, task=task,
                                         signature=sig)
         before_step = snapshot(work.model) if heads is not None else None
-        pruner.step()
-        sync_attention_heads(work.model, pruner)
+        try:
+            pruner.step()
+            sync_attention_heads(work.model, pruner)
+            macs = count(work.model, example)[0]  # the pruned model must still run
+        except (RuntimeError, IndexError, ValueError) as exc:  # torch-pruning lost track of this model's channels
+            raise PruneError(f"torch-pruning could not prune {bundle.arch.name} consistently ({type(exc).__name__}: "
+                             f"{first_line(exc)}); leave the failing blocks out with --ignore, or prune another "
+                             "architecture.") from exc
         work.model.zero_grad(set_to_none=True)
         if heads is not None:  # the config says what was removed; the rebuilt model must take the weights
             heads = after_step(work, heads, before_step)
-        row = {"step": step + 1, "macs": count(work.model, example)[0]}
+        row = {"step": step + 1, "macs": macs if heads is None else count(work.model, example)[0]}
         if data is not None:
             row.update(recover_step(work, cfg, data, step, teacher, progress=progress, say=say))
         history.append(row)

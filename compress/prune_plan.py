@@ -150,6 +150,10 @@ def sync_attention_heads(model: nn.Module, pruner) -> None:
     from compress.hf_prune import sync_heads
     counts = getattr(pruner, "num_heads", {})
     sync_heads(model, counts)
+    for module in model.modules():  # timm MetaFormer's Scale (PoolFormer, ConvFormer...) views its vector by .shape
+        shape, scale = getattr(module, "shape", None), getattr(module, "scale", None)
+        if isinstance(scale, nn.Parameter) and isinstance(shape, tuple) and shape and shape[0] != scale.numel():
+            module.shape = (scale.numel(), *shape[1:])
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention) and module in counts:
             module.num_heads = counts[module]
