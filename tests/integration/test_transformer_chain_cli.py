@@ -64,9 +64,9 @@ def test_vit_directory_on_digits_prunes_into_a_directory_and_exports_int8(tmp_pa
     from transformers import AutoModelForImageClassification
     vit = text_models.vit_dir(tmp_path / "vit", image_size=8, patch=2, channels=1)
     ft, pruned, ir = tmp_path / "ft", tmp_path / "pruned", tmp_path / "int8.xml"
-    ok(["train", vit, "-d", "digits", "--epochs", "4", "--batch-size", "32", "--optimizer", "adamw", "--lr", "3e-3",
+    ok(["train", vit, "-d", "digits", "--epochs", "4", "--batch-size", "32", "--optimizer", "adamw", "--lr", "1e-3",
         "--augment", "none", "-o", ft, "-q"])
-    assert _top1(ft) > 0.25  # 10 classes; a ViT from scratch learns slowly (8 epochs: 0.53)
+    assert _top1(ft) > 0.25  # 10 classes; a ViT from scratch learns slowly (0.39 here; at lr 3e-3 it diverged)
     ok(["compress", "prune", ft, "--ratio", "0.5", "--head-ratio", "0.5", "--finetune-epochs", "1", "-o", pruned,
         "-q"])
     hf = AutoModelForImageClassification.from_pretrained(pruned, local_files_only=True)

@@ -111,7 +111,7 @@ HELP = {
 
 @pytest.mark.parametrize("command", list(HELP), ids=" ".join)
 def test_help_documents_the_options(command):
-    result = CliRunner().invoke(cli.app, [*command, "--help"], terminal_width=200)
+    result = CliRunner().invoke(cli.app, [*command, "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for option in HELP[command]:
         assert f"{option} " in result.output, f"{option} missing from {' '.join(command)} --help"
