@@ -300,8 +300,8 @@ def add_backend_speedups(entries: list[Entry]) -> None:
 
 
 def artifact_size(path: Path) -> int:
-    """Bytes on disk of everything the artifact needs (IR .bin, ONNX external data)."""
-    files = [path]
+    """Bytes on disk of everything the artifact needs (IR .bin, ONNX external data, a model directory's files)."""
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
     kind = artifact_kind(path)
     if kind is ArtifactKind.OPENVINO:
         files.append(path.with_suffix(".bin"))

@@ -175,8 +175,27 @@ def accuracy_part(args, out: Path) -> dict[str, Any]:
     calibration = calibration_inputs(str(texts), bundle.signature, None, seed=0)
     variants = deepslim_variants(bundle, "deepslim", work, texts, len(calibration[0]), say)
     variants += optimum_variants(model_dir, _meta_of(bundle), work, calibration, say)
+    pruned, prune_how = pruned_with_kd(bundle, texts, epochs, lr)
+    rows = deepslim_variants(pruned, "pruned", work, texts, len(calibration[0]), say)
+    rows[0].how = prune_how
+    for row, base in zip(rows, ("deepslim/torch", "deepslim/ort", "deepslim/ov")):
+        row.base = base
+    variants += rows
     annotate(variants)
     return {"model": asdict(size), "texts": count, "epochs": epochs, "lr": lr, "rows": score_all(variants, texts, args)}
+
+
+def pruned_with_kd(bundle, texts: Path, epochs: int, lr: float):
+    """The fine-tuned model with 50% of its heads and FFN width removed, recovered by distilling from itself
+    (compress.prune --recover kd, as many epochs as it was fine-tuned): the prune stage of the per-stage drop."""
+    from compress.prune import PruneConfig, prune
+    say(f"pruned: compress.prune --head-ratio 0.5 --ratio 0.5 --recover kd --finetune-epochs {epochs}")
+    cfg = PruneConfig(ratio=0.5, head_ratio=0.5, recover="kd", finetune_epochs=epochs, finetune_lr=lr,
+                      finetune_optimizer="adamw")
+    pruned = prune(bundle, cfg, dataset=str(texts), progress=True)
+    reduction = pruned.lineage[-1].metrics["mac_reduction"]
+    return pruned, (f"compress.prune --head-ratio 0.5 --ratio 0.5 --recover kd --finetune-epochs {epochs}: "
+                    f"{reduction:.2f}x fewer MACs")
 
 
 def fine_tuned(size: Size, texts: Path, tok_dir: Path, work: Path, epochs: int, lr: float, max_length: int):
@@ -332,7 +351,22 @@ def render(results: dict[str, Any]) -> str:
         head.append(f"Accuracy model: BERT {a['model']['layers']} layers, {a['model']['hidden']} hidden, fine-tuned "
                     f"{a['epochs']} epochs on {a['texts']} synthetic texts; test split top-1.")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-    return "\n".join([*head, "", table(results), "", "```", *results["goals"], "```", "", f"Versions: {versions}"])
+    stages = stage_table(results)
+    return "\n".join([*head, "", table(results), "", *([stages, ""] if stages else []), "```", *results["goals"],
+                      "```", "", f"Versions: {versions}"])
+
+
+def stage_table(results: dict[str, Any]) -> str:
+    """The small BERT's test top-1 after each stage, and its drop in points against the fine-tuned fp32 model."""
+    rows = [r for r in results.get("accuracy", {}).get("rows", []) if r.get("top1") is not None]
+    base = next((r["top1"] for r in rows if r["key"] == "deepslim/torch"), None)
+    if base is None:
+        return ""
+    lines = ["| stage (small BERT, test split) | runtime | test top-1 | drop vs fine-tuned fp32 (points) |",
+             "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {label(r)} | {r['runtime']} | {r['top1']:.4f} | {100 * (base - r['top1']):+.1f} |")
+    return "\n".join(lines)
 
 
 def write(results: dict[str, Any], text: str, directory: Path) -> None:

@@ -380,12 +380,12 @@ def quantize_cmd(
                          max_accuracy_drop=max_accuracy_drop, input_size=input_size, qat_epochs=qat_epochs,
                          qat_lr=qat_lr, recover=recover, temperature=temperature, alpha=alpha, latency=latency,
                          smooth_quant=smooth_quant, seed=seed)
-    from deepslim.fileio import check_output, require_file
+    from deepslim.fileio import check_output, require_model
     check_suffix(output, cfg)
     out = check_output(output, force=force, inputs=[model], suffix=cfg.suffix)
     if out.suffix.lower() == ".xml":
         check_output(out.with_suffix(".bin"), force=force, inputs=[model])
-    require_file(model, "model")
+    require_model(model, "model")
     if model.suffix.lower() == ".onnx":
         if method is Method.QAT:
             raise ConfigError("--method qat fine-tunes a PyTorch model; give a bundle, not an ONNX file.")

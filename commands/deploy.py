@@ -219,13 +219,14 @@ def _bench_data(artifacts: list[Path], dataset: str | None, severity: int | None
     from benchmarks.runners import read_meta
     from deepslim.bundle import read_header
     from deepslim.errors import DeepSlimError
-    from deepslim.fileio import require_file
+    from deepslim.artifact import is_bundle
+    from deepslim.fileio import require_model
     from deepslim.provenance import common_dataset
     models = []
     for path in artifacts:
-        require_file(path, "artifact")
+        require_model(path, "artifact")
         try:
-            meta = read_header(path) if path.suffix.lower() == ".safetensors" else read_meta(path)
+            meta = read_header(path) if is_bundle(path) else read_meta(path)
         except DeepSlimError:
             if dataset is None:
                 raise

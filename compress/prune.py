@@ -346,7 +346,7 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
                                "ratio": ratio, "steps": history, "ignored": ignored,
                                "groups": _kept(work.model, the_structure, groups),
                                "uncut": the_structure.uncut(), "primary": task.primary,
-                               **_sizes(work, cfg, ratio)}
+                               **_sizes(bundle, work, cfg, ratio)}
     if dataset:
         metrics.update(test_before=before, test=evaluate(work, dataset, severity=severity).metrics)
         metrics.update(_drop(task, metrics["test_before"], metrics["test"]))
@@ -358,11 +358,15 @@ def prune(bundle: ModelBundle, cfg: PruneConfig, *, dataset: str | None = "digit
     return work.with_record(record)
 
 
-def _sizes(work: ModelBundle, cfg: PruneConfig, ratio: float) -> dict[str, Any]:
-    """What the lineage adds for transformers: the sequence length MACs are counted at, the head ratio, and
-    a Hugging Face model's new sizes (layers, FFN width, heads per layer, pruned_heads)."""
-    from compress.hf_prune import describe
+def _sizes(before: ModelBundle, work: ModelBundle, cfg: PruneConfig, ratio: float) -> dict[str, Any]:
+    """What the lineage adds for transformers: the sequence length MACs are counted at, the head ratio, a
+    Hugging Face model's new sizes (layers, FFN width, heads per layer, pruned_heads) and, with ``--depth``, the
+    encoder layers kept (``kept_layers`` of ``layers_before``: distillation's default layer map reads them)."""
+    from compress.hf_prune import describe, encoder_layers, keep_layers
     out: dict[str, Any] = {}
+    if cfg.depth is not None:
+        total = len(encoder_layers(before.model)[1])
+        out.update(kept_layers=keep_layers(total, cfg.depth), layers_before=total)
     if "sequence" in work.signature.sizes:
         out["sequence_length"] = work.signature.sizes["sequence"]
     if attention_heads(work.model):

@@ -77,9 +77,16 @@ def auto_layer_map(student_layers: int, teacher_layers: int) -> LayerPairs:
     return tuple((i, -(-(i + 1) * teacher_layers // student_layers) - 1) for i in range(student_layers))
 
 
-def resolve_layer_map(pairs: LayerPairs | None, student_layers: int, teacher_layers: int) -> LayerPairs:
-    """The pairs to train: ``auto`` (None) resolved, or the given ones checked against both models' depths."""
+def resolve_layer_map(pairs: LayerPairs | None, student_layers: int, teacher_layers: int,
+                      kept: tuple[list[int], int] | None = None) -> LayerPairs:
+    """The pairs to train: ``auto`` (None) resolved, or the given ones checked against both models' depths.
+    ``auto`` for a student cut by ``prune --depth`` from a teacher as deep as the one it was cut from (``kept``:
+    the layers it kept, of how many) pairs each student layer with the teacher layer it was copied from, when
+    the last was kept (``--depth 1`` keeps the first layer, and the last student layer learns the last)."""
     if pairs is None:
+        if (kept is not None and len(kept[0]) == student_layers and kept[1] == teacher_layers
+                and kept[0][-1] == teacher_layers - 1):
+            return tuple(enumerate(kept[0]))
         return auto_layer_map(student_layers, teacher_layers)
     for s, t in pairs:
         for role, index, depth in (("student", s, student_layers), ("teacher", t, teacher_layers)):
@@ -207,14 +214,23 @@ def prepare(teacher: Any, student: Any, x: tuple[torch.Tensor, ...], *, hidden_w
     masks = [i for i, spec in enumerate(student.signature.inputs) if spec.kind.value == "mask"]
     return build(student.model, teacher.transformer, student_feats, layer_map, hidden_weight=hidden_weight,
                  attention_weight=attention_weight, attention_loss=attention_loss,
-                 mask_index=masks[0] if masks else None, seed=seed)
+                 mask_index=masks[0] if masks else None, seed=seed, kept=kept_layers(student.lineage))
+
+
+def kept_layers(lineage: list[Any]) -> tuple[list[int], int] | None:
+    """The encoder layers the student's last ``prune --depth`` kept, and of how many (None without one)."""
+    for record in reversed(lineage):
+        metrics = record.metrics if isinstance(record.metrics, dict) else {}
+        if record.stage == "prune" and "kept_layers" in metrics:
+            return list(metrics["kept_layers"]), int(metrics["layers_before"])
+    return None
 
 
 def build(student: nn.Module, teacher_feats: Features, student_feats: Features, layer_map: LayerPairs | None, *,
           hidden_weight: float, attention_weight: float, attention_loss: AttentionLoss | str,
-          mask_index: int | None, seed: int = 0) -> TransformerKD:
+          mask_index: int | None, seed: int = 0, kept: tuple[list[int], int] | None = None) -> TransformerKD:
     """The student's side, sized and checked on one trial batch's features of both models."""
-    pairs = resolve_layer_map(layer_map, student_feats.layers, teacher_feats.layers)
+    pairs = resolve_layer_map(layer_map, student_feats.layers, teacher_feats.layers, kept)
     projections = []
     torch.manual_seed(seed)
     for s, t in pairs:

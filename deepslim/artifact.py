@@ -34,8 +34,21 @@ _SUFFIX = {".safetensors": ArtifactKind.BUNDLE, ".onnx": ArtifactKind.ONNX, ".xm
            ".engine": ArtifactKind.TENSORRT, ".plan": ArtifactKind.TENSORRT}
 
 
+def is_bundle(path: str | Path) -> bool:
+    """A deepslim bundle: a ``.safetensors`` file or a Hugging Face directory deepslim wrote."""
+    from deepslim.fileio import SIDECAR
+    return Path(path).suffix.lower() == ".safetensors" or (Path(path) / SIDECAR).is_file()
+
+
 def artifact_kind(path: str | Path) -> ArtifactKind:
-    """The kind of artifact ``path`` is, by its suffix."""
+    """The kind of artifact ``path`` is, by its suffix; a directory deepslim wrote (``deepslim.json`` beside a
+    Hugging Face model) is a bundle."""
+    if Path(path).is_dir():
+        from deepslim.fileio import SIDECAR
+        if (Path(path) / SIDECAR).is_file():
+            return ArtifactKind.BUNDLE
+        raise InputFileError(f"{path} is a directory deepslim did not write (no {SIDECAR}); load it once with a "
+                             "--dataset (deepslim train DIR ... -o OUT) to make a model deepslim can read.")
     kind = _SUFFIX.get(Path(path).suffix.lower())
     if kind is None:
         raise InputFileError(f"{path} is not a known artifact; use a .safetensors bundle, .onnx, OpenVINO .xml "

@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from deepslim.errors import ConfigError, InputFileError, ModelError, first_line
-from deepslim.fileio import atomic_path, require_file
+from deepslim.fileio import SIDECAR, atomic_path, require_model
 from deepslim.described import Described
 from deepslim.signature import Signature
 from deepslim.spec import ArchSpec, InputSpec, StageRecord
@@ -87,8 +87,17 @@ def write(path: str | Path, state_dict: dict[str, torch.Tensor], header: Header)
 
 
 def read_header(path: str | Path) -> Header | None:
-    """Return the deepslim header of a safetensors file, or None if it has none."""
-    raw = _read_metadata(require_file(path, "model file")).get(METADATA_KEY)
+    """Return the deepslim header of a safetensors file or of a directory deepslim wrote (its ``deepslim.json``),
+    or None if it has none (weights alone, a Hugging Face directory deepslim did not write)."""
+    path = require_model(path, "model file")
+    if path.is_dir():
+        sidecar = path / SIDECAR
+        try:
+            raw = sidecar.read_text() if sidecar.is_file() else None
+        except OSError as exc:
+            raise InputFileError(f"{sidecar} cannot be read ({exc}).") from exc
+    else:
+        raw = _read_metadata(path).get(METADATA_KEY)
     if raw is None:
         return None
     try:

@@ -143,6 +143,22 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return p
 
 
+SIDECAR = "deepslim.json"  # in a Hugging Face directory deepslim wrote: the header (signature, task, lineage)
+MODEL_DIR_FILES = (SIDECAR, "config.json")  # a deepslim-written directory, a Hugging Face one
+
+
+def require_model(path: str | os.PathLike, what: str = "model") -> Path:
+    """Return ``path`` as a Path if it is an existing model file or a model directory (one deepslim wrote, with
+    ``deepslim.json``, or a Hugging Face one, with ``config.json``), else raise."""
+    p = Path(path)
+    if p.is_dir():
+        if not any((p / name).is_file() for name in MODEL_DIR_FILES):
+            raise InputFileError(f"The {what} {p} is a directory without a model in it (no deepslim.json or "
+                                 "config.json).")
+        return p
+    return require_file(p, what)
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deepslim.errors import ConfigError, ModelError, first_line
+from deepslim.fileio import SIDECAR
 from deepslim.signature import BATCH, InputKind, TensorSpec
 from deepslim.spec import ArchSource, ArchSpec
 from deepslim.tasks import Task, TaskKind
@@ -30,7 +31,6 @@ HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
          "image-classification": "AutoModelForImageClassification"}
 CUSTOM_CODE = ("the model needs its own modelling code (auto_map in config.json), and deepslim does not run a "
                "model directory's code; use a model type that transformers ships")
-SIDECAR = "deepslim.json"  # a deepslim-written directory: the bundle header (signature, task, lineage)
 _DROPPED = ("transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation_autoset",
             "torch_dtype", "dtype", "architectures")
 

@@ -16,7 +16,7 @@ from deepslim.artifact import ArtifactKind, artifact_kind
 from deepslim.errors import ConfigError
 from deepslim.data import open_dataset
 from deepslim.evaluation import check_compatible
-from deepslim.fileio import require_file
+from deepslim.fileio import require_model
 from deepslim.models import ModelBundle, load_model
 from deepslim.signature import Signature, parse_size
 from deepslim.spec import ArchSource
@@ -78,7 +78,7 @@ def _source(path: Path, sources: Mapping[Path, Path] | None, loaded: dict) -> Mo
 
 def _validate(artifacts: Sequence[Path], backends: Sequence[Backend],
               input_size: tuple[int, int] | None) -> list[ArtifactKind]:
-    kinds = [artifact_kind(require_file(path, "artifact")) for path in artifacts]
+    kinds = [artifact_kind(require_model(path, "artifact")) for path in artifacts]
     for path, kind in zip(artifacts, kinds):
         if input_size is not None and kind not in (ArtifactKind.BUNDLE, ArtifactKind.OPENVINO):
             raise ConfigError(f"--input-size applies to bundles and OpenVINO IRs only; {Path(path).name} has a fixed "
@@ -102,7 +102,7 @@ def check_sequence_lengths(artifacts: Sequence[Path], sequences: Sequence[int]) 
     from deepslim.bundle import read_header
     for path in artifacts:
         path = Path(path)
-        if artifact_kind(require_file(path, "artifact")) is ArtifactKind.BUNDLE:
+        if artifact_kind(require_model(path, "artifact")) is ArtifactKind.BUNDLE:
             header = read_header(path)
             if header is None:
                 continue  # loading it says what is wrong

@@ -127,6 +127,10 @@ class DistillStage(_Strict):
     lr: Annotated[float, Field(gt=0)] | None = None
     temperature: Annotated[float, Field(gt=0)] = 4.0
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    hidden_weight: Annotated[float, Field(ge=0)] | None = None      # transformers: hidden-state MSE
+    attention_weight: Annotated[float, Field(ge=0)] | None = None   # transformers: attention-map loss
+    layer_map: str | None = None                                    # "auto" or "0:1,1:3" (student:teacher)
+    attention_loss: Literal["kl", "mse"] | None = None
 
 
 class QuantizeStage(_Strict):
@@ -312,9 +316,10 @@ def recipe_dataset(recipe: Recipe, base: Path) -> str:
 
 def _recorded(path: Path) -> tuple[list, list[str] | None]:
     """The lineage and classes a model file records (nothing for a file deepslim did not write)."""
-    from deepslim.fileio import require_file
-    require_file(path, "model")
-    if path.suffix.lower() == ".safetensors":
+    from deepslim.fileio import require_model
+    require_model(path, "model")
+    from deepslim.artifact import is_bundle
+    if is_bundle(path):
         from deepslim.bundle import read_header
         meta = read_header(path)
     else:

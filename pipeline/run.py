@@ -142,7 +142,10 @@ def _execute(step, current: Path | None, original: Path | None, stage_dir: Path,
         from compress.distill import DistillConfig, distill, open_teacher
         from deepslim.config import TrainConfig
         teacher = original if step.teacher == "original" else resolve(step.teacher, base)
-        cfg = DistillConfig(temperature=step.temperature, alpha=step.alpha,
+        features = {k: v for k, v in (("hidden_weight", step.hidden_weight), ("attention_weight", step.attention_weight),
+                                      ("layer_map", step.layer_map), ("attention_loss", step.attention_loss))
+                    if v is not None}
+        cfg = DistillConfig(temperature=step.temperature, alpha=step.alpha, **features,
                             train=TrainConfig(epochs=step.epochs, lr=step.lr, seed=recipe.seed))
         out = distill(open_teacher(teacher), load_model(current), recipe.dataset, cfg, progress=progress, log=say)
         return [save_model(out, stage_dir / "model.safetensors", force=True)], _test(out)
@@ -326,7 +329,7 @@ def _outputs_intact(run_dir: Path, entry: dict[str, Any]) -> bool:
 
 
 _LATER_FIELDS = ("channels", "mean", "std", "output", "loss", "optimizer", "head_ratio", "depth", "finetune_optimizer",
-                 "tokenizer", "max_length")  # added for #13; unset, they leave the key as before
+                 "tokenizer", "max_length", "hidden_weight", "attention_weight", "layer_map", "attention_loss")  # added for #13; unset, they leave the key as before
 
 
 def _config(step) -> dict[str, Any]:

@@ -49,15 +49,18 @@ def write_texts(path: Path, n: int = 600, seed: int = 0, *, pairs: bool = False)
 
 
 def tokenizer(texts: list[str] | None = None):
-    """A WordPiece tokenizer trained in memory on ``texts`` (default: the task's vocabulary)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer built in memory with the tokenizers library: the task's words (or those of
+    ``texts``), single letters and ``##`` letters for anything else. The vocabulary is listed, not trained,
+    so every process gets the same token ids (WordPiece training breaks count ties in hash order)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
-    texts = texts or [" ".join(POSITIVE + NEGATIVE + FILLER + ["not"])] * 4
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w.lower() for t in (texts or [" ".join(POSITIVE + NEGATIVE + FILLER + ["not"])]) for w in t.split()})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces = list(dict.fromkeys(specials + words + letters + [f"##{c}" for c in letters]))
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(pieces)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=120, special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])

@@ -76,7 +76,7 @@ def test_auto_times_the_chosen_with_the_baseline_in_one_run_and_scores_what_ship
 def test_two_workers_share_one_sqlite_study(tmp_path, trained_cnn):
     model = save_model(trained_cnn, tmp_path / "base.safetensors")
     storage = f"sqlite:///{tmp_path / 'search.db'}"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "auto", str(model), "--trials", "2",
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "auto", str(model), "--trials", "1",
                                "--finetune-epochs", "1", "--time-budget", "300", "--storage", storage, "--study", "shared",
                                "--max-accuracy-drop", "5", "--quiet", "-o", str(tmp_path / f"worker{i}")],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -85,12 +85,12 @@ def test_two_workers_share_one_sqlite_study(tmp_path, trained_cnn):
         assert proc.returncode == 0, err[-2000:]
     import optuna
     study = optuna.load_study(study_name="shared", storage=storage)
-    assert len(study.trials) == 4
+    assert len(study.trials) == 2  # one trial each, in one study
     assert sum(t.params == {"speedup": 2.0, "importance": "l2", "recover": "kd", "method": "ptq"}
                for t in study.trials[:1]) == 1  # enqueued once, by whichever worker created the study
     last = max((json.loads((tmp_path / f"worker{i}" / "search.json").read_text()) for i in range(2)),
                key=lambda d: len(d["trials"]))
-    assert len(last["trials"]) == 4
+    assert len(last["trials"]) == 2
 
 
 def test_auto_bad_inputs(tmp_path, monkeypatch):

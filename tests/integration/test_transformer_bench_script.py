@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.transformer_int8 import goals, table
+from benchmarks.transformer_int8 import goals, stage_table, table
 
 ROOT = Path(__file__).resolve().parents[2]
 INT8 = ("deepslim/ort-int8", "deepslim/ov-int8", "optimum/ort-int8", "optimum/ov-int8")
@@ -65,6 +65,18 @@ def test_the_table_shows_every_row_with_its_ratio_and_pending_rows_as_pending():
     assert "pending: no head ratio" in text
 
 
+def test_the_stage_table_gives_each_stages_drop_against_the_fine_tuned_model():
+    rows = [{**_row(k, rt, prec, None), "top1": t} for k, rt, prec, t in (
+        ("deepslim/torch", "torch", "fp32", 0.80), ("deepslim/ort-int8", "onnxruntime", "int8", 0.79),
+        ("pruned/torch", "torch", "fp32", 0.77), ("pruned/ov-int8", "openvino", "int8", 0.78))]
+    text = stage_table({"accuracy": {"rows": rows}})
+    assert "| deepslim fp32 | torch | 0.8000 | +0.0 |" in text
+    assert "| deepslim int8 dynamic | onnxruntime | 0.7900 | +1.0 |" in text
+    assert "| deepslim 50% pruned fp32 | torch | 0.7700 | +3.0 |" in text
+    assert "| deepslim 50% pruned int8 static | openvino | 0.7800 | +2.0 |" in text
+    assert stage_table({"accuracy": {"rows": rows[1:]}}) == ""  # no fine-tuned fp32 row: nothing to compare
+
+
 @pytest.mark.slow
 def test_the_script_runs_end_to_end_on_tiny_models(tmp_path):
     out = tmp_path / "out"
@@ -83,8 +95,10 @@ def test_the_script_runs_end_to_end_on_tiny_models(tmp_path):
     assert accuracy["deepslim/torch"]["top1"] > 0.5  # fine-tuned: better than chance on the balanced task
     for key in ("deepslim/ort", "deepslim/ov", "optimum/ort", "optimum/ov"):  # fp32 exports decide as torch does
         assert accuracy[key]["agreement"] >= 0.99, accuracy[key]
-    for key in INT8:
+    for key in INT8 + ("pruned/torch", "pruned/ort-int8", "pruned/ov-int8"):
         assert 0 <= accuracy[key]["top1"] <= 1
+    assert "fewer MACs" in accuracy["pruned/torch"]["how"]
     text = (out / "transformer_int8.md").read_text()
+    assert "| stage (small BERT, test split) |" in text
     assert "| variant | runtime | precision | p50 ms |" in text and "deepslim int8 p50 vs optimum's" in text
     assert results["environment"]["cpu"]["model"] and "load_average_start" in results["environment"]

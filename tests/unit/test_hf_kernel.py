@@ -74,6 +74,24 @@ def test_a_directory_round_trips_through_from_pretrained(kit, tmp_path):
     assert tok("good day")["input_ids"] == bundle.signature.text.tokenizer()("good day")["input_ids"]
 
 
+def test_a_directory_is_a_bundle_wherever_a_model_or_artifact_goes(kit, tmp_path):
+    from deepslim.artifact import ArtifactKind, artifact_kind, is_bundle
+    from deepslim.bundle import read_header
+    from deepslim.errors import InputFileError
+    from deepslim.fileio import require_model
+    from deepslim.models import save_model
+    bundle = _text_model(kit)
+    out = save_model(bundle, tmp_path / "model")
+    assert artifact_kind(out) is ArtifactKind.BUNDLE and is_bundle(out) and not is_bundle(kit[1])
+    assert read_header(out).signature == bundle.signature and read_header(kit[1]) is None
+    assert require_model(kit[1]) == kit[1]  # a Hugging Face directory goes where a MODEL goes
+    with pytest.raises(InputFileError, match="directory deepslim did not write"):
+        artifact_kind(kit[1])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputFileError, match="a directory without a model in it"):
+        require_model(tmp_path / "empty")
+
+
 def test_directory_outputs_are_replaced_only_with_force_and_only_if_deepslim_wrote_them(kit, tmp_path):
     from deepslim.fileio import check_output
     from deepslim.models import save_model
@@ -167,3 +185,15 @@ def test_recipes_take_a_hugging_face_directory_relative_to_the_recipe(tmp_path, 
     assert ModelSpec(arch="hf:./bert", max_length=32, tokenizer="tok").max_length == 32
     with pytest.raises(ValidationError, match="apply to arch"):
         ModelSpec(path="model.safetensors", max_length=32)
+
+
+def test_recipe_distill_stages_take_the_transformer_losses_and_old_run_keys_stay():
+    from pydantic import ValidationError
+    from pipeline.recipe import DistillStage
+    from pipeline.run import _config
+    stage = DistillStage(stage="distill", hidden_weight=1.0, attention_weight=0.5, layer_map="0:1",
+                         attention_loss="mse")
+    assert _config(stage)["layer_map"] == "0:1" and _config(stage)["attention_loss"] == "mse"
+    assert set(_config(DistillStage(stage="distill"))) == {"stage", "teacher", "epochs", "lr", "temperature", "alpha"}
+    with pytest.raises(ValidationError):
+        DistillStage(stage="distill", attention_loss="l1")

@@ -103,6 +103,8 @@ def test_depth_and_a_second_prune_keep_pruned_heads_in_the_original_numbering(to
     again = {int(k): set(v) for k, v in second.arch.kwargs["pruned_heads"].items()}
     assert list(again) == [0] and removed[0] < again[0] and len(again[0]) == 3
     assert second.arch.kwargs["num_hidden_layers"] == 1 and _heads(second.model) == [1]
+    recorded = second.lineage[-1].metrics
+    assert recorded["kept_layers"] == [0] and recorded["layers_before"] == 2  # distill's auto map reads these
     x = _inputs(second)
     with torch.no_grad():
         hf = _auto(second).from_pretrained(save_model(second, tmp_path / "b"), local_files_only=True).eval()

@@ -62,6 +62,20 @@ def test_auto_layer_map_spreads_evenly_and_ends_on_the_last_layer():
     assert auto_layer_map(3, 3) == ((0, 0), (1, 1), (2, 2))
 
 
+def test_a_student_cut_by_depth_learns_from_the_layers_it_was_copied_from():
+    from compress.transformer_kd import kept_layers
+    from deepslim.spec import StageRecord
+    kept = ([0, 4, 7, 11], 12)
+    assert resolve_layer_map(None, 4, 12, kept) == ((0, 0), (1, 4), (2, 7), (3, 11))
+    assert resolve_layer_map(None, 4, 6, kept) == auto_layer_map(4, 6)  # another teacher: evenly spaced
+    assert resolve_layer_map(((0, 3),), 4, 12, kept) == ((0, 3),)  # a map given is the map used
+    assert resolve_layer_map(None, 1, 12, ([0], 12)) == ((0, 11),)  # --depth 1: the last still learns the last
+    lineage = [StageRecord("train", {}, 1.0, {}), StageRecord("prune", {}, 1.0, {"kept_layers": [0, 1],
+                                                                                 "layers_before": 4}),
+               StageRecord("prune", {}, 1.0, {"sizes": {"layers": 2}})]
+    assert kept_layers(lineage) == ([0, 1], 4) and kept_layers(lineage[:1]) is None
+
+
 def test_layer_maps_parse_and_bad_ones_are_refused_in_one_sentence():
     assert parse_layer_map("auto") is None and parse_layer_map(None) is None
     assert parse_layer_map(" 0:1, 1:3 ") == ((0, 1), (1, 3))
