@@ -5,8 +5,9 @@ An architecture is ``ArchSpec(source=hf, name=HEAD, kwargs=CONFIG)``: ``HEAD`` i
 (the ``AutoModelFor…`` class that builds it) and ``CONFIG`` the model's whole ``config.json``, so a bundle
 rebuilds it without pickle and without the directory; pruning rewrites the config (``pruned_heads``,
 ``intermediate_size``, ``num_hidden_layers``) and the rebuilt model has the pruned sizes. Only model types
-that ``transformers`` itself registers are built: a config with custom code (``auto_map``) is refused
-unless the user passes ``--trust-code``. Nothing is ever downloaded: every load runs under
+that ``transformers`` itself registers are built: a config with custom code (``auto_map``) is refused, even
+with ``--trust-code`` (a bundle is rebuilt from its config alone, and custom code would need its directory).
+Nothing is ever downloaded: every load runs under
 ``HF_HUB_OFFLINE=1`` with ``local_files_only``, and a hub id is refused with one sentence.
 """
 

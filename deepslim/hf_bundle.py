@@ -91,14 +91,10 @@ def load_dir(directory: Path, *, trust_code: bool = False):
     loaded strictly from its ``model.safetensors`` (bit-exact)."""
     from deepslim import bundle as bundle_format
     from deepslim.models import ModelBundle, _load_state, build_model
-    sidecar = directory / hf.SIDECAR
-    try:
-        header = bundle_format.Header.from_json(json.loads(sidecar.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"{sidecar} is not a readable deepslim header ({exc}).") from exc
+    header = bundle_format.read_header(directory)  # deepslim.json: format and version checked as a file's
     config = hf.config_dict(hf.read_config(directory, trust_code=trust_code))
-    if header.arch.source is not ArchSource.HF:
-        raise ModelError(f"{sidecar} does not describe a Hugging Face model.")
+    if header is None or header.arch.source is not ArchSource.HF:
+        raise ModelError(f"{directory / hf.SIDECAR} does not describe a Hugging Face model.")
     arch = replace(header.arch, kwargs=config)
     model = build_model(arch)
     weights = directory / "model.safetensors"

@@ -73,6 +73,7 @@ def test_auto_times_the_chosen_with_the_baseline_in_one_run_and_scores_what_ship
     assert f"× {word} than the unpruned model ({baseline['latency_ms']:.3f} ms) timed in the same run" in result.stdout
 
 
+@pytest.mark.slow  # ~60 s of two worker processes; #15 moves shared studies to PostgreSQL and journal files
 def test_two_workers_share_one_sqlite_study(tmp_path, trained_cnn):
     model = save_model(trained_cnn, tmp_path / "base.safetensors")
     storage = f"sqlite:///{tmp_path / 'search.db'}"
