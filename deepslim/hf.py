@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deepslim.errors import ConfigError, ModelError, first_line
-from deepslim.fileio import SIDECAR
+from deepslim.fileio import SIDECAR  # noqa: F401  (hf.SIDECAR: the name the directory code uses)
 from deepslim.signature import BATCH, InputKind, TensorSpec
 from deepslim.spec import ArchSource, ArchSpec
 from deepslim.tasks import Task, TaskKind

@@ -69,7 +69,7 @@ def _signature(model: Any, spec: ArchSpec, directory: Path | None, inputs, *, te
     if text:
         source = tokenizer or (directory if directory is not None and hf.has_tokenizer(directory) else None)
         if source is None:
-            raise ConfigError(f"A text model needs its tokenizer; give --tokenizer DIR (a directory with "
+            raise ConfigError("A text model needs its tokenizer; give --tokenizer DIR (a directory with "
                               "tokenizer.json or vocab.txt, or a tokenizer.json file).")
         textspec = hf.read_tokenizer(source, max_length=max_length, model_limit=hf.position_limit(config))
         return Signature(hf.text_inputs(model, textspec), ("logits",), "logits", text=textspec)
