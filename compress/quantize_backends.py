@@ -346,7 +346,7 @@ def dynamic(fp32_onnx: Path, tmp: Path, cfg: QuantizeConfig, details: dict[str, 
     per-channel weights unless ``--per-tensor``, and 7-bit weights (``reduce_range``) on CPUs without VNNI,
     whose 8-bit multiply-add can saturate. Every MatMul is quantized, the attention's two activation-by-
     activation products too, as optimum's ``ORTQuantizer`` does: on a BERT-base-sized encoder at sequence 128
-    leaving those 24 in float was 1.11x slower than optimum at the same accuracy (benchmarks/transformer_int8);
+    leaving those 24 in float was 1.11x slower than optimum at the same accuracy (scripts/transformer_int8);
     the accuracy guard still judges the result."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

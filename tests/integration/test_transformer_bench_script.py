@@ -1,4 +1,4 @@
-"""benchmarks/transformer_int8.py: the BERT int8 comparison against optimum / optimum-intel. The whole script on
+"""scripts/transformer_int8.py: the BERT int8 comparison against optimum / optimum-intel. The whole script on
 tiny models is slow (exports, quantizers and two fine-tunings: minutes on 2 cores); its goal lines are
 checked by default on a hand-made results dict."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.transformer_int8 import goals, stage_table, table
+from scripts.transformer_int8 import goals, stage_table, table
 
 ROOT = Path(__file__).resolve().parents[2]
 INT8 = ("deepslim/ort-int8", "deepslim/ov-int8", "optimum/ort-int8", "optimum/ov-int8")
@@ -80,7 +80,7 @@ def test_the_stage_table_gives_each_stages_drop_against_the_fine_tuned_model():
 @pytest.mark.slow
 def test_the_script_runs_end_to_end_on_tiny_models(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.transformer_int8", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "scripts.transformer_int8", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "transformer_int8.json").read_text())

@@ -1,4 +1,4 @@
-"""The artifacts :mod:`benchmarks.transformer_int8` compares: deepslim's paths (its Python API, what the CLI
+"""The artifacts :mod:`scripts.transformer_int8` compares: deepslim's paths (its Python API, what the CLI
 runs) and the ecosystem's own (optimum's ONNX Runtime quantizer, optimum-intel's OpenVINO export and NNCF
 quantizer), every one of the same model, each artifact stamped with the model's signature so that the one
 set of benchmark runners feeds and times them all."""

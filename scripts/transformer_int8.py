@@ -1,6 +1,6 @@
 """BERT int8 latency and accuracy: deepslim's paths against the ecosystem's own, in one interleaved run.
 
-    .venv/bin/python -m benchmarks.transformer_int8 [--part latency|accuracy|all] [--rounds 9] [--duration 15]
+    .venv/bin/python -m scripts.transformer_int8 [--part latency|accuracy|all] [--rounds 9] [--duration 15]
         [--out runs/transformer-int8] [--results benchmarks/results] [--reuse] [--quick]
 
 Latency: a BERT-base-sized encoder (12 layers, 768 hidden, 12 heads, FFN 3072, vocab 30522; random weights)
@@ -40,7 +40,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a file: import the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.transformer_int8_paths import (ROOT, Size, Variant, deepslim_variants, graph_facts, new_bert,
+from scripts.transformer_int8_paths import (ROOT, Size, Variant, deepslim_variants, graph_facts, new_bert,
                                                offline_env, optimum_variants, pruned_variants, text_fixtures)
 
 LATENCY = {"full": Size(12, 768, 12, 3072, 30522), "quick": Size(2, 64, 4, 128, 1000)}
