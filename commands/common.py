@@ -45,8 +45,9 @@ PrimaryMetric = Annotated[Optional[str], typer.Option(
 TrustPickle = Annotated[bool, typer.Option(
     "--trust-pickle", help="Allow loading a whole pickled module; unpickling runs code from the file.")]
 TrustCode = Annotated[bool, typer.Option(
-    "--trust-code", help="Allow a model file to run the Python architecture file it names (its recorded sha256 "
-    "must still match). Naming that file yourself with --arch FILE.py:fn allows just that file.")]
+    "--trust-code", help="Allow a model file to run the Python architecture file it names, or a Hugging Face "
+    "directory its own modelling code (auto_map); recorded sha256 must still match. Naming a file yourself with "
+    "--arch FILE.py:fn allows just that file.")]
 Dataset = Annotated[Optional[str], typer.Option(
     "--dataset", "-d", help="digits, digits-c, mnist, breast-cancer, wine, diabetes, a .csv/.parquet table (with "
     "--label-column), an ImageFolder or CIFAR-10 directory, or path/file.py:fn (default: the dataset recorded in "

@@ -5,9 +5,12 @@ An architecture is ``ArchSpec(source=hf, name=HEAD, kwargs=CONFIG)``: ``HEAD`` i
 (the ``AutoModelFor…`` class that builds it) and ``CONFIG`` the model's whole ``config.json``, so a bundle
 rebuilds it without pickle and without the directory; pruning rewrites the config (``pruned_heads``,
 ``intermediate_size``, ``num_hidden_layers``) and the rebuilt model has the pruned sizes. Only model types
-that ``transformers`` itself registers are built: a config with custom code (``auto_map``) is refused, even
-with ``--trust-code`` (a bundle is rebuilt from its config alone, and custom code would need its directory).
-Nothing is ever downloaded: every load runs under
+that ``transformers`` itself registers are built without asking; a directory with its own modelling code
+(``auto_map`` in ``config.json``) runs it only under ``--trust-code``. Its ``*.py`` files and their sha256 are
+recorded in the config JSON (:data:`CODE_KEY`), so a bundle rebuilds the model from that directory, and only
+while each file still has its recorded hash; a directory deepslim writes carries a copy of the files.
+``transformers`` imports them through its modules cache (``HF_MODULES_CACHE``, by default
+``~/.cache/huggingface/modules``). Nothing is ever downloaded: every load runs under
 ``HF_HUB_OFFLINE=1`` with ``local_files_only``, and a hub id is refused with one sentence.
 """
 
@@ -21,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deepslim.errors import ConfigError, ModelError, first_line
+from deepslim.errors import ConfigError, ModelError, UntrustedCodeError, first_line
 from deepslim.fileio import SIDECAR  # noqa: F401  (hf.SIDECAR: the name the directory code uses)
 from deepslim.signature import BATCH, InputKind, TensorSpec
 from deepslim.spec import ArchSource, ArchSpec
@@ -30,8 +33,11 @@ from deepslim.textspec import TextSpec
 
 HEADS = {"sequence-classification": "AutoModelForSequenceClassification",
          "image-classification": "AutoModelForImageClassification"}
-CUSTOM_CODE = ("the model needs its own modelling code (auto_map in config.json), and deepslim does not run a "
-               "model directory's code; use a model type that transformers ships")
+CUSTOM_CODE = ("the model needs its own modelling code (auto_map in config.json), and running a model "
+               "directory's Python files needs --trust-code")
+CODE_KEY = "_deepslim_code"  # in a config's JSON: {"directory": DIR, "sha256": {file.py: hash}} of its custom code
+HEADS_AUTO = {"AutoModelForSequenceClassification": "ForSequenceClassification",
+              "AutoModelForImageClassification": "ForImageClassification"}
 _DROPPED = ("transformers_version", "_name_or_path", "_commit_hash", "_attn_implementation_autoset",
             "torch_dtype", "dtype", "architectures")
 
@@ -76,25 +82,95 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 
 def make_config(kwargs: dict[str, Any], *, trust_code: bool = False) -> Any:
-    """A ``transformers`` config from its JSON; only model types ``transformers`` registers."""
+    """A ``transformers`` config from its JSON: a model type ``transformers`` registers, or one whose own code
+    (:data:`CODE_KEY`) the user allowed (``trust_code`` or ``--trust-code``) and whose files are unchanged."""
     from transformers import CONFIG_MAPPING
     kwargs = dict(kwargs)
     model_type = kwargs.pop("model_type", None)
+    code = kwargs.pop(CODE_KEY, None)
     if isinstance(kwargs.get("pruned_heads"), dict):  # JSON keys are strings; transformers indexes layers by int
         try:
             kwargs["pruned_heads"] = {int(k): sorted(int(h) for h in v) for k, v in kwargs["pruned_heads"].items()}
         except (TypeError, ValueError) as exc:
             raise ModelError(f"The config's pruned_heads is not a map of layer to head indices ({first_line(exc)}).") \
                 from exc
-    if kwargs.get("auto_map"):
-        raise ModelError(CUSTOM_CODE)
-    if model_type not in CONFIG_MAPPING:
+    if kwargs.get("auto_map") and code is None:
+        raise ModelError(f"The {model_type} config: {CUSTOM_CODE}, and the directory that holds them; give that "
+                         "directory as the model.")
+    if code is not None and "AutoConfig" in kwargs.get("auto_map", {}):
+        factory = custom_class(code, kwargs["auto_map"], "AutoConfig", trust_code=trust_code)
+    elif model_type in CONFIG_MAPPING:  # a known config whose model classes may still be the directory's own
+        if code is not None:
+            checked_code(code, trust_code=trust_code)
+        factory = CONFIG_MAPPING[model_type]
+    else:
         raise ModelError(f"'{model_type}' is not a model type transformers knows; give a config with model_type "
                          "one of bert, distilbert, roberta, vit, deit, ... (transformers.CONFIG_MAPPING).")
     try:
-        return CONFIG_MAPPING[model_type](**kwargs)
+        config = factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"The {model_type} config is invalid: {first_line(exc)}.") from exc
+    if code is not None:
+        setattr(config, CODE_KEY, code)  # config_dict gives it back; save_dir keeps it out of config.json
+    return config
+
+
+# --- custom modelling code (--trust-code) -----------------------------------------------------
+
+def code_record(directory: Path) -> dict[str, Any]:
+    """The Python files of a model directory with custom code, and their sha256: what a bundle records."""
+    from deepslim.fileio import sha256_file
+    files = sorted(p for p in directory.glob("*.py") if p.is_file())
+    return {"directory": str(directory.resolve()), "sha256": {p.name: sha256_file(p) for p in files}}
+
+
+def checked_code(code: Any, *, trust_code: bool = False) -> Path:
+    """The directory of a recorded custom-code record, once the user allowed running it and every file still
+    has its recorded sha256."""
+    from deepslim.fileio import sha256_file
+    from deepslim.trust import check_importable, current_policy
+    if not (isinstance(code, dict) and isinstance(code.get("directory"), str)
+            and isinstance(code.get("sha256"), dict)):
+        raise ModelError(f"The config's {CODE_KEY} is not a record of a directory and its files' sha256.")
+    directory = Path(code["directory"])
+    if not (trust_code or current_policy().trust_code):
+        raise UntrustedCodeError(f"The model runs its own modelling code from {directory} (auto_map in its "
+                                 "config); pass --trust-code if you trust that directory's Python files.")
+    if not directory.is_dir():
+        raise ModelError(f"The model's modelling code lay in {directory}, which is gone; restore that directory "
+                         "(its Python files with their recorded sha256).")
+    for name, recorded in sorted(code["sha256"].items()):
+        file = directory / name
+        if not file.is_file():
+            raise ModelError(f"{file}, part of the model's modelling code, is gone; restore it.")
+        check_importable(file)
+        if (actual := sha256_file(file)) != recorded:
+            raise ModelError(f"{file} has sha256 {actual}, but the model was saved with modelling code of sha256 "
+                             f"{recorded}; restore that file (or load the directory afresh).")
+    return directory
+
+
+def custom_class(code: Any, auto_map: Any, auto_name: str, *, trust_code: bool = False) -> Any:
+    """The class ``auto_map[auto_name]`` names (``module.Class``), imported by ``transformers`` from the recorded,
+    checked directory."""
+    directory = checked_code(code, trust_code=trust_code)
+    ref = auto_map.get(auto_name) if isinstance(auto_map, dict) else None
+    if isinstance(ref, (list, tuple)):  # tokenizers map to [slow, fast]
+        ref = next((r for r in ref if r), None)
+    if not isinstance(ref, str) or "--" in ref:
+        raise ModelError(f"The config's auto_map names no local {auto_name} class in {directory}"
+                         + (" (it points to another repository)" if isinstance(ref, str) else "") + ".")
+    module = ref.split(".")[0]
+    if module + ".py" not in code["sha256"]:
+        raise ModelError(f"The config's auto_map names {ref}, but {module}.py is not among the recorded files of "
+                         f"{directory}.")
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    with offline():
+        try:
+            return get_class_from_dynamic_module(ref, str(directory), local_files_only=True)
+        except Exception as exc:  # the user's own code: any failure to import it is one sentence
+            raise ModelError(f"Cannot import {ref} from {directory}: {type(exc).__name__}: {first_line(exc)}.") \
+                from exc
 
 
 def head_for(config: Any, *, text: bool | None = None) -> str:
@@ -102,6 +178,7 @@ def head_for(config: Any, *, text: bool | None = None) -> str:
     model type supports (``text`` decides when it supports both)."""
     from transformers.models.auto import modeling_auto as auto
     names = list(getattr(config, "architectures", None) or [])
+    names += [HEADS_AUTO.get(k, "") for k in (getattr(config, "auto_map", None) or {})]
     for head, suffix in (("sequence-classification", "ForSequenceClassification"),
                          ("image-classification", "ForImageClassification")):
         if any(n.endswith(suffix) for n in names):
@@ -147,31 +224,46 @@ def build(spec: ArchSpec, *, pretrained: str | Path | None = None, trust_code: b
     import transformers
     if spec.name not in HEADS:
         raise ModelError(f"Unknown Hugging Face head '{spec.name}'; deepslim builds {', '.join(HEADS)}.")
-    auto = getattr(transformers, HEADS[spec.name])
     config = make_config(spec.kwargs, trust_code=trust_code)
+    code = getattr(config, CODE_KEY, None)
+    if code is not None:
+        model_class = custom_class(code, config.auto_map, HEADS[spec.name], trust_code=trust_code)
+        make, load = model_class._from_config, model_class.from_pretrained
+    else:
+        auto = getattr(transformers, HEADS[spec.name])
+        make, load = auto.from_config, auto.from_pretrained
     with offline():
         if pretrained is None:
-            return auto.from_config(config, trust_remote_code=trust_code)
+            return make(config)
         try:
-            return auto.from_pretrained(str(pretrained), config=config, local_files_only=True,
-                                        ignore_mismatched_sizes=True, trust_remote_code=trust_code)
+            return load(str(pretrained), config=config, local_files_only=True, ignore_mismatched_sizes=True)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelError(f"Cannot load the weights of {pretrained}: {first_line(exc)}.") from exc
 
 
 def read_config(directory: Path, *, trust_code: bool = False) -> Any:
+    """A local directory's config; one with its own modelling code needs ``trust_code`` (or ``--trust-code``),
+    and then records its Python files (:func:`code_record`)."""
     from transformers import AutoConfig
+    from deepslim.trust import current_policy
+    trusted = trust_code or current_policy().trust_code
+    try:
+        declared = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
+    custom = isinstance(declared, dict) and bool(declared.get("auto_map"))
+    if custom and not trusted:
+        raise UntrustedCodeError(f"{directory}: {CUSTOM_CODE} (they run as Python when the model is built).")
+    code, load = (code_record(directory) if custom else None), AutoConfig.from_pretrained
+    if custom and "AutoConfig" in declared["auto_map"]:
+        load = custom_class(code, declared["auto_map"], "AutoConfig", trust_code=True).from_pretrained
     with offline():
         try:
-            config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_code)
-        except ValueError as exc:
-            if "trust_remote_code" in str(exc):
-                raise ModelError(f"{directory}: {CUSTOM_CODE}") from exc
+            config = load(str(directory), local_files_only=True)
+        except (OSError, ValueError) as exc:
             raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
-        except OSError as exc:
-            raise ModelError(f"{directory}/config.json cannot be read: {first_line(exc)}.") from exc
-    if getattr(config, "auto_map", None):
-        raise ModelError(f"{directory}: {CUSTOM_CODE}")
+    if code is not None:
+        setattr(config, CODE_KEY, code)
     return config
 
 

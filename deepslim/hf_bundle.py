@@ -92,9 +92,13 @@ def load_dir(directory: Path, *, trust_code: bool = False):
     from deepslim import bundle as bundle_format
     from deepslim.models import ModelBundle, _load_state, build_model
     header = bundle_format.read_header(directory)  # deepslim.json: format and version checked as a file's
-    config = hf.config_dict(hf.read_config(directory, trust_code=trust_code))
     if header is None or header.arch.source is not ArchSource.HF:
         raise ModelError(f"{directory / hf.SIDECAR} does not describe a Hugging Face model.")
+    config = hf.config_dict(hf.read_config(directory, trust_code=trust_code))
+    saved = header.arch.kwargs.get(hf.CODE_KEY)
+    if saved is not None and config.get(hf.CODE_KEY, {}).get("sha256") != saved.get("sha256"):
+        raise ModelError(f"The Python files in {directory} are not the modelling code the model was saved with "
+                         f"({', '.join(sorted(saved.get('sha256', {})))}, with the sha256 in {hf.SIDECAR}).")
     arch = replace(header.arch, kwargs=config)
     model = build_model(arch)
     weights = directory / "model.safetensors"
@@ -120,9 +124,16 @@ def save_dir(bundle, directory: str | Path, *, force: bool = False) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         config = hf.make_config(bundle.arch.kwargs)
+        code = getattr(config, hf.CODE_KEY, None)
+        if code is not None:  # config.json names the files by auto_map; they travel with it
+            delattr(config, hf.CODE_KEY)
         config.architectures = [type(bundle.model).__name__]
         bundle.model.config = config
         bundle.model.save_pretrained(str(tmp), safe_serialization=True)
+        if code is not None:
+            source = hf.checked_code(code)
+            for name in code["sha256"]:
+                shutil.copy2(source / name, tmp / name)
         _save_preprocessor(bundle.signature, tmp)
         header = bundle_format.Header(bundle.arch, bundle.signature, bundle.task, lineage=list(bundle.lineage))
         (tmp / hf.SIDECAR).write_text(json.dumps(header.to_json(), indent=1, sort_keys=True))

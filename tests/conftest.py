@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """transformers copies a model directory's own code (``trust_remote_code``) into its modules cache: the
+    tests' copies go to a temporary one, not the user's ``~/.cache/huggingface/modules``."""
+    if "HF_MODULES_CACHE" not in os.environ:
+        os.environ["HF_MODULES_CACHE"] = config._deepslim_modules = tempfile.mkdtemp(prefix="deepslim-hf-modules-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_deepslim_modules", None):
+        shutil.rmtree(config._deepslim_modules, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

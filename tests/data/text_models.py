@@ -85,6 +85,48 @@ def bert_dir(path: Path, *, layers: int = 2, hidden: int = 32, heads: int = 4, i
     return path
 
 
+CUSTOM_CONFIG = """from transformers import BertConfig
+
+
+class ScaledBertConfig(BertConfig):
+    model_type = "deepslim-test-scaled-bert"
+
+    def __init__(self, logit_scale=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.logit_scale = logit_scale
+"""
+CUSTOM_MODEL = """from transformers import BertForSequenceClassification
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .configuration_scaled import ScaledBertConfig
+
+
+class ScaledBertForSequenceClassification(BertForSequenceClassification):
+    config_class = ScaledBertConfig
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None):
+        out = super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                              return_dict=True)
+        return SequenceClassifierOutput(logits=out.logits * self.config.logit_scale)
+"""
+
+
+def custom_bert_dir(path: Path, *, logit_scale: float = 2.0, seed: int = 0) -> Path:
+    """A tiny BERT directory with its own modelling code, as hub models with ``trust_remote_code`` have: a BERT
+    subclass whose logits are scaled by ``config.logit_scale``, named by ``auto_map`` in ``config.json``."""
+    import json
+    bert_dir(path, head=True, seed=seed)
+    (path / "configuration_scaled.py").write_text(CUSTOM_CONFIG)
+    (path / "modeling_scaled.py").write_text(CUSTOM_MODEL)
+    config = json.loads((path / "config.json").read_text())
+    config.update(model_type="deepslim-test-scaled-bert", logit_scale=logit_scale,
+                  architectures=["ScaledBertForSequenceClassification"],
+                  auto_map={"AutoConfig": "configuration_scaled.ScaledBertConfig",
+                            "AutoModelForSequenceClassification": "modeling_scaled.ScaledBertForSequenceClassification"})
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
 def vit_dir(path: Path, *, image_size: int = 8, patch: int = 2, channels: int = 1, hidden: int = 32, layers: int = 2,
             heads: int = 4, intermediate: int = 64, seed: int = 0) -> Path:
     import torch

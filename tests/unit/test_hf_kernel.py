@@ -116,7 +116,7 @@ def test_a_model_that_needs_custom_code_is_refused(tmp_path, text_models):
     config = json.loads((bert / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
     (bert / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelError, match="does not run a model directory's code"):
+    with pytest.raises(ModelError, match="needs --trust-code"):
         read_config(bert)
 
 
