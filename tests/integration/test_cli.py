@@ -76,6 +76,7 @@ def test_python_cli_py_and_console_script_work():
     assert out.returncode == 0 and "resnet18" in out.stdout and "small_cnn" in out.stdout
 
 
+@pytest.mark.slow  # ~43 s; a real SIGKILL and --resume: test_distill_cli's killed distillation (same checkpoints), unit/test_train's resume
 def test_killed_training_resumes_from_checkpoint(tmp_path):
     out = tmp_path / "m.safetensors"
     ckpt = tmp_path / "m.safetensors.ckpt"

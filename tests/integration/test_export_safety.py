@@ -111,6 +111,7 @@ def test_atomic_writes_fsync_the_file_before_the_rename_and_the_directory_after(
     assert kinds == ["fsync", "fsync", "replace", "replace", "fsync"] and events[-1] == f"fsync {tmp_path}"
 
 
+@pytest.mark.slow  # ~23 s; parity on the model's own data is the default in every export test
 def test_pruned_random_init_model_passes_parity_on_its_own_data(tmp_path, monkeypatch):
     """mobilenet_v3_small, random init, BatchNorm recalibrated on digits by prune: on N(0,1) noise its torch
     fp32 logits are ill-conditioned and the old element-wise check failed; on its own data it agrees."""

@@ -102,6 +102,7 @@ def _assert_deployable_int8(qat, ptq, bundle) -> None:
     assert ort_kernel_counts(qat)[0] >= ort_kernel_counts(ptq)[0] - 1 >= ops.count("Conv") - 1
 
 
+@pytest.mark.slow  # ~65 s; the NNCF guard runs in unit/test_quantize.py::test_openvino_guard_*, QAT on every kind in test_quantize_kinds
 def test_openvino_ptq_with_a_guard_and_qat_write_ir_pairs(tmp_path, narrow):
     out = tmp_path / "q.xml"
     ok(["compress", "quantize", narrow, "--target", "openvino", "--max-accuracy-drop", "2", "--quiet", "-o", out])
