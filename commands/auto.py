@@ -14,7 +14,8 @@ from compress.options import QuantTarget
 
 @trusting
 def auto(
-    model: Annotated[Path, typer.Argument(help="A trained bundle (.safetensors).", show_default=False)],
+    model: Annotated[Optional[Path], typer.Argument(help="A trained bundle (.safetensors); not with --report-only.",
+                                                    show_default=False)] = None,
     dataset: Dataset = None, label_column: LabelColumn = None, text_column: TextColumn = None, feature_columns: FeatureColumns = None,
     task: TaskOption = None, primary_metric: PrimaryMetric = None,
     max_accuracy_drop: Annotated[float, typer.Option(
@@ -29,10 +30,23 @@ def auto(
                                                  "one screens it).")] = 3,
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory: trials/, search.json/.md, pareto.png, "
                                       "best.*")] = Path("runs/auto"),
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage shared by workers: sqlite:///search.db or "
-                                                   "a PostgreSQL URL.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage shared by workers: "
+                                                   "postgresql://USER:PASSWORD@HOST:PORT/DB (several machines), "
+                                                   "journal:FILE (a shared file system) or sqlite:///FILE.db (one "
+                                                   "machine).")] = None,
     study: Annotated[str, typer.Option(help="Study name (workers with the same storage and name share it).")]
     = "deepslim-auto",
+    total_trials: Annotated[Optional[int], typer.Option(help="The study's budget: no worker starts a trial once the "
+                                                        "study has this many finished (over all workers).")] = None,
+    heartbeat: Annotated[int, typer.Option(help="Seconds between a running trial's heartbeats in a PostgreSQL or "
+                                           "SQLite study.")] = 30,
+    grace_period: Annotated[Optional[int], typer.Option(help="Seconds without a heartbeat before a trial counts as "
+                                                        "dead, is marked failed and queued again (default 2 x "
+                                                        "--heartbeat).")] = None,
+    retries: Annotated[int, typer.Option(help="Times a dead worker's trial is queued again.")] = 2,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run no trial: rebuild the report (search.json, "
+                                              "search.md, pareto.png) in --out from the study in --storage alone.")]
+    = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     trust_code: TrustCode = False,
@@ -41,16 +55,27 @@ def auto(
 
     Example: deepslim auto base.safetensors --max-accuracy-drop 1.0 --target openvino --latency-size 224 --time-budget 600
     """
+    from pipeline.search import SearchConfig, report_only as rebuild, search
+    cfg = SearchConfig(max_accuracy_drop=max_accuracy_drop, target=target, time_budget=time_budget, trials=trials,
+                       latency_size=latency_size, finetune_epochs=finetune_epochs, storage=storage, study=study,
+                       seed=seed, primary_metric=primary_metric, total_trials=total_trials, heartbeat=heartbeat,
+                       grace=grace_period, retries=retries)
+    if report_only:
+        if model is not None:
+            from deepslim.errors import ConfigError
+            raise ConfigError("--report-only reads everything from the study; give no MODEL.")
+        result = rebuild(cfg, out)
+        typer.echo(result.report.read_text())
+        return
+    if model is None:
+        from deepslim.errors import ConfigError
+        raise ConfigError("Give MODEL (a trained bundle), or --report-only with --storage to rebuild a report.")
     dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from deepslim.fileio import require_file
     require_file(model, "model")
     if model.suffix.lower() != ".safetensors":
         from deepslim.errors import ConfigError
         raise ConfigError("deepslim auto prunes and fine-tunes, so MODEL must be a bundle (.safetensors).")
-    from pipeline.search import SearchConfig, search
-    cfg = SearchConfig(max_accuracy_drop=max_accuracy_drop, target=target, time_budget=time_budget, trials=trials,
-                       latency_size=latency_size, finetune_epochs=finetune_epochs, storage=storage, study=study,
-                       seed=seed, primary_metric=primary_metric)
     from commands.common import choose_data
     from deepslim.bundle import read_header
     header = read_header(model)

@@ -19,8 +19,14 @@ together with the unpruned baseline in one interleaved benchmark run (``timing/`
 model is the fastest of that run, its speedup is the ratio measured there, and it alone is
 scored on the test split.
 
-Several workers share one study through Optuna's storage (``sqlite:///search.db`` or a
-PostgreSQL URL): each runs the same command with ``--storage`` and ``--study``.
+Several workers share one study through Optuna's storage (:mod:`pipeline.storage`: PostgreSQL for
+several machines, a journal file on a shared file system, SQLite on one machine): each runs the same
+command with ``--storage`` and ``--study``. ``--total-trials`` is the study's budget: a worker starts no
+trial once the study has that many finished (complete or pruned; a failed trial is not finished). Each
+trial's artifacts are named by study and trial number, and their sha256 are trial attributes; the study
+records its search (model hash, data, target, budget: a worker of another search is refused) and, from
+each worker that finishes, the chosen model's path and hash, so ``--report-only`` rebuilds the report
+from the study alone, on any machine.
 """
 
 from __future__ import annotations
@@ -29,19 +35,20 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from compress.options import QuantTarget
 from deepslim.errors import BackendMissingError, ConfigError, first_line
-from deepslim.fileio import atomic_path
+from deepslim.fileio import atomic_path, sha256_file
 
 Say = Callable[[str], None]
 SPEEDUPS = (1.0, 1.5, 2.0, 3.0)
 IMPORTANCES = ("l2", "lamp", "taylor")
 FIXED_RECIPE = {"speedup": 2.0, "importance": "l2", "recover": "kd", "method": "ptq"}
 RETIMED = 5  # candidates timed again together with the baseline at the end
+FINISHED = ("COMPLETE", "PRUNED")  # the trial states a budget counts
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,10 @@ class SearchConfig:
     study: str = "deepslim-auto"
     seed: int = 0
     primary_metric: str | None = None    # judge by this metric instead of the task's own primary one
+    total_trials: int | None = None      # the study's budget: finished trials over all workers
+    heartbeat: int = 30                  # seconds between a running trial's heartbeats (RDB storages)
+    grace: int | None = None             # seconds without one before a trial counts as dead (2 x heartbeat)
+    retries: int = 2                     # times a dead worker's trial is queued again
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", QuantTarget(self.target))
@@ -66,6 +77,9 @@ class SearchConfig:
             raise ConfigError(f"--time-budget must be a positive number of seconds, got {self.time_budget}.")
         if self.trials is not None and self.trials < 1:
             raise ConfigError(f"--trials must be a positive integer, got {self.trials}.")
+        if self.total_trials is not None and self.total_trials < 1:
+            raise ConfigError(f"--total-trials must be a positive integer, got {self.total_trials}.")
+        self.storage_config()  # checks the URL's scheme and the heartbeat settings
         if self.screen_epochs < 1 or self.finetune_epochs < self.screen_epochs:
             raise ConfigError("--finetune-epochs must be at least the screening epochs (1).")
         if self.target is QuantTarget.TENSORRT:
@@ -73,6 +87,16 @@ class SearchConfig:
             if not tensorrt_available():
                 raise BackendMissingError("deepslim auto --target tensorrt times candidates on TensorRT, which needs "
                                           "the tensorrt package and a CUDA GPU; none here.")
+
+    def storage_config(self):
+        from pipeline.storage import StorageConfig
+        return StorageConfig(self.storage, self.heartbeat, self.grace, self.retries)
+
+    def reported(self) -> dict[str, Any]:
+        """The config as the report shows it: the storage's password hidden."""
+        from pipeline.storage import shown
+        data = {**asdict(self), "target": self.target.value}
+        return {**data, "storage": shown(self.storage) if self.storage else None}
 
 
 @dataclass
@@ -85,6 +109,7 @@ class SearchResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     timing: dict[str, Any] | None = None  # the interleaved run that timed the baseline and the contenders
+    worker: dict[str, Any] | None = None  # this worker's part: the trials it finished (None: --report-only)
 
 
 def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *, log: Say | None = None) -> SearchResult:
@@ -98,16 +123,46 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
     bundle = load_judged(model, cfg)
     base_val = evaluate(bundle, dataset, split="val").metrics  # a model that cannot load writes nothing
     task = bundle.task
-    (out / "trials").mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in search.md
-    study = _open_study(cfg)
+    study = _open_study(cfg, _search_record(Path(model), dataset, cfg, task))
+    (out / "trials").mkdir(parents=True, exist_ok=True)
     if not study.trials:
         study.enqueue_trial(FIXED_RECIPE)
     deadline = time.monotonic() + cfg.time_budget
     objective = _Objective(model, dataset, cfg, out, base_val, deadline, say, task)
-    study.optimize(objective, n_trials=cfg.trials, timeout=cfg.time_budget, catch=(Exception,))
+    _optimize(study, objective, cfg)
     baseline = {"primary": task.primary, f"val_{task.primary}": base_val[task.primary]}
-    return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task)
+    worker = {"finished": sorted(objective.finished)}
+    say(f"this worker finished {len(objective.finished)} trial(s): {', '.join(map(str, worker['finished'])) or '-'}")
+    return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task, worker)
+
+
+def _optimize(study, objective: _Objective, cfg: SearchConfig) -> None:
+    """Run trials one at a time until this worker's ``--trials`` or time budget, or the study's
+    ``--total-trials``, is spent: the study's budget is checked before each trial is asked for, so no worker
+    starts one after the budget is met (trials running elsewhere still finish)."""
+    ran = 0
+    while not objective.stopped and (cfg.trials is None or ran < cfg.trials):
+        if cfg.total_trials is not None and len(_finished(study)) >= cfg.total_trials:
+            break
+        left = objective.deadline - time.monotonic()
+        if left <= 0:
+            break
+        study.optimize(objective, n_trials=1, timeout=left, catch=(Exception,))
+        ran += 1
+
+
+def _finished(study) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if t.state.name in FINISHED]
+
+
+def _search_record(model: Path, dataset: str, cfg: SearchConfig, task) -> dict[str, Any]:
+    """What decides a study's trials: a worker joins a study only if it searches the same."""
+    return {"model_sha256": sha256_file(model), "dataset": dataset, "target": cfg.target.value,
+            "max_accuracy_drop": cfg.max_accuracy_drop, "latency_size": cfg.latency_size,
+            "screen_epochs": cfg.screen_epochs, "finetune_epochs": cfg.finetune_epochs, "task": task.to_json(),
+            "space": {"speedup": list(SPEEDUPS), "importance": list(IMPORTANCES), "recover": ["finetune", "kd"],
+                      "method": ["ptq", "none"]}}
 
 
 def load_judged(model: Path, cfg: SearchConfig):
@@ -117,22 +172,53 @@ def load_judged(model: Path, cfg: SearchConfig):
     return replace(bundle, task=bundle.task.with_primary(cfg.primary_metric)) if cfg.primary_metric else bundle
 
 
-def _open_study(cfg: SearchConfig):
-    """Create or join the study. Workers starting together race to create the storage's tables (SQLite says
-    "table ... already exists"); the loser waits and joins."""
+def _open_study(cfg: SearchConfig, record: dict[str, Any] | None = None, *, create: bool = True):
+    """Create or join the study (``create=False``: it must exist). Workers starting together race to create
+    the storage's tables; the loser waits and joins. A study made for another search is refused."""
     import random
 
     import optuna
+    from pipeline.storage import open_storage, shown, storage_error
     for attempt in range(8):
         try:
-            return optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=cfg.storage,
-                                       study_name=cfg.study, load_if_exists=True,
-                                       sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed))
+            storage = open_storage(cfg.storage_config())
+            if not create:
+                study = optuna.load_study(study_name=cfg.study, storage=storage)
+            else:
+                study = optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=storage,
+                                            study_name=cfg.study, load_if_exists=True,
+                                            sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed))
+            break
+        except ConfigError as exc:  # open_storage's sentence; a generic one may be the race, so try again
+            if attempt == 7 or "Cannot open the Optuna storage" not in str(exc):
+                raise
+        except KeyError as exc:  # load_study: no such study
+            raise ConfigError(f"There is no study '{cfg.study}' in {shown(cfg.storage or 'memory')}; name one the "
+                              "workers ran (--study).") from exc
+        except ValueError as exc:  # the study exists with other directions: another program's
+            raise ConfigError(f"Study '{cfg.study}' in {shown(cfg.storage or 'memory')} is not a deepslim auto "
+                              f"study ({first_line(exc)}); give another --study name.") from exc
         except Exception as exc:  # SQLAlchemy raises several types while another worker sets the storage up
-            if attempt == 7:
-                raise ConfigError(f"Could not open the Optuna storage {cfg.storage}: {first_line(exc)}.") from exc
-            time.sleep(0.5 + random.random())
-    raise AssertionError("unreachable")
+            error = storage_error(cfg.storage or "", exc)
+            if attempt == 7 or "Cannot open the Optuna storage" not in str(error):
+                raise error from exc
+        time.sleep(0.5 + random.random())
+    if record is not None:
+        _check_record(study, record, cfg)
+    return study
+
+
+def _check_record(study, record: dict[str, Any], cfg: SearchConfig) -> None:
+    from pipeline.storage import shown
+    theirs = study.user_attrs.get("deepslim_search")
+    if theirs is None:
+        study.set_user_attr("deepslim_search", record)
+        return
+    differs = next((k for k in sorted(set(record) | set(theirs)) if record.get(k) != theirs.get(k)), None)
+    if differs is not None:
+        raise ConfigError(f"Study '{cfg.study}' in {shown(cfg.storage or 'memory')} was created for another search "
+                          f"(its {differs} is {theirs.get(differs)!r}, this one's {record.get(differs)!r}); join it "
+                          "with the same model, data and options, or give another --study name.")
 
 
 class _Objective:
@@ -142,11 +228,19 @@ class _Objective:
         self.base_val, self.deadline, self.say, self.task = base_val, deadline, say, task
         self.unit = "pt" if task.drop_unit() == "points" else "%"
         self.durations: list[float] = []
+        self.finished: list[int] = []  # trials this worker ended complete or pruned
+        self.stopped = False
 
     def __call__(self, trial) -> tuple[float, float, float]:
+        import optuna
         start = time.monotonic()
         try:
-            return self._run(trial)
+            values = self._run(trial)
+            self.finished.append(trial.number)
+            return values
+        except optuna.TrialPruned:
+            self.finished.append(trial.number)
+            raise
         finally:
             self.durations.append(time.monotonic() - start)
 
@@ -171,13 +265,14 @@ class _Objective:
             return tuple(seen.values)
         typical = sorted(self.durations)[len(self.durations) // 2] if self.durations else 0.0
         if time.monotonic() + typical > self.deadline:  # it would not finish inside --time-budget
-            trial.study.stop()
+            self.stopped = True
             trial.set_user_attr("skipped", "time budget")
             raise optuna.TrialPruned()
-        tdir = self.out / "trials" / f"{trial.number:03d}"
+        tdir = self.out / "trials" / _safe_name(cfg.study) / f"{trial.number:04d}"
         if tdir.exists():
             shutil.rmtree(tdir)
         tdir.mkdir(parents=True)
+        trial.set_user_attr("worker", worker_id())
         bundle = load_judged(self.model, cfg)
         if speedup > 1:
             screen = PruneConfig(speedup=speedup, importance=importance, finetune_epochs=cfg.screen_epochs,
@@ -195,6 +290,7 @@ class _Objective:
             bundle = pruned
         path = save_model(bundle, tdir / "model.safetensors", force=True)
         measured = self._measure(path, method, tdir)
+        measured["artifact_sha256"] = sha256_file(measured["artifact"])
         for key, value in measured.items():
             trial.set_user_attr(key, value)
         drop, latency, size = measured["val_drop_points"], measured["latency_ms"], measured["size_bytes"]
@@ -267,6 +363,19 @@ class _Objective:
                             verify=None, force=True).artifact  # timed only; the artifact that ships was checked
 
 
+def worker_id() -> str:
+    """Which worker ran a trial: host and process id."""
+    import os
+    import socket
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _safe_name(study: str) -> str:
+    """A study name as a directory name."""
+    import re
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("._") or "study"
+
+
 def _backend(cfg: SearchConfig) -> str:
     return "openvino" if cfg.target is QuantTarget.OPENVINO else "onnxruntime"
 
@@ -294,7 +403,7 @@ def _p50(artifact: Path, backend: str, input_size: int | None) -> float:
 
 
 def _finish(study, cfg: SearchConfig, out: Path, model: Path, dataset: str, baseline: dict[str, Any], start: float,
-            say: Say, task) -> SearchResult:
+            say: Say, task, worker: dict[str, Any] | None = None) -> SearchResult:
     from deepslim.tasks import metric_info
     from pipeline.search_report import moved, unit, write_report
     import optuna
@@ -317,8 +426,44 @@ def _finish(study, cfg: SearchConfig, out: Path, model: Path, dataset: str, base
     else:
         notes.append(f"no candidate met --max-accuracy-drop {cfg.max_accuracy_drop:g}")
     result = SearchResult(chosen, pareto, rows, baseline, out / "search.md", round(time.perf_counter() - start, 1),
-                          notes, timing)
+                          notes, timing, worker)
+    retimed = {str(r["number"]): {k: r[k] for k in _RETIMED_FIELDS if k in r} for r in rows if r["latency_ms"] is not None}
+    study.set_user_attr("deepslim_result", json.loads(json.dumps(
+        {"chosen": chosen, "baseline": baseline, "timing": timing, "notes": notes, "seconds": result.seconds,
+         "retimed": retimed, "config": cfg.reported()}, default=str)))
     write_report(result, cfg, out, task)
+    return result
+
+
+_RETIMED_FIELDS = ("latency_ms", "latency_spread_ms", "speedup", "within_noise", "timing_run", "timed")
+
+
+def report_only(cfg: SearchConfig, out_dir: str | Path) -> SearchResult:
+    """The report of a study rebuilt from the study alone (its trials and what the last worker to finish
+    recorded): ``out_dir/search.json``, ``search.md`` and ``pareto.png``, the same on any machine, any time."""
+    from deepslim.tasks import Task
+    from pipeline.search_report import write_report
+    if cfg.storage is None:
+        raise ConfigError("--report-only reads the study from its storage; give the --storage the workers used.")
+    study = _open_study(cfg, create=False)
+    record = study.user_attrs.get("deepslim_search")
+    if record is None:
+        raise ConfigError(f"Study '{cfg.study}' was not made by deepslim auto (it records no search).")
+    task = Task.from_json(record["task"])
+    saved = study.user_attrs.get("deepslim_result") or {}
+    cfg = replace(cfg, target=QuantTarget(record["target"]), max_accuracy_drop=record["max_accuracy_drop"],
+                  latency_size=record["latency_size"], finetune_epochs=record["finetune_epochs"])
+    rows = [_row(t, task.primary) for t in study.trials]
+    for row in rows:
+        row.update(saved.get("retimed", {}).get(str(row["number"]), {}))
+    done = any(r["state"] == "COMPLETE" for r in rows)
+    front = {t.number for t in study.best_trials} if done else set()
+    notes = saved.get("notes", ["no worker has finished its search yet, so no model is chosen"])
+    result = SearchResult(saved.get("chosen"), [r for r in rows if r["number"] in front], rows,
+                          saved.get("baseline") or {}, Path(out_dir) / "search.md", saved.get("seconds") or 0.0,
+                          list(notes), saved.get("timing"))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_report(result, cfg, Path(out_dir), task)
     return result
 
 
@@ -382,7 +527,7 @@ def _ship_chosen(row: dict[str, Any], model: Path, cfg: SearchConfig, dataset: s
     baseline["test"], reference = artifact_metrics(model, "torch", dataset, "test")
     test, _ = artifact_metrics(best, _backend(cfg), dataset, "test", reference=reference)
     row.update(test=test, test_drop_points=round(task.drop(baseline["test"], test), 3))
-    return {**row, "copied_to": str(best)}
+    return {**row, "copied_to": str(best.resolve()), "sha256": sha256_file(best)}
 
 
 def _row(trial, primary: str) -> dict[str, Any]:
@@ -393,4 +538,5 @@ def _row(trial, primary: str) -> dict[str, Any]:
             "size_bytes": attrs.get("size_bytes"), "macs": attrs.get("macs"), "artifact": attrs.get("artifact"),
             "timed": attrs.get("timed", attrs.get("artifact")), "parity": attrs.get("parity"),
             "screen_drop_points": attrs.get("screen_drop_points"), "same_as": attrs.get("same_as"),
+            "artifact_sha256": attrs.get("artifact_sha256"),
             "error": (trial.system_attrs.get("fail_reason") or "").splitlines()[-1:] or None}

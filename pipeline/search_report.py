@@ -7,7 +7,6 @@ baseline for mae/rmse/loss; :meth:`deepslim.tasks.Task.drop`), positive when the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,12 @@ def write_report(result, cfg, out: Path, task) -> None:
     """search.json, search.md and pareto.png of ``result`` (a :class:`pipeline.search.SearchResult`)."""
     from deepslim.tasks import metric_info
     label = metric_info(task.primary).label
-    data = {"config": {**asdict(cfg), "target": cfg.target.value, "primary": task.primary,
-                       "drop_unit": task.drop_unit()},
+    data = {"config": {**cfg.reported(), "primary": task.primary, "drop_unit": task.drop_unit()},
             "chosen": result.chosen, "pareto": result.pareto,
             "trials": result.trials, "baseline": result.baseline, "timing": result.timing, "seconds": result.seconds,
             "notes": result.notes}
+    if result.worker is not None:
+        data["worker"] = result.worker
     with atomic_path(out / "search.json") as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
     pareto = {r["number"] for r in result.pareto}
