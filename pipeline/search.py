@@ -31,10 +31,11 @@ from the study alone, on any machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -130,11 +131,48 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
         study.enqueue_trial(FIXED_RECIPE)
     deadline = time.monotonic() + cfg.time_budget
     objective = _Objective(model, dataset, cfg, out, base_val, deadline, say, task)
-    _optimize(study, objective, cfg)
-    baseline = {"primary": task.primary, f"val_{task.primary}": base_val[task.primary]}
-    worker = {"finished": sorted(objective.finished)}
-    say(f"this worker finished {len(objective.finished)} trial(s): {', '.join(map(str, worker['finished'])) or '-'}")
-    return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task, worker)
+    with _storage_errors(cfg):
+        _optimize(study, objective, cfg)
+        baseline = {"primary": task.primary, f"val_{task.primary}": base_val[task.primary]}
+        worker = {"finished": sorted(objective.finished)}
+        say(f"this worker finished {len(objective.finished)} trial(s): "
+            f"{', '.join(map(str, worker['finished'])) or '-'}")
+        return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task, worker)
+
+
+@contextlib.contextmanager
+def _storage_errors(cfg: SearchConfig) -> Iterator[None]:
+    """The database going away mid-search (SQLAlchemy's or the driver's errors) as one sentence. Optuna's
+    heartbeat thread meets the same error first; it is left to the main thread to say, not printed."""
+    import threading
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if _database_cause(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    except Exception as exc:
+        cause = _database_cause(exc)
+        if cause is None:
+            raise
+        from pipeline.storage import storage_error
+        raise storage_error(cfg.storage or "", cause) from exc
+    finally:
+        threading.excepthook = default
+
+
+def _database_cause(exc: BaseException | None) -> BaseException | None:
+    """The database error ``exc`` is, or arose from (Optuna 5 can turn a failed tell into an UnboundLocalError
+    whose context is the database's error)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def _optimize(study, objective: _Objective, cfg: SearchConfig) -> None:

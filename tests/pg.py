@@ -33,9 +33,18 @@ def binaries() -> Path | None:
 @dataclass(frozen=True)
 class Server:
     port: int
+    data: Path | None = None
+    prefix: tuple[str, ...] = ()
+    bindir: Path | None = None
 
     def url(self, *, password: str = PASSWORD, port: int | None = None) -> str:
         return f"postgresql://{USER}:{password}@127.0.0.1:{port or self.port}/{DATABASE}"
+
+
+def stop(server: Server) -> None:
+    """Stop ``server`` at once (as a crash would), before its context ends."""
+    subprocess.run([*server.prefix, str(server.bindir / "pg_ctl"), "-D", str(server.data), "-m", "immediate", "-w",
+                    "stop"], capture_output=True, timeout=60)
 
 
 def free_port() -> int:
@@ -67,7 +76,7 @@ def server():
             "--no-sync")
         run(bindir / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60", "-o",
             f"-p {port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c max_connections=60", "start")
-        yield Server(port)
+        yield Server(port, data, tuple(prefix), bindir)
     except subprocess.CalledProcessError as exc:
         tail = log.read_text()[-2000:] if log.exists() else ""
         raise RuntimeError(f"PostgreSQL did not start: {exc.stderr or exc.stdout}\n{tail}") from exc

@@ -157,3 +157,21 @@ def test_report_only_without_a_storage_or_for_a_missing_study(server, tmp_path, 
     assert_clean_failure(result, ["--report-only", "--storage"], before=before, root=tmp_path, output="out")
     result = invoke(["auto", "--report-only", "--storage", server.url(), "--study", "never-made", "-o", "out"])
     assert_clean_failure(result, ["no study 'never-made'"], before=before, root=tmp_path, output="out")
+
+
+def test_the_database_going_away_mid_search_is_one_sentence(model, tmp_path):
+    """A server of its own, stopped while the worker's first trial runs: the worker ends with one sentence."""
+    with pg.server() as own:
+        url = own.url()
+        proc = subprocess.Popen(_worker(model, url, "gone", tmp_path / "w"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not any(t.state.name == "RUNNING" and "worker" in t.user_attrs for t in _safe_trials(url, "gone")):
+            assert time.time() < deadline and proc.poll() is None, "the worker never started a trial"
+            time.sleep(0.2)
+        _storage(url).engine.dispose()
+        pg.stop(own)
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and lines[-1].startswith("error: ") and "postgresql://deepslim:***@" in lines[-1]
