@@ -1,7 +1,10 @@
 """Data-parallel training under ``torchrun``: the process group, sharding and cross-rank reductions.
 
 The same command runs alone or under ``torchrun --nproc-per-node N`` (one process per GPU
-with NCCL, or CPU processes with gloo). Every rank trains on its shard of each epoch; metrics
+with NCCL, or CPU processes with gloo), on one node or several (``--nnodes``, a c10d
+rendezvous). When torchrun's elastic agent restarts the group after a rank died
+(``--max-restarts``), training carries on from rank 0's last epoch checkpoint, which every
+rank reads: the checkpoint directory must be one they share. Every rank trains on its shard of each epoch; metrics
 are computed from predictions gathered across ranks, so every rank takes the same decisions
 (best epoch, early stop) and only rank 0 writes files.
 """
@@ -44,6 +47,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def restarts() -> int:
+    """How many times torchrun's elastic agent has restarted this worker group (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) if launched() else 0
+
+
 def context() -> DistContext:
     """This process's place in the process group (rank 0 of 1 when there is none)."""
     import torch.distributed as dist
@@ -70,9 +78,20 @@ def setup(device: str = "auto") -> DistContext:
         cuda = device != "cpu" and not device.startswith("mps") and torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if cuda else "gloo")
+        _init_group("nccl" if cuda else "gloo")
         atexit.register(_teardown)
     return context()
+
+
+def _init_group(backend: str) -> None:
+    """``init_process_group`` from torchrun's environment, its keys under a prefix of the restart count: after
+    an elastic restart the store still holds the dead workers' addresses, and without the prefix the new
+    ones would try to connect to those."""
+    import torch.distributed as dist
+    from torch.distributed.rendezvous import rendezvous
+    store, rank, world_size = next(rendezvous("env://"))
+    store = dist.PrefixStore(f"deepslim/attempt_{restarts()}", store)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
 
 
 def _teardown() -> None:

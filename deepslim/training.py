@@ -24,7 +24,7 @@ from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import aspect_note, collate_for, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
-from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, setup
+from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarts, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
@@ -227,13 +227,17 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     judge = Judge(task, signature, cfg.label_smoothing)
     loss_fn = loss_fn or judge.loss_fn
     state, first_epoch, best = FitResult(), 0, cpu_state(model)
+    if not resume and checkpoint is not None and restarts() and checkpoint.is_file():
+        resume = True  # torchrun restarted the group after a rank died: carry on from rank 0's last epoch
+        _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers (restart {restarts()}); resumed "
+                                                f"from {checkpoint.name} after epoch {_checkpoint_epoch(checkpoint)}")
     if keep_start and not resume:
         state.best_val_top1 = start_val_top1 if start_val_top1 is not None else \
             judge.validate(model, val_ds, cfg, device)["val_score"]
     if resume:
         data = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
         state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"],
-                          list(data.get("notes", [])))
+                          list(data.get("notes", [])) + [n for n in state.notes if n not in data.get("notes", [])])
         first_epoch, best = int(data["epoch"]), data["best"]
     guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, _noter(state, progress and ctx.is_main),
                            read=judge.class_logits)
@@ -264,6 +268,13 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
+
+
+def _checkpoint_epoch(path: Path) -> int | str:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:  # load_checkpoint says what is wrong with it
+        return "?"
 
 
 def _noter(state: FitResult, show: bool) -> Callable[[str], None]:

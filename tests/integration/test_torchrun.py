@@ -1,0 +1,92 @@
+"""`compress distill` under torchrun on CPU (gloo): two processes on one node, two "nodes" on 127.0.0.1 (two
+launches with ``--nnodes 2`` and a c10d rendezvous) giving the same metrics as the one-node run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli_contract import ok
+from deepslim.models import load_model, save_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DISTILL = ["compress", "distill", "--student", "small_cnn", "--arch-kwargs", '{"width": 8}', "--epochs", "4",
+           "--batch-size", "32", "--device", "cpu", "--quiet"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, trained_cnn) -> Path:
+    return save_model(trained_cnn, tmp_path_factory.mktemp("torchrun") / "teacher.safetensors")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node(teacher: Path, out: Path, port: int, *extra: str) -> list[str]:
+    """One "node": torchrun with one process, joining a two-node c10d rendezvous on 127.0.0.1:port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "deepslim-test", *extra,
+            str(ROOT / "cli.py"), *DISTILL, "--teacher", str(teacher), "-o", str(out)]
+
+
+def _two_nodes(teacher: Path, out: Path, *extra: str) -> None:
+    port = _free_port()
+    logs = [out.with_name(f"{out.name}.node{i}.log") for i in range(2)]  # files: a full pipe would block torchrun
+    nodes = []
+    for log in logs:
+        with log.open("w") as fh:
+            nodes.append(subprocess.Popen(_node(teacher, out, port, *extra), stdout=fh, stderr=subprocess.STDOUT,
+                                          text=True, cwd=out.parent, env=ENV))
+    try:
+        for node, log in zip(nodes, logs):
+            node.wait(timeout=600)
+            assert node.returncode == 0, log.read_text()[-3000:]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+
+
+def _metrics(path: Path) -> tuple[dict, list]:
+    record = load_model(path).lineage[-1]
+    return record.metrics["test"], [row["val_top1"] for row in record.metrics["history"]]
+
+
+@pytest.fixture(scope="module")
+def one_node(teacher) -> Path:
+    out = teacher.parent / "one-node" / "ddp.safetensors"
+    out.parent.mkdir()
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            str(ROOT / "cli.py"), *DISTILL, "--teacher", str(teacher), "-o", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=out.parent, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("student after") == 1, done.stdout  # rank 1 prints nothing
+    return out
+
+
+def test_two_processes_on_one_node_write_one_valid_bundle(one_node):
+    record = load_model(one_node).lineage[-1]
+    assert record.stage == "distill" and len(record.metrics["history"]) == 4
+    assert record.metrics["test"]["top1"] >= 0.75, record.metrics["test"]
+    assert sorted(p.name for p in one_node.parent.iterdir()) == ["ddp.safetensors"]  # the checkpoint is gone
+    # every rank validated and tested the same model as the one rank 0 saved (BatchNorm statistics
+    # included): ROC-AUC moves with any logit, so it would show a rank whose model differs
+    evaluated = json.loads(ok(["eval", one_node, "--json"]).stdout)["metrics"]
+    for key in ("top1", "top5", "roc_auc_macro", "ap_macro"):
+        assert evaluated[key] == pytest.approx(record.metrics["test"][key], abs=1e-9), key
+
+
+def test_two_nodes_give_the_metrics_of_one_node_with_two_processes(teacher, one_node, tmp_path):
+    out = tmp_path / "two-nodes.safetensors"
+    _two_nodes(teacher, out)
+    assert _metrics(out) == _metrics(one_node)
