@@ -227,18 +227,20 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     judge = Judge(task, signature, cfg.label_smoothing)
     loss_fn = loss_fn or judge.loss_fn
     state, first_epoch, best = FitResult(), 0, cpu_state(model)
-    if not resume and checkpoint is not None and restarts() and checkpoint.is_file():
-        resume = True  # torchrun restarted the group after a rank died: carry on from rank 0's last epoch
-        _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers (restart {restarts()}); resumed "
-                                                f"from {checkpoint.name} after epoch {_checkpoint_epoch(checkpoint)}")
+    # torchrun restarted the group after a rank died: carry on from rank 0's last epoch
+    restarted = not resume and checkpoint is not None and bool(restarts()) and checkpoint.is_file()
+    resume = resume or restarted
     if keep_start and not resume:
         state.best_val_top1 = start_val_top1 if start_val_top1 is not None else \
             judge.validate(model, val_ds, cfg, device)["val_score"]
     if resume:
         data = load_checkpoint(checkpoint, model, optimizer, scheduler, cfg, identity, ctx)
         state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"],
-                          list(data.get("notes", [])) + [n for n in state.notes if n not in data.get("notes", [])])
+                          list(data.get("notes", [])))
         first_epoch, best = int(data["epoch"]), data["best"]
+        if restarted:
+            _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers (restart {restarts()}); "
+                                                    f"resumed from {checkpoint.name} after epoch {first_epoch}")
     guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, _noter(state, progress and ctx.is_main),
                            read=judge.class_logits)
     net = _data_parallel(model, device) if ctx.enabled else model
@@ -268,13 +270,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
-
-
-def _checkpoint_epoch(path: Path) -> int | str:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # load_checkpoint says what is wrong with it
-        return "?"
 
 
 def _noter(state: FitResult, show: bool) -> Callable[[str], None]:
