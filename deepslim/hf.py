@@ -155,8 +155,6 @@ def custom_class(code: Any, auto_map: Any, auto_name: str, *, trust_code: bool =
     checked directory."""
     directory = checked_code(code, trust_code=trust_code)
     ref = auto_map.get(auto_name) if isinstance(auto_map, dict) else None
-    if isinstance(ref, (list, tuple)):  # tokenizers map to [slow, fast]
-        ref = next((r for r in ref if r), None)
     if not isinstance(ref, str) or "--" in ref:
         raise ModelError(f"The config's auto_map names no local {auto_name} class in {directory}"
                          + (" (it points to another repository)" if isinstance(ref, str) else "") + ".")
