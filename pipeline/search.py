@@ -31,18 +31,18 @@ from the study alone, on any machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from compress.options import QuantTarget
-from deepslim.errors import BackendMissingError, ConfigError, first_line
+from deepslim.errors import BackendMissingError, ConfigError
 from deepslim.fileio import atomic_path, sha256_file
+from pipeline.storage import open_study, storage_errors
 
 Say = Callable[[str], None]
 SPEEDUPS = (1.0, 1.5, 2.0, 3.0)
@@ -125,54 +125,20 @@ def search(model: Path, dataset: str, cfg: SearchConfig, out_dir: str | Path, *,
     base_val = evaluate(bundle, dataset, split="val").metrics  # a model that cannot load writes nothing
     task = bundle.task
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported in search.md
-    study = _open_study(cfg, _search_record(Path(model), dataset, cfg, task))
+    study = open_study(cfg.storage_config(), cfg.study, seed=cfg.seed,
+                       record=_search_record(Path(model), dataset, cfg, task))
     (out / "trials").mkdir(parents=True, exist_ok=True)
     if not study.trials:
         study.enqueue_trial(FIXED_RECIPE)
     deadline = time.monotonic() + cfg.time_budget
     objective = _Objective(model, dataset, cfg, out, base_val, deadline, say, task)
-    with _storage_errors(cfg):
+    with storage_errors(cfg.storage):
         _optimize(study, objective, cfg)
         baseline = {"primary": task.primary, f"val_{task.primary}": base_val[task.primary]}
         worker = {"finished": sorted(objective.finished)}
         say(f"this worker finished {len(objective.finished)} trial(s): "
             f"{', '.join(map(str, worker['finished'])) or '-'}")
         return _finish(study, cfg, out, Path(model), dataset, baseline, start, say, task, worker)
-
-
-@contextlib.contextmanager
-def _storage_errors(cfg: SearchConfig) -> Iterator[None]:
-    """The database going away mid-search (SQLAlchemy's or the driver's errors) as one sentence. Optuna's
-    heartbeat thread meets the same error first; it is left to the main thread to say, not printed."""
-    import threading
-    default = threading.excepthook
-
-    def hook(args) -> None:
-        if _database_cause(args.exc_value) is None:
-            default(args)
-
-    threading.excepthook = hook
-    try:
-        yield
-    except Exception as exc:
-        cause = _database_cause(exc)
-        if cause is None:
-            raise
-        from pipeline.storage import storage_error
-        raise storage_error(cfg.storage or "", cause) from exc
-    finally:
-        threading.excepthook = default
-
-
-def _database_cause(exc: BaseException | None) -> BaseException | None:
-    """The database error ``exc`` is, or arose from (Optuna 5 can turn a failed tell into an UnboundLocalError
-    whose context is the database's error)."""
-    seen = 0
-    while exc is not None and seen < 8:
-        if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):
-            return exc
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return None
 
 
 def _optimize(study, objective: _Objective, cfg: SearchConfig) -> None:
@@ -208,55 +174,6 @@ def load_judged(model: Path, cfg: SearchConfig):
     from deepslim.models import load_model
     bundle = load_model(model)
     return replace(bundle, task=bundle.task.with_primary(cfg.primary_metric)) if cfg.primary_metric else bundle
-
-
-def _open_study(cfg: SearchConfig, record: dict[str, Any] | None = None, *, create: bool = True):
-    """Create or join the study (``create=False``: it must exist). Workers starting together race to create
-    the storage's tables; the loser waits and joins. A study made for another search is refused."""
-    import random
-
-    import optuna
-    from pipeline.storage import open_storage, shown, storage_error
-    for attempt in range(8):
-        try:
-            storage = open_storage(cfg.storage_config())
-            if not create:
-                study = optuna.load_study(study_name=cfg.study, storage=storage)
-            else:
-                study = optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=storage,
-                                            study_name=cfg.study, load_if_exists=True,
-                                            sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed))
-            break
-        except ConfigError as exc:  # open_storage's sentence; a generic one may be the race, so try again
-            if attempt == 7 or "Cannot open the Optuna storage" not in str(exc):
-                raise
-        except KeyError as exc:  # load_study: no such study
-            raise ConfigError(f"There is no study '{cfg.study}' in {shown(cfg.storage or 'memory')}; name one the "
-                              "workers ran (--study).") from exc
-        except ValueError as exc:  # the study exists with other directions: another program's
-            raise ConfigError(f"Study '{cfg.study}' in {shown(cfg.storage or 'memory')} is not a deepslim auto "
-                              f"study ({first_line(exc)}); give another --study name.") from exc
-        except Exception as exc:  # SQLAlchemy raises several types while another worker sets the storage up
-            error = storage_error(cfg.storage or "", exc)
-            if attempt == 7 or "Cannot open the Optuna storage" not in str(error):
-                raise error from exc
-        time.sleep(0.5 + random.random())
-    if record is not None:
-        _check_record(study, record, cfg)
-    return study
-
-
-def _check_record(study, record: dict[str, Any], cfg: SearchConfig) -> None:
-    from pipeline.storage import shown
-    theirs = study.user_attrs.get("deepslim_search")
-    if theirs is None:
-        study.set_user_attr("deepslim_search", record)
-        return
-    differs = next((k for k in sorted(set(record) | set(theirs)) if record.get(k) != theirs.get(k)), None)
-    if differs is not None:
-        raise ConfigError(f"Study '{cfg.study}' in {shown(cfg.storage or 'memory')} was created for another search "
-                          f"(its {differs} is {theirs.get(differs)!r}, this one's {record.get(differs)!r}); join it "
-                          "with the same model, data and options, or give another --study name.")
 
 
 class _Objective:
@@ -483,7 +400,7 @@ def report_only(cfg: SearchConfig, out_dir: str | Path) -> SearchResult:
     from pipeline.search_report import write_report
     if cfg.storage is None:
         raise ConfigError("--report-only reads the study from its storage; give the --storage the workers used.")
-    study = _open_study(cfg, create=False)
+    study = open_study(cfg.storage_config(), cfg.study, create=False)
     record = study.user_attrs.get("deepslim_search")
     if record is None:
         raise ConfigError(f"Study '{cfg.study}' was not made by deepslim auto (it records no search).")

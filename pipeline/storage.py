@@ -1,4 +1,4 @@
-"""Where `deepslim auto` keeps its study: an Optuna storage named by ``--storage``.
+"""Where `deepslim auto` keeps its study: an Optuna storage named by ``--storage``, and the study in it.
 
 - none: in memory, one worker.
 - ``sqlite:///search.db``: workers on one machine. SQLite locks the whole file, and over a network file
@@ -18,6 +18,9 @@ with its password hidden.
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,3 +128,86 @@ def storage_error(url: str, exc: BaseException) -> ConfigError:
     if "No module named" in text:
         return ConfigError(f"Cannot open {where}: its driver is not installed ({first_line(exc)}).")
     return ConfigError(f"Cannot open the Optuna storage {where}: {first_line(exc)}.")
+
+
+def open_study(storage: StorageConfig, name: str, *, seed: int = 0, record: dict[str, Any] | None = None,
+               create: bool = True):
+    """Create or join the `deepslim auto` study ``name`` (``create=False``: it must exist). Workers starting
+    together race to create the storage's tables; the loser waits and joins. With ``record`` (what the
+    search searches), a study made for another search is refused."""
+    import random
+
+    import optuna
+    where = shown(storage.url or "memory")
+    for attempt in range(8):
+        try:
+            opened = open_storage(storage)
+            if not create:
+                study = optuna.load_study(study_name=name, storage=opened)
+            else:
+                study = optuna.create_study(directions=["minimize", "minimize", "minimize"], storage=opened,
+                                            study_name=name, load_if_exists=True,
+                                            sampler=optuna.samplers.NSGAIISampler(seed=seed))
+            break
+        except ConfigError as exc:  # open_storage's sentence; a generic one may be the race, so try again
+            if attempt == 7 or "Cannot open the Optuna storage" not in str(exc):
+                raise
+        except KeyError as exc:  # load_study: no such study
+            raise ConfigError(f"There is no study '{name}' in {where}; name one the workers ran (--study).") from exc
+        except ValueError as exc:  # the study exists with other directions: another program's
+            raise ConfigError(f"Study '{name}' in {where} is not a deepslim auto study ({first_line(exc)}); give "
+                              "another --study name.") from exc
+        except Exception as exc:  # SQLAlchemy raises several types while another worker sets the storage up
+            error = storage_error(storage.url or "", exc)
+            if attempt == 7 or "Cannot open the Optuna storage" not in str(error):
+                raise error from exc
+        time.sleep(0.5 + random.random())
+    if record is not None:
+        _check_record(study, record, name, where)
+    return study
+
+
+def _check_record(study, record: dict[str, Any], name: str, where: str) -> None:
+    theirs = study.user_attrs.get("deepslim_search")
+    if theirs is None:
+        study.set_user_attr("deepslim_search", record)
+        return
+    differs = next((k for k in sorted(set(record) | set(theirs)) if record.get(k) != theirs.get(k)), None)
+    if differs is not None:
+        raise ConfigError(f"Study '{name}' in {where} was created for another search (its {differs} is "
+                          f"{theirs.get(differs)!r}, this one's {record.get(differs)!r}); join it with the same "
+                          "model, data and options, or give another --study name.")
+
+
+@contextlib.contextmanager
+def storage_errors(url: str | None) -> Iterator[None]:
+    """The database going away mid-search (SQLAlchemy's or the driver's errors) as one sentence. Optuna's
+    heartbeat thread meets the same error first; it is left to the main thread to say, not printed."""
+    import threading
+    default = threading.excepthook
+
+    def hook(args) -> None:
+        if _database_cause(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    except Exception as exc:
+        cause = _database_cause(exc)
+        if cause is None:
+            raise
+        raise storage_error(url or "", cause) from exc
+    finally:
+        threading.excepthook = default
+
+
+def _database_cause(exc: BaseException | None) -> BaseException | None:
+    """The database error ``exc`` is, or arose from (Optuna 5 can turn a failed tell into an UnboundLocalError
+    whose context is the database's error)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if type(exc).__module__.split(".")[0] in ("sqlalchemy", "psycopg", "sqlite3"):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
