@@ -37,16 +37,19 @@ def _workers(model: Path, url: str, study: str, n: int, seconds: float, out: Pat
     return time.perf_counter() - start
 
 
+def _study_trials(out: Path, study: str, n: int) -> list[dict]:
+    """The study's trials as the last worker to finish reported them (its search.json lists them all)."""
+    reports = [json.loads((out / f"{study}-w{i}" / "search.json").read_text()) for i in range(n)]
+    return max((r["trials"] for r in reports), key=len)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=240.0, help="each worker's --time-budget")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-search-workers"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
-    import optuna
     import pg
-
-    from pipeline.storage import sqlalchemy_url
     args.out.mkdir(parents=True, exist_ok=True)
     model = args.out / "base.safetensors"
     if not model.exists():
@@ -54,14 +57,12 @@ def main() -> None:
                  '{"width": 16}', "--epochs", "3", "--quiet", "-o", str(model))
     rows = []
     with pg.server() as server:
-        url = server.url()
-        storage = optuna.storages.RDBStorage(sqlalchemy_url(url))
         for study, n in (("one", 1), ("two", 2)):
-            wall = _workers(model, url, study, n, args.seconds, args.out)
-            trials = optuna.load_study(study_name=study, storage=storage).trials
-            finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+            wall = _workers(model, server.url(), study, n, args.seconds, args.out)
+            trials = _study_trials(args.out, study, n)
+            finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
             rows.append({"workers": n, "wall_s": round(wall, 1), "finished": len(finished),
-                         "failed": sum(t.state.name == "FAIL" for t in trials),
+                         "failed": sum(t["state"] == "FAIL" for t in trials),
                          "trials_per_hour": round(3600 * len(finished) / wall, 1)})
             print(f"{n} worker(s): {len(finished)} trials finished in {wall:.0f} s = "
                   f"{rows[-1]['trials_per_hour']:.1f} trials/hour")
