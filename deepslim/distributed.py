@@ -15,6 +15,7 @@ import atexit
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,8 +49,29 @@ def launched() -> bool:
 
 
 def restarts() -> int:
-    """How many times torchrun's elastic agent has restarted this worker group (``--max-restarts``)."""
+    """How many times torchrun's elastic agent of this node has restarted its workers after a failure
+    (``--max-restarts``); an agent that restarts healthy workers because another node failed does not count it."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) if launched() else 0
+
+
+def restarted_from(checkpoint: Path | None, ctx: DistContext) -> bool:
+    """Whether this start of the group follows an elastic restart and must carry on from ``checkpoint``.
+
+    Every rank gets the same answer: the group was restarted when any node's agent counted a restart, and
+    there is something to carry on from when the checkpoint (rank 0's, in a directory every rank shares)
+    is there."""
+    if not ctx.enabled or checkpoint is None:
+        return False
+    seen = checkpoint.is_file()
+    any_restart, ranks_seeing = all_sum([float(restarts() > 0), float(seen)], ctx)
+    if not any_restart or not ranks_seeing:
+        return False
+    if ranks_seeing < ctx.world_size:
+        from deepslim.errors import ConfigError
+        raise ConfigError(f"torchrun restarted the workers, but {ctx.world_size - int(ranks_seeing)} of "
+                          f"{ctx.world_size} ranks cannot see the checkpoint {checkpoint}; put the output on a "
+                          "directory every node shares.")
+    return True
 
 
 def context() -> DistContext:
@@ -84,14 +106,55 @@ def setup(device: str = "auto") -> DistContext:
 
 
 def _init_group(backend: str) -> None:
-    """``init_process_group`` from torchrun's environment, its keys under a prefix of the restart count: after
-    an elastic restart the store still holds the dead workers' addresses, and without the prefix the new
-    ones would try to connect to those."""
+    """``init_process_group`` from torchrun's environment, its keys under a prefix that this round of workers
+    alone shares (:func:`_round_prefix`)."""
     import torch.distributed as dist
     from torch.distributed.rendezvous import rendezvous
     store, rank, world_size = next(rendezvous("env://"))
-    store = dist.PrefixStore(f"deepslim/attempt_{restarts()}", store)
+    store = dist.PrefixStore(_round_prefix(store, rank, world_size), store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+
+
+def _round_prefix(store, rank: int, world_size: int, timeout: float = 1800.0) -> str:
+    """A key prefix that every worker of this start of the group agrees on, and no earlier start used.
+
+    torchrun's agents keep one store for the whole job: after an elastic restart it still holds the dead
+    workers' gloo/NCCL addresses, and the new workers would connect to those. The restart count cannot name
+    the round: an agent whose own workers were healthy restarts them for a failed node without counting a
+    restart. So rank 0 draws a fresh token and hands it to each other rank in answer to a nonce that rank
+    drew; a rank acknowledges under the token, and rank 0 waits for every acknowledgement. Keys left by
+    dead workers are never waited on, since each names a nonce or token nobody draws again."""
+    import secrets
+    import time
+    from datetime import timedelta
+    if rank != 0:
+        nonce = secrets.token_hex(8)
+        store.set(f"deepslim/ask/{rank}", nonce)
+        try:
+            store.wait([f"deepslim/answer/{nonce}"], timedelta(seconds=timeout))
+        except RuntimeError as exc:  # DistStoreError: rank 0 never came
+            from deepslim.errors import ConfigError
+            raise ConfigError(f"Rank {rank} heard nothing from rank 0 within {timeout:.0f} s.") from exc
+        token = store.get(f"deepslim/answer/{nonce}").decode()
+        store.set(f"deepslim/{token}/ack/{rank}", "1")
+        return f"deepslim/{token}"
+    token, answered, deadline = secrets.token_hex(8), set(), time.monotonic() + timeout
+    waiting = set(range(1, world_size))
+    while waiting:
+        for other in sorted(waiting):
+            if store.check([f"deepslim/ask/{other}"]):
+                nonce = store.get(f"deepslim/ask/{other}").decode()
+                if nonce not in answered:  # a stale question from a dead worker is answered too, harmlessly
+                    store.set(f"deepslim/answer/{nonce}", token)
+                    answered.add(nonce)
+            if store.check([f"deepslim/{token}/ack/{other}"]):
+                waiting.discard(other)
+        if time.monotonic() > deadline:
+            from deepslim.errors import ConfigError
+            raise ConfigError(f"Ranks {sorted(waiting)} did not join the process group within {timeout:.0f} s.")
+        if waiting:
+            time.sleep(0.02)
+    return f"deepslim/{token}"
 
 
 def _teardown() -> None:

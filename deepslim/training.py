@@ -24,7 +24,7 @@ from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import aspect_note, collate_for, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
-from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarts, setup
+from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarted_from, setup
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
@@ -228,7 +228,7 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     loss_fn = loss_fn or judge.loss_fn
     state, first_epoch, best = FitResult(), 0, cpu_state(model)
     # torchrun restarted the group after a rank died: carry on from rank 0's last epoch
-    restarted = not resume and checkpoint is not None and bool(restarts()) and checkpoint.is_file()
+    restarted = not resume and restarted_from(checkpoint, ctx)
     resume = resume or restarted
     if keep_start and not resume:
         state.best_val_top1 = start_val_top1 if start_val_top1 is not None else \
@@ -239,8 +239,8 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
                           list(data.get("notes", [])))
         first_epoch, best = int(data["epoch"]), data["best"]
         if restarted:
-            _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers (restart {restarts()}); "
-                                                    f"resumed from {checkpoint.name} after epoch {first_epoch}")
+            _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers after a failure; resumed "
+                                                    f"from {checkpoint.name} after epoch {first_epoch}")
     guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, _noter(state, progress and ctx.is_main),
                            read=judge.class_logits)
     net = _data_parallel(model, device) if ctx.enabled else model

@@ -1,13 +1,16 @@
 """`compress distill` under torchrun on CPU (gloo): two processes on one node, two "nodes" on 127.0.0.1 (two
-launches with ``--nnodes 2`` and a c10d rendezvous) giving the same metrics as the one-node run."""
+launches with ``--nnodes 2`` and a c10d rendezvous) giving the same metrics as the one-node run, and the same
+again when one node's worker is SIGKILLed mid-epoch and torchrun's elastic agents restart the group."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +42,9 @@ def _node(teacher: Path, out: Path, port: int, *extra: str) -> list[str]:
             str(ROOT / "cli.py"), *DISTILL, "--teacher", str(teacher), "-o", str(out)]
 
 
-def _two_nodes(teacher: Path, out: Path, *extra: str) -> None:
+def _two_nodes(teacher: Path, out: Path, *extra: str, kill_after_checkpoint: bool = False) -> list[str]:
+    """Run both nodes to the end; with ``kill_after_checkpoint``, SIGKILL node 1's worker once rank 0 has
+    written its first epoch checkpoint. The nodes' logs."""
     port = _free_port()
     logs = [out.with_name(f"{out.name}.node{i}.log") for i in range(2)]  # files: a full pipe would block torchrun
     nodes = []
@@ -48,6 +53,8 @@ def _two_nodes(teacher: Path, out: Path, *extra: str) -> None:
             nodes.append(subprocess.Popen(_node(teacher, out, port, *extra), stdout=fh, stderr=subprocess.STDOUT,
                                           text=True, cwd=out.parent, env=ENV))
     try:
+        if kill_after_checkpoint:
+            _kill_worker_after(out.with_name(out.name + ".ckpt"), nodes[1])
         for node, log in zip(nodes, logs):
             node.wait(timeout=600)
             assert node.returncode == 0, log.read_text()[-3000:]
@@ -55,6 +62,19 @@ def _two_nodes(teacher: Path, out: Path, *extra: str) -> None:
         for node in nodes:
             if node.poll() is None:
                 node.kill()
+    return [log.read_text() for log in logs]
+
+
+def _kill_worker_after(checkpoint: Path, agent: subprocess.Popen) -> None:
+    """SIGKILL the worker process(es) of torchrun ``agent`` (its children) as soon as ``checkpoint`` exists."""
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline and agent.poll() is None, "no epoch checkpoint was written"
+        time.sleep(0.02)
+    workers = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert workers, "torchrun's worker had already ended"
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
 
 
 def _metrics(path: Path) -> tuple[dict, list]:
@@ -90,3 +110,14 @@ def test_two_nodes_give_the_metrics_of_one_node_with_two_processes(teacher, one_
     out = tmp_path / "two-nodes.safetensors"
     _two_nodes(teacher, out)
     assert _metrics(out) == _metrics(one_node)
+
+
+def test_a_worker_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_uninterrupted(teacher, one_node, tmp_path):
+    out = tmp_path / "elastic.safetensors"
+    _node0, node1 = _two_nodes(teacher, out, "--max-restarts", "1", kill_after_checkpoint=True)
+    assert "exitcode: -9" in node1  # torchrun saw its worker die...
+    notes = load_model(out).lineage[-1].metrics["notes"]
+    resumed = [n for n in notes if n.startswith("torchrun restarted the workers after a failure; resumed from")]
+    assert len(resumed) == 1 and not resumed[0].endswith("after epoch 4"), notes  # ...mid-run, and both resumed
+    assert _metrics(out) == _metrics(one_node)
+    assert sorted(p.name for p in out.parent.iterdir() if not p.name.endswith(".log")) == ["elastic.safetensors"]
