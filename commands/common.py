@@ -93,6 +93,9 @@ Augment = Annotated[AugmentPolicy, typer.Option(
     "--augment", help="Training augmentation: none; light (small shifts, scaling and rotation, no flips: safe for "
     "digits and text); standard (random resized crops and horizontal flips, for natural photos).")]
 Accumulate = Annotated[int, typer.Option(help="Gradient accumulation: one optimizer step every N batches.")]
+SyncBN = Annotated[bool, typer.Option(
+    "--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm) while training; "
+    "the saved model keeps plain BatchNorm. Refused on CPU, where PyTorch's SyncBatchNorm does not run.")]
 Seed = Annotated[int, typer.Option(help="Random seed (data order, augmentation, initialisation).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT.ckpt (written after every epoch) "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Accumulate, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
+from commands.common import (Accumulate, SyncBN, Arch, ArchKwargs, Augment, BatchSize, Channels, Dataset, Device, Epochs,
                              FeatureColumns, Force, InputSize, LabelColumn, TextColumn, LabelSmoothing, Lr, Mean, Model, Momentum,
                              Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption, TaskOutput,
                              TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers, choose_data,
@@ -72,7 +72,7 @@ def prune_cmd(
     arch: Arch = None, weights: Weights = None, arch_kwargs: ArchKwargs = None, trust_pickle: TrustPickle = False,
     trust_code: TrustCode = False, input_size: InputSize = None, channels: Channels = None, mean: Mean = None,
     std: Std = None, task_output: TaskOutput = None,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0, sync_bn: SyncBN = False,
     force: Force = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -93,7 +93,7 @@ def prune_cmd(
                       max_layer_ratio=max_layer_ratio, ignore=layers, finetune_epochs=finetune_epochs,
                       finetune_lr=finetune_lr, recover=recover, temperature=temperature, alpha=alpha,
                       sparsity_train_epochs=sparsity_train_epochs, seed=seed, head_ratio=head_ratio, depth=depth,
-                      finetune_optimizer=finetune_optimizer)
+                      finetune_optimizer=finetune_optimizer, sync_bn=sync_bn)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors", directory=True) \
         if output else None
@@ -206,8 +206,8 @@ def distill_cmd(
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
     warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
-    accumulate: Accumulate = 1, seed: Seed = 0, device: Device = "auto", workers: Workers = 0,
-    resume: Resume = False, force: Force = False, quiet: Quiet = False,
+    accumulate: Accumulate = 1, sync_bn: SyncBN = False, seed: Seed = 0, device: Device = "auto",
+    workers: Workers = 0, resume: Resume = False, force: Force = False, quiet: Quiet = False,
 ) -> None:
     """Train a smaller student to match a teacher (Hinton KD, optional feature distillation).
 
@@ -222,7 +222,7 @@ def distill_cmd(
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                             weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                             label_smoothing=label_smoothing, augment=augment, seed=seed, device=device,
-                            num_workers=workers, accumulate=accumulate)
+                            num_workers=workers, accumulate=accumulate, sync_bn=sync_bn)
     if attention_loss not in ("kl", "mse"):
         raise ConfigError(f"--attention-loss must be kl or mse, got '{attention_loss}'.")
     cfg = DistillConfig(temperature=temperature, alpha=alpha, feature_pairs=parse_feature_pairs(feature_pairs),

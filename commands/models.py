@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from commands.common import (Accumulate, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
+from commands.common import (Accumulate, SyncBN, Arch, ArchKwargs, AsJson, Augment, BatchSize, Channels, Dataset, Device,
                              Epochs, FeatureColumns, Force, MaxLength, Tokenizer, InputSize, LabelColumn, TextColumn, LabelSmoothing, Lr, Mean, Model,
                              Momentum, Optim, PrimaryMetric, Quiet, Resume, Sched, Seed, Severity, Std, TaskOption,
                              TaskOutput, TrustCode, TrustPickle, WarmupEpochs, WeightDecay, Weights, Workers,
@@ -41,7 +41,7 @@ def train(
     epochs: Epochs = 10, batch_size: BatchSize = 64, lr: Lr = None, optimizer: Optim = OptimizerKind.SGD,
     momentum: Momentum = 0.9, weight_decay: WeightDecay = 5e-4, schedule: Sched = Schedule.COSINE,
     warmup_epochs: WarmupEpochs = None, label_smoothing: LabelSmoothing = 0.0, augment: Augment = AugmentPolicy.LIGHT,
-    accumulate: Accumulate = 1,
+    accumulate: Accumulate = 1, sync_bn: SyncBN = False,
     init: Annotated[Init, typer.Option(help="Re-initialise Conv/Linear weights before training.")] = Init.DEFAULT,
     freeze_backbone: Annotated[bool, typer.Option(
         "--freeze-backbone", help="Train only the classifier head (transfer learning).")] = False,
@@ -61,7 +61,7 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
                       weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
                       label_smoothing=label_smoothing, augment=augment, init=init, freeze_backbone=freeze_backbone,
-                      seed=seed, device=device, num_workers=workers, accumulate=accumulate)
+                      seed=seed, device=device, num_workers=workers, accumulate=accumulate, sync_bn=sync_bn)
     from deepslim.fileio import check_output
     out = check_output(output, force=force, inputs=[model, weights], suffix=".safetensors", directory=True)
     if init is not Init.DEFAULT and (model is not None or weights is not None or pretrained is not None):

@@ -60,6 +60,7 @@ class PruneConfig:
     seed: int = 0
     head_ratio: float | None = None     # fraction of attention heads removed per layer (None: the width ratio)
     depth: int | None = None            # Hugging Face encoders: keep this many layers, evenly spaced
+    sync_bn: bool = False               # fine-tuning under torchrun on GPUs: SyncBatchNorm (TrainConfig.sync_bn)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "importance", Importance(self.importance))

@@ -93,11 +93,11 @@ def kd_loss(teacher: nn.Module, task: Task, signature: Signature, temperature: f
 
 def finetune(model: nn.Module, data: dict[str, Dataset], *, epochs: int, lr: float, seed: int, task: Task,
              signature: Signature, teacher: nn.Module | None = None, temperature: float = 4.0, alpha: float = 0.5,
-             progress: bool = True, optimizer: OptimizerKind = OptimizerKind.SGD) -> FitResult:
+             progress: bool = True, optimizer: OptimizerKind = OptimizerKind.SGD, sync_bn: bool = False) -> FitResult:
     """Fine-tune a pruned ``model`` in place on ``data`` (``train_aug``, ``val``, ``train`` for BatchNorm):
     the task's loss (or KD from ``teacher``), the best epoch by the task's primary metric on val, and the
     pruned start kept when no epoch beats it."""
-    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, warmup_epochs=0, optimizer=optimizer)
+    cfg = TrainConfig(epochs=epochs, lr=lr, seed=seed, warmup_epochs=0, optimizer=optimizer, sync_bn=sync_bn)
     loss = kd_loss(teacher, task, signature, temperature, alpha) if teacher is not None else None
     return fit(model, data["train_aug"], data["val"], cfg, loss_fn=loss, progress=progress, keep_start=True,
                bn_data=data["train"], task=task, signature=signature)
@@ -115,7 +115,7 @@ def recover_step(work: ModelBundle, cfg: PruneConfig, data: dict[str, Any], step
     task = work.task
     result = finetune(work.model, data, epochs=epochs, lr=cfg.finetune_lr, seed=cfg.seed, task=task,
                       signature=work.signature, teacher=teacher, temperature=cfg.temperature, alpha=cfg.alpha,
-                      progress=progress, optimizer=cfg.finetune_optimizer)
+                      progress=progress, optimizer=cfg.finetune_optimizer, sync_bn=cfg.sync_bn)
     row.update({f"finetune_{k}": v for k, v in val_metric(task, result.best_val).items()},
                finetune_best_epoch=result.best_epoch)
     if result.notes:

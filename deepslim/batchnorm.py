@@ -9,7 +9,8 @@ average over some training batches in eval mode elsewhere ("precise BN") fixes t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -64,6 +65,37 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, *, batches: int = REC
             m.train(training)
         model.train(was_training)
     return used
+
+
+@contextlib.contextmanager
+def synced_batchnorm(model: nn.Module) -> Iterator[int]:
+    """Within the block, the model's BatchNorm layers are ``nn.SyncBatchNorm`` (batch statistics over all ranks
+    of the process group); afterwards they are their own classes again, holding the same parameters and
+    buffers, so the saved model has no trace of the synchronisation. Yields the number of layers converted."""
+    kinds = {name: type(m) for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)}
+    if "" in kinds:
+        raise ValueError("the model itself is a BatchNorm layer")
+    nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the children in place, sharing their tensors
+    try:
+        yield len(kinds)
+    finally:
+        for name, kind in kinds.items():
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            parent.add_module(child, _unsynced(getattr(parent, child), kind))
+
+
+def _unsynced(sync: nn.SyncBatchNorm, kind: type) -> nn.Module:
+    """A ``kind`` BatchNorm holding ``sync``'s parameters and buffers (the same tensors, so optimizers keep them)."""
+    plain = kind(sync.num_features, sync.eps, sync.momentum, sync.affine, sync.track_running_stats)
+    for key, param in sync.named_parameters(recurse=False):
+        setattr(plain, key, param)
+    for key, buffer in sync.named_buffers(recurse=False):
+        setattr(plain, key, buffer)
+    if hasattr(sync, "qconfig"):
+        plain.qconfig = sync.qconfig
+    return plain.train(sync.training)
 
 
 def slowest_momentum(model: nn.Module) -> float | None:

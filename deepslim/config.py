@@ -61,6 +61,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision, used on CUDA only
     num_workers: int = 0
     accumulate: int = 1  # gradient accumulation: optimizer step every N batches
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all ranks (nn.SyncBatchNorm)
 
     def __post_init__(self) -> None:
         _positive_int("epochs", self.epochs)

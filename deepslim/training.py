@@ -19,12 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deepslim.codespec import parse_code_spec
-from deepslim.batchnorm import BatchNormGuard, batchnorm_layers
+from deepslim.batchnorm import BatchNormGuard, batchnorm_layers, synced_batchnorm
 from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import aspect_note, collate_for, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
-from deepslim.distributed import DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarted_from, setup
+from deepslim.distributed import (DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarted_from,
+                                  setup)
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
@@ -241,35 +242,55 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
         if restarted:
             _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers after a failure; resumed "
                                                     f"from {checkpoint.name} after epoch {first_epoch}")
-    guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, _noter(state, progress and ctx.is_main),
-                           read=judge.class_logits)
-    net = _data_parallel(model, device) if ctx.enabled else model
-    begin = time.perf_counter() - state.seconds
-    with _progress(progress and ctx.is_main) as bar:
-        task = bar.add_task("train", total=batches * cfg.epochs, completed=batches * first_epoch)
-        for epoch in range(first_epoch, cfg.epochs):
-            bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
-            if ctx.enabled:  # each rank draws its own augmentation and dropout, reproducibly after a resume
-                seed_everything(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
-            row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
-                               device, ctx, lambda: bar.advance(task))
-            broadcast_buffers(model, ctx)
-            guard.before_validation(row, epoch + 1)
-            if row.get("bn_recalibrated"):
+    note = _noter(state, progress and ctx.is_main)
+    with _batchnorm_sync(model, cfg, ctx, device, note):
+        guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, note, read=judge.class_logits)
+        net = _data_parallel(model, device) if ctx.enabled else model
+        begin = time.perf_counter() - state.seconds
+        with _progress(progress and ctx.is_main) as bar:
+            task = bar.add_task("train", total=batches * cfg.epochs, completed=batches * first_epoch)
+            for epoch in range(first_epoch, cfg.epochs):
+                bar.update(task, description=f"epoch {epoch + 1}/{cfg.epochs}")
+                if ctx.enabled:  # each rank draws its own augmentation and dropout, reproducibly after a resume
+                    seed_everything(cfg.seed * 1_000_003 + epoch * 7_919 + ctx.rank)
+                row = _train_epoch(net, _loader(train_ds, cfg, epoch, ctx), cfg, epoch, optimizer, scheduler, loss_fn,
+                                   device, ctx, lambda: bar.advance(task))
                 broadcast_buffers(model, ctx)
-            row.update(judge.validate(model, val_ds, cfg, device))
-            if row["val_score"] > state.best_val_top1:
-                state.best_val_top1, state.best_epoch = row["val_score"], epoch + 1
-                best = cpu_state(model)
-            state.history.append(row)
-            state.seconds = time.perf_counter() - begin
-            if progress and ctx.is_main:
-                bar.console.print(judge.epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
-            if checkpoint is not None and ctx.is_main:
-                save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
+                guard.before_validation(row, epoch + 1)
+                if row.get("bn_recalibrated"):
+                    broadcast_buffers(model, ctx)
+                row.update(judge.validate(model, val_ds, cfg, device))
+                if row["val_score"] > state.best_val_top1:
+                    state.best_val_top1, state.best_epoch = row["val_score"], epoch + 1
+                    best = cpu_state(model)
+                state.history.append(row)
+                state.seconds = time.perf_counter() - begin
+                if progress and ctx.is_main:
+                    bar.console.print(judge.epoch_line(row, cfg.epochs), highlight=False, soft_wrap=True)
+                if checkpoint is not None and ctx.is_main:
+                    save_checkpoint(checkpoint, model, optimizer, scheduler, cfg, state, best, epoch, identity)
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
+
+
+def _batchnorm_sync(model: nn.Module, cfg: TrainConfig, ctx: DistContext, device: torch.device,
+                    note: Callable[[str], None]) -> contextlib.AbstractContextManager:
+    """``--sync-bn``: BatchNorm statistics over every rank while training (:func:`synced_batchnorm`), on CUDA
+    under torchrun; with one process there is nothing to synchronise, and the note says so."""
+    if not cfg.sync_bn:
+        return contextlib.nullcontext()
+    if not batchnorm_layers(model):
+        note("--sync-bn: the model has no BatchNorm layer with running statistics; nothing to synchronise")
+        return contextlib.nullcontext()
+    if not ctx.enabled:
+        note("--sync-bn: one process, so BatchNorm already sees the whole batch; nothing to synchronise")
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        raise ConfigError(f"--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on {device.type} (gloo); "
+                          "leave it out and each rank normalises with its own batch.")
+    note(f"--sync-bn: BatchNorm statistics over all {ctx.world_size} ranks while training")
+    return synced_batchnorm(model)
 
 
 def _noter(state: FitResult, show: bool) -> Callable[[str], None]:

@@ -53,3 +53,44 @@ def test_one_process_is_never_restarted(tmp_path):
     checkpoint.write_bytes(b"x")
     assert restarted_from(checkpoint, DistContext()) is False
     assert restarted_from(None, DistContext(world_size=2)) is False
+
+
+def _bn_net():
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
+                         nn.BatchNorm1d(8, momentum=0.05), nn.Linear(8, 3))
+
+
+def test_sync_batchnorm_is_undone_after_training_with_the_same_tensors():
+    import torch
+    from torch import nn
+    from deepslim.batchnorm import synced_batchnorm
+    net = _bn_net()
+    net(torch.randn(5, 1, 8, 8))  # running statistics away from their defaults
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = [id(p) for p in net.parameters()]
+    with synced_batchnorm(net) as converted:
+        assert converted == 2
+        assert [type(m) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] == \
+            [nn.SyncBatchNorm, nn.SyncBatchNorm]
+        net[1].running_mean.add_(1.0)  # training moves the statistics of the synced layer
+    assert type(net[1]) is nn.BatchNorm2d and type(net[5]) is nn.BatchNorm1d and net[5].momentum == 0.05
+    assert [id(p) for p in net.parameters()] == params  # the optimizer's tensors are the model's
+    after = net.state_dict()
+    assert list(after) == list(before)
+    assert torch.equal(after["1.running_mean"], before["1.running_mean"] + 1.0)
+    assert all(torch.equal(after[k], before[k]) for k in before if k != "1.running_mean")
+
+
+def test_sync_bn_is_refused_on_cpu_under_torchrun_and_noted_alone():
+    import torch
+    from deepslim.config import TrainConfig
+    from deepslim.training import _batchnorm_sync
+    notes: list[str] = []
+    cfg = TrainConfig(sync_bn=True)
+    with pytest.raises(ConfigError, match=r"^--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on cpu "):
+        _batchnorm_sync(_bn_net(), cfg, DistContext(world_size=2), torch.device("cpu"), notes.append)
+    with _batchnorm_sync(_bn_net(), cfg, DistContext(), torch.device("cpu"), notes.append):
+        pass
+    assert notes == ["--sync-bn: one process, so BatchNorm already sees the whole batch; nothing to synchronise"]
+    assert TrainConfig(sync_bn=True).to_json()["sync_bn"] is True  # recorded with the stage's config
