@@ -108,7 +108,7 @@ def prune_cmd(
         raise ConfigError("--allocation sensitivity gives the FFNs different widths, which a Hugging Face config "
                           "(one intermediate size) cannot hold; use --allocation uniform.")
     from rich.console import Console
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet or not is_main_process())  # under torchrun rank 0 speaks
     _prune_preflight(bundle, cfg, check, console)
     if wants_sensitivity:
         cfg = _sensitivity(bundle, cfg, data, report or _default_report(out), allocation, console)
@@ -116,7 +116,10 @@ def prune_cmd(
         return
     from compress.prune import prune
     from deepslim.models import save_model
-    pruned = prune(bundle, cfg, dataset=dataset, severity=data.severity, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    pruned = prune(bundle, cfg, dataset=dataset, severity=data.severity, progress=not quiet,
+                   log=lambda m: console.print(m, highlight=False))
+    if not is_main_process():  # every rank pruned alike and fine-tuned its shard; rank 0 writes
+        return
     save_model(pruned, out, force=force)
     print_prune(pruned, out)
     record = pruned.lineage[-1].metrics
@@ -154,8 +157,10 @@ def _sensitivity(bundle, cfg, data, report: Path, allocation, console):
     from compress.sensitivity import allocate, analyze, write_sensitivity
     with console.status("pruning sensitivity") as status:
         base, rows = analyze(bundle, data.spec, cfg, severity=data.severity, tick=lambda text: status.update(text))
-    paths = write_sensitivity(base, rows, report)
-    console.print(f"sensitivity ({base.describe()}: {base:.4f}): {paths['md']} and {paths['png']}", highlight=False)
+    if is_main_process():  # under torchrun every rank measures (each needs the allocation); rank 0 writes
+        paths = write_sensitivity(base, rows, report)
+        console.print(f"sensitivity ({base.describe()}: {base:.4f}): {paths['md']} and {paths['png']}",
+                      highlight=False)
     if allocation is Allocation.SENSITIVITY and (cfg.ratio or cfg.speedup):
         weights = allocate(rows)
         layer_ratios = {k: min(w * cfg.ratio, cfg.max_layer_ratio) for k, w in weights.items()} if cfg.ratio \
@@ -371,9 +376,9 @@ def quantize_cmd(
     """
     dataset = dataset_ref(dataset, label_column, feature_columns, task, text_column)
     from deepslim.distributed import launched
-    if launched():
-        raise ConfigError("deepslim compress quantize runs in one process (calibration and timing are not "
-                          "data-parallel); start it without torchrun.")
+    if launched() and method is not Method.QAT:
+        raise ConfigError(f"--method {method.value} runs in one process (calibration and timing are not "
+                          "data-parallel); start it without torchrun, which only --method qat uses.")
     from compress.quantize import QuantizeConfig, check_suffix
     cfg = QuantizeConfig(method=method, target=target, calibration=calibration,
                          calibration_samples=calibration_samples, per_channel=per_channel, activations=activations,
@@ -402,8 +407,9 @@ def quantize_cmd(
     data = choose_data(dataset, lineage, severity=severity, classes=classes, task=model_task, what=model.name,
                        quiet=quiet)
     from rich.console import Console
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet or not is_main_process())  # QAT under torchrun: rank 0 speaks
     from compress.quantize import quantize
     result = quantize(source, out, cfg, data.spec, severity=data.severity, progress=not quiet,
                       log=lambda m: console.print(m, highlight=False))
-    print_quantize(result, model_task)
+    if is_main_process():
+        print_quantize(result, model_task)

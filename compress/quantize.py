@@ -178,6 +178,9 @@ def quantize(source: ModelBundle | str | Path, output: str | Path, cfg: Quantize
         if cfg.method is Method.QAT:  # a bundle: _check_request refused an ONNX source
             from compress.qat import qat
             quantized = qat(bundle, tmp, cfg, dataset, severity, details, progress=progress, say=say)
+            from deepslim.distributed import launched_rank
+            if launched_rank() != 0:  # under torchrun every rank trained its shard; rank 0 checks and writes
+                return QuantizeResult(out, (), StageRecord("quantize", cfg.to_json(), 0.0), [])
         else:
             quantized = _post_training(fp32_onnx, fp32_artifact, tmp, cfg, data, details, fp32_metrics, progress, say)
         _stamp(quantized, meta)

@@ -35,22 +35,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node(teacher: Path, out: Path, port: int, *extra: str) -> list[str]:
+def _node(args: list[str], port: int, *extra: str) -> list[str]:
     """One "node": torchrun with one process, joining a two-node c10d rendezvous on 127.0.0.1:port."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "deepslim-test", *extra,
-            str(ROOT / "cli.py"), *DISTILL, "--teacher", str(teacher), "-o", str(out)]
+            str(ROOT / "cli.py"), *args]
 
 
-def _two_nodes(teacher: Path, out: Path, *extra: str, kill_after_checkpoint: bool = False) -> list[str]:
-    """Run both nodes to the end; with ``kill_after_checkpoint``, SIGKILL node 1's worker once rank 0 has
-    written its first epoch checkpoint. The nodes' logs."""
+def _two_nodes(teacher: Path, out: Path, *extra: str, kill_after_checkpoint: bool = False,
+               command: list[str] | None = None) -> list[str]:
+    """Run both nodes (the distillation, or ``command``) to the end; with ``kill_after_checkpoint``, SIGKILL
+    node 1's worker once rank 0 has written its first epoch checkpoint. The nodes' logs."""
+    args = command if command is not None else [*DISTILL, "--teacher", str(teacher), "-o", str(out)]
     port = _free_port()
     logs = [out.with_name(f"{out.name}.node{i}.log") for i in range(2)]  # files: a full pipe would block torchrun
     nodes = []
     for log in logs:
         with log.open("w") as fh:
-            nodes.append(subprocess.Popen(_node(teacher, out, port, *extra), stdout=fh, stderr=subprocess.STDOUT,
+            nodes.append(subprocess.Popen(_node(args, port, *extra), stdout=fh, stderr=subprocess.STDOUT,
                                           text=True, cwd=out.parent, env=ENV))
     try:
         if kill_after_checkpoint:
@@ -121,3 +123,41 @@ def test_a_worker_killed_mid_epoch_is_restarted_and_the_run_ends_as_if_uninterru
     assert len(resumed) == 1 and not resumed[0].endswith("after epoch 4"), notes  # ...mid-run, and both resumed
     assert _metrics(out) == _metrics(one_node)
     assert sorted(p.name for p in out.parent.iterdir() if not p.name.endswith(".log")) == ["elastic.safetensors"]
+
+
+def _written(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".log"))
+
+
+def test_train_and_prune_recover_kd_across_two_nodes(teacher, tmp_path):
+    """The other commands on the shared train loop: every rank trains its shard, rank 0 alone writes, and the
+    model it wrote is the one all ranks validated and tested (eval gives the recorded test metrics)."""
+    trained = tmp_path / "trained.safetensors"
+    _two_nodes(teacher, trained, command=["train", "--arch", "small_cnn", "--arch-kwargs", '{"width": 8}',
+                                          "--dataset", "digits", "--input-size", "8", "--epochs", "3",
+                                          "--device", "cpu", "--quiet", "-o", str(trained)])
+    pruned = tmp_path / "pruned.safetensors"
+    _two_nodes(teacher, pruned, command=["compress", "prune", str(teacher), "--ratio", "0.5", "--round-to", "1",
+                                         "--finetune-epochs", "2", "--recover", "kd", "--no-check", "--quiet",
+                                         "-o", str(pruned)])
+    assert _written(tmp_path) == ["pruned.safetensors", "trained.safetensors"]
+    for path, stage in ((trained, "train"), (pruned, "prune")):
+        record = load_model(path).lineage[-1]
+        assert record.stage == stage
+        test = record.metrics["test"]
+        assert test["top1"] >= 0.7, (stage, test)
+        evaluated = json.loads(ok(["eval", path, "--json"]).stdout)["metrics"]
+        assert evaluated["roc_auc_macro"] == pytest.approx(test["roc_auc_macro"], abs=1e-9), stage
+    assert load_model(pruned).lineage[-1].config["recover"] == "kd"
+
+
+def test_qat_across_two_nodes_writes_one_checked_int8_model(teacher, tmp_path):
+    out = tmp_path / "qat.onnx"
+    _two_nodes(teacher, out, command=["compress", "quantize", str(teacher), "--method", "qat", "--qat-epochs", "2",
+                                      "--target", "onnxruntime", "--no-latency", "--calibration-samples", "200",
+                                      "--quiet", "-o", str(out)])
+    assert _written(tmp_path) == ["qat.onnx"]
+    record = json.loads(ok(["info", out, "--json"]).stdout)["lineage"][-1]
+    assert record["stage"] == "quantize" and record["config"]["method"] == "qat"
+    assert len(record["metrics"]["qat_history"]) == 2
+    assert record["metrics"]["quantized"]["test"]["top1"] >= 0.7, record["metrics"]["quantized"]["test"]
