@@ -110,9 +110,23 @@ def _init_group(backend: str) -> None:
     alone shares (:func:`_round_prefix`)."""
     import torch.distributed as dist
     from torch.distributed.rendezvous import rendezvous
-    store, rank, world_size = next(rendezvous("env://"))
+    try:
+        store, rank, world_size = next(rendezvous("env://"))
+    except dist.DistNetworkError as exc:  # rank 0 serves the store at MASTER_ADDR:MASTER_PORT, the others join it
+        raise _store_error(exc) from exc
     store = dist.PrefixStore(_round_prefix(store, rank, world_size), store)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size)
+
+
+def _store_error(exc: Exception) -> Exception:
+    """One sentence for a process group whose store cannot be served or reached."""
+    from deepslim.errors import ConfigError
+    where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    if "EADDRINUSE" in str(exc) or "address already in use" in str(exc):
+        return ConfigError(f"Port {where} is already in use by another program; give the job a free port "
+                           "(MASTER_PORT, torchrun's --master-port or --rdzv-endpoint HOST:PORT).")
+    return ConfigError(f"The process group's store at {where} cannot be reached "
+                       f"({str(exc).splitlines()[0][:200]}); check MASTER_ADDR and MASTER_PORT.")
 
 
 def _round_prefix(store, rank: int, world_size: int, timeout: float = 1800.0) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_contract import ok
+from cli_contract import assert_bad_input, ok
 from deepslim.models import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +161,18 @@ def test_qat_across_two_nodes_writes_one_checked_int8_model(teacher, tmp_path):
     assert record["stage"] == "quantize" and record["config"]["method"] == "qat"
     assert len(record["metrics"]["qat_history"]) == 2
     assert record["metrics"]["quantized"]["test"]["top1"] >= 0.7, record["metrics"]["quantized"]["test"]
+
+
+def test_a_master_port_another_program_holds_is_one_sentence(teacher, tmp_path, monkeypatch):
+    """Started by a scheduler with the process-group environment set (no torchrun): rank 0 serves the store on
+    MASTER_PORT, which a listening socket here already holds."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port)}.items():
+            monkeypatch.setenv(key, value)
+        assert_bad_input([*DISTILL, "--teacher", str(teacher), "-o", str(tmp_path / "s.safetensors")],
+                         [f"Port 127.0.0.1:{port} is already in use by another program", "MASTER_PORT"], tmp_path,
+                         output="s.safetensors")

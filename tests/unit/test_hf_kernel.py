@@ -68,7 +68,9 @@ def test_a_directory_round_trips_through_from_pretrained(kit, tmp_path):
         hf = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
         assert torch.equal(hf(**ids).logits, want)
         back = load_model(out)
-        assert torch.equal(back.model(**ids).logits, want)
+        # the same weights, but from_pretrained's tensors sit at the safetensors file's offsets and the reloaded
+        # ones in fresh (aligned) memory: BLAS on AVX2 sums them in another order (about 3e-9 apart seen)
+        torch.testing.assert_close(back.model(**ids).logits, want, rtol=0, atol=1e-6)
     assert back.signature == bundle.signature and back.task == bundle.task
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     assert tok("good day")["input_ids"] == bundle.signature.text.tokenizer()("good day")["input_ids"]
