@@ -341,12 +341,17 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
                 with _autocast(device, cfg.amp):
                     loss = loss_fn(net, x, y)
             except (RuntimeError, ValueError, TypeError) as exc:
+                _raise_if_a_peer_stopped(exc, ctx, epoch)
                 hint = "; check --input-size and --channels" if _looks_like_shape_error(exc) else ""
                 raise ModelError(f"Training failed on a batch of shape {shapes(x)}: {first_line(exc)}"
                                  f"{hint}.") from exc
             if not torch.isfinite(loss):
                 raise ConfigError(f"Training diverged (loss {loss.item()}) in epoch {epoch + 1}; lower --lr.")
-            (loss / group).backward()
+            try:
+                (loss / group).backward()
+            except RuntimeError as exc:  # DDP reduces the gradients during backward
+                _raise_if_a_peer_stopped(exc, ctx, epoch)
+                raise
         if steps_now:
             optimizer.step()
             scheduler.step()
@@ -356,6 +361,20 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
         tick()
     total, count = all_sum([total, count], ctx)
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
+
+
+_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl error",
+              "socket timeout", "remote worker")
+
+
+def _raise_if_a_peer_stopped(exc: BaseException, ctx: DistContext, epoch: int) -> None:
+    """Under torchrun, a collective that failed because another rank died is said as that, not as this
+    rank's failure: torchrun's agent restarts the group (``--max-restarts``) or ends the job."""
+    seen = [words for words in _PEER_GONE if words in str(exc).lower()]
+    if ctx.enabled and seen:
+        raise ModelError(f"Another rank of the process group stopped during epoch {epoch + 1} ({ctx.backend}: "
+                         f"{seen[0]}); torchrun restarts the group with --max-restarts N and training resumes from "
+                         "the last epoch checkpoint.") from exc
 
 
 def _looks_like_shape_error(exc: BaseException) -> bool:
