@@ -95,7 +95,8 @@ Augment = Annotated[AugmentPolicy, typer.Option(
 Accumulate = Annotated[int, typer.Option(help="Gradient accumulation: one optimizer step every N batches.")]
 SyncBN = Annotated[bool, typer.Option(
     "--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm) while training; "
-    "the saved model keeps plain BatchNorm. Refused on CPU, where PyTorch's SyncBatchNorm does not run.")]
+    "the saved model keeps plain BatchNorm. Refused under torchrun on CPU, where PyTorch's SyncBatchNorm does not "
+    "run; in one process, a note only.")]
 Seed = Annotated[int, typer.Option(help="Random seed (data order, augmentation, initialisation).")]
 Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT.ckpt (written after every epoch) "

@@ -243,6 +243,9 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
             _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers after a failure; resumed "
                                                     f"from {checkpoint.name} after epoch {first_epoch}")
     note = _noter(state, progress and ctx.is_main)
+    if ctx.enabled:  # the effective batch, and what a resumed run must match, depend on it
+        note(f"data-parallel over {ctx.world_size} processes ({ctx.backend}): batch {cfg.batch_size} per process, "
+             f"{cfg.batch_size * ctx.world_size} per step in all")
     with _batchnorm_sync(model, cfg, ctx, device, note):
         guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, note, read=judge.class_logits)
         net = _data_parallel(model, device) if ctx.enabled else model

@@ -149,6 +149,8 @@ def test_train_and_prune_recover_kd_across_two_nodes(teacher, tmp_path):
         evaluated = json.loads(ok(["eval", path, "--json"]).stdout)["metrics"]
         assert evaluated["roc_auc_macro"] == pytest.approx(test["roc_auc_macro"], abs=1e-9), stage
     assert load_model(pruned).lineage[-1].config["recover"] == "kd"
+    assert "data-parallel over 2 processes (gloo): batch 64 per process, 128 per step in all" in \
+        load_model(trained).lineage[-1].metrics["notes"]
 
 
 def test_qat_across_two_nodes_writes_one_checked_int8_model(teacher, tmp_path):
