@@ -12,8 +12,10 @@ are computed from predictions gathered across ranks, so every rank takes the sam
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,3 +235,40 @@ def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         import torch.distributed as dist
         dist.barrier()
+
+
+def batchnorm_sync(model: torch.nn.Module, sync_bn: bool, ctx: DistContext, device: torch.device,
+                   note: Callable[[str], None]) -> contextlib.AbstractContextManager:
+    """``--sync-bn``: BatchNorm statistics over every rank while training
+    (:func:`deepslim.batchnorm.synced_batchnorm`), on CUDA under torchrun; with one process there is nothing to
+    synchronise, and ``note`` says so."""
+    from deepslim.batchnorm import batchnorm_layers, synced_batchnorm
+    if not sync_bn:
+        return contextlib.nullcontext()
+    if not batchnorm_layers(model):
+        note("--sync-bn: the model has no BatchNorm layer with running statistics; nothing to synchronise")
+        return contextlib.nullcontext()
+    if not ctx.enabled:
+        note("--sync-bn: one process, so BatchNorm already sees the whole batch; nothing to synchronise")
+        return contextlib.nullcontext()
+    if device.type != "cuda":
+        from deepslim.errors import ConfigError
+        raise ConfigError(f"--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on {device.type} (gloo); "
+                          "leave it out and each rank normalises with its own batch.")
+    note(f"--sync-bn: BatchNorm statistics over all {ctx.world_size} ranks while training")
+    return synced_batchnorm(model)
+
+
+_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl error",
+              "socket timeout", "remote worker")
+
+
+def raise_if_a_peer_stopped(exc: BaseException, ctx: DistContext, epoch: int) -> None:
+    """Under torchrun, a collective that failed because another rank died is said as that, not as this
+    rank's failure: torchrun's agent restarts the group (``--max-restarts``) or ends the job."""
+    seen = [words for words in _PEER_GONE if words in str(exc).lower()]
+    if ctx.enabled and seen:
+        from deepslim.errors import ModelError
+        raise ModelError(f"Another rank of the process group stopped during epoch {epoch + 1} ({ctx.backend}: "
+                         f"{seen[0]}); torchrun restarts the group with --max-restarts N and training resumes from "
+                         "the last epoch checkpoint.") from exc

@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from deepslim.codespec import parse_code_spec
-from deepslim.batchnorm import BatchNormGuard, batchnorm_layers, synced_batchnorm
+from deepslim.batchnorm import BatchNormGuard, batchnorm_layers
 from deepslim.checkpoints import cpu_state, load_checkpoint, save_checkpoint
 from deepslim.config import Augment, Init, OptimizerKind, Schedule, TrainConfig
 from deepslim.data import aspect_note, collate_for, open_dataset
 from deepslim.errors import ConfigError, ModelError, first_line
-from deepslim.distributed import (DistContext, all_sum, broadcast_buffers, launched_rank, local_device, restarted_from,
-                                  setup)
+from deepslim.distributed import (DistContext, all_sum, batchnorm_sync, broadcast_buffers, launched_rank, local_device,
+                                  raise_if_a_peer_stopped, restarted_from, setup)
 from deepslim.evaluation import check_compatible, predict_all, resolve_device
 from deepslim.finetune import Start, assess_start, finetune_config, kept_start_note
 from deepslim.fingerprint import state_fingerprint
@@ -239,14 +239,14 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
         state = FitResult(list(data["history"]), data["best_epoch"], data["best_val_top1"], data["seconds"],
                           list(data.get("notes", [])))
         first_epoch, best = int(data["epoch"]), data["best"]
-        if restarted:
-            _noter(state, progress and ctx.is_main)(f"torchrun restarted the workers after a failure; resumed "
-                                                    f"from {checkpoint.name} after epoch {first_epoch}")
     note = _noter(state, progress and ctx.is_main)
+    if restarted:
+        note(f"torchrun restarted the workers after a failure; resumed from {checkpoint.name} after epoch "
+             f"{first_epoch}")
     if ctx.enabled:  # the effective batch, and what a resumed run must match, depend on it
         note(f"data-parallel over {ctx.world_size} processes ({ctx.backend}): batch {cfg.batch_size} per process, "
              f"{cfg.batch_size * ctx.world_size} per step in all")
-    with _batchnorm_sync(model, cfg, ctx, device, note):
+    with batchnorm_sync(model, cfg.sync_bn, ctx, device, note):
         guard = BatchNormGuard(model, bn_data if bn_data is not None else train_ds, note, read=judge.class_logits)
         net = _data_parallel(model, device) if ctx.enabled else model
         begin = time.perf_counter() - state.seconds
@@ -275,25 +275,6 @@ def fit(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg: TrainConfig, 
     model.load_state_dict(best)
     state.seconds = time.perf_counter() - begin
     return state
-
-
-def _batchnorm_sync(model: nn.Module, cfg: TrainConfig, ctx: DistContext, device: torch.device,
-                    note: Callable[[str], None]) -> contextlib.AbstractContextManager:
-    """``--sync-bn``: BatchNorm statistics over every rank while training (:func:`synced_batchnorm`), on CUDA
-    under torchrun; with one process there is nothing to synchronise, and the note says so."""
-    if not cfg.sync_bn:
-        return contextlib.nullcontext()
-    if not batchnorm_layers(model):
-        note("--sync-bn: the model has no BatchNorm layer with running statistics; nothing to synchronise")
-        return contextlib.nullcontext()
-    if not ctx.enabled:
-        note("--sync-bn: one process, so BatchNorm already sees the whole batch; nothing to synchronise")
-        return contextlib.nullcontext()
-    if device.type != "cuda":
-        raise ConfigError(f"--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on {device.type} (gloo); "
-                          "leave it out and each rank normalises with its own batch.")
-    note(f"--sync-bn: BatchNorm statistics over all {ctx.world_size} ranks while training")
-    return synced_batchnorm(model)
 
 
 def _noter(state: FitResult, show: bool) -> Callable[[str], None]:
@@ -344,7 +325,7 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
                 with _autocast(device, cfg.amp):
                     loss = loss_fn(net, x, y)
             except (RuntimeError, ValueError, TypeError) as exc:
-                _raise_if_a_peer_stopped(exc, ctx, epoch)
+                raise_if_a_peer_stopped(exc, ctx, epoch)
                 hint = "; check --input-size and --channels" if _looks_like_shape_error(exc) else ""
                 raise ModelError(f"Training failed on a batch of shape {shapes(x)}: {first_line(exc)}"
                                  f"{hint}.") from exc
@@ -353,7 +334,7 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
             try:
                 (loss / group).backward()
             except RuntimeError as exc:  # DDP reduces the gradients during backward
-                _raise_if_a_peer_stopped(exc, ctx, epoch)
+                raise_if_a_peer_stopped(exc, ctx, epoch)
                 raise
         if steps_now:
             optimizer.step()
@@ -364,20 +345,6 @@ def _train_epoch(net, loader, cfg, epoch, optimizer, scheduler, loss_fn, device,
         tick()
     total, count = all_sum([total, count], ctx)
     return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": optimizer.param_groups[0]["lr"]}
-
-
-_PEER_GONE = ("connection reset by peer", "connection closed by peer", "broken pipe", "nccl error",
-              "socket timeout", "remote worker")
-
-
-def _raise_if_a_peer_stopped(exc: BaseException, ctx: DistContext, epoch: int) -> None:
-    """Under torchrun, a collective that failed because another rank died is said as that, not as this
-    rank's failure: torchrun's agent restarts the group (``--max-restarts``) or ends the job."""
-    seen = [words for words in _PEER_GONE if words in str(exc).lower()]
-    if ctx.enabled and seen:
-        raise ModelError(f"Another rank of the process group stopped during epoch {epoch + 1} ({ctx.backend}: "
-                         f"{seen[0]}); torchrun restarts the group with --max-restarts N and training resumes from "
-                         "the last epoch checkpoint.") from exc
 
 
 def _looks_like_shape_error(exc: BaseException) -> bool:

@@ -85,12 +85,12 @@ def test_sync_batchnorm_is_undone_after_training_with_the_same_tensors():
 def test_sync_bn_is_refused_on_cpu_under_torchrun_and_noted_alone():
     import torch
     from deepslim.config import TrainConfig
-    from deepslim.training import _batchnorm_sync
+    from deepslim.distributed import batchnorm_sync
     notes: list[str] = []
     cfg = TrainConfig(sync_bn=True)
     with pytest.raises(ConfigError, match=r"^--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on cpu "):
-        _batchnorm_sync(_bn_net(), cfg, DistContext(world_size=2), torch.device("cpu"), notes.append)
-    with _batchnorm_sync(_bn_net(), cfg, DistContext(), torch.device("cpu"), notes.append):
+        batchnorm_sync(_bn_net(), cfg.sync_bn, DistContext(world_size=2), torch.device("cpu"), notes.append)
+    with batchnorm_sync(_bn_net(), cfg.sync_bn, DistContext(), torch.device("cpu"), notes.append):
         pass
     assert notes == ["--sync-bn: one process, so BatchNorm already sees the whole batch; nothing to synchronise"]
     assert TrainConfig(sync_bn=True).to_json()["sync_bn"] is True  # recorded with the stage's config
@@ -98,12 +98,12 @@ def test_sync_bn_is_refused_on_cpu_under_torchrun_and_noted_alone():
 
 def test_a_collective_broken_by_a_dead_rank_is_said_as_that():
     from deepslim.errors import ModelError
-    from deepslim.training import _raise_if_a_peer_stopped
+    from deepslim.distributed import raise_if_a_peer_stopped
     gloo = RuntimeError("[/pytorch/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:2255: Connection reset by "
                         "peer. This is typically caused by a remote worker hanging or bugs in the application.")
     with pytest.raises(ModelError, match=r"^Another rank of the process group stopped during epoch 2 \(gloo: "
                                          r"connection reset by peer\); torchrun restarts the group"):
-        _raise_if_a_peer_stopped(gloo, DistContext(world_size=2, backend="gloo"), 1)
-    _raise_if_a_peer_stopped(gloo, DistContext(), 1)  # one process: not a peer's failure, nothing raised
-    _raise_if_a_peer_stopped(RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
+        raise_if_a_peer_stopped(gloo, DistContext(world_size=2, backend="gloo"), 1)
+    raise_if_a_peer_stopped(gloo, DistContext(), 1)  # one process: not a peer's failure, nothing raised
+    raise_if_a_peer_stopped(RuntimeError("mat1 and mat2 shapes cannot be multiplied"),
                              DistContext(world_size=2, backend="gloo"), 1)
